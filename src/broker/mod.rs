@@ -1,0 +1,245 @@
+//! Virtual brokers: the addresses klink hands out. Each stands for one
+//! upstream broker of one cluster and keeps its node id and port across
+//! restarts, because clients cache both and reconnect to them.
+//!
+//! The registry never binds sockets itself; it decides identities, persists
+//! them through [`crate::state`] before anyone may see them, and reports
+//! which ones are new so the proxy can start listening on their ports.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::error::{Error, Kind, Result};
+use crate::state::{StateStore, VirtualBrokerRecord};
+
+/// One klink address standing for one upstream broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualBroker {
+    pub id: i32,
+    pub port: u16,
+    pub cluster: Arc<str>,
+    pub upstream_id: i32,
+}
+
+/// An upstream broker as a cluster announced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamBroker {
+    pub node_id: i32,
+    pub host: String,
+    pub port: i32,
+}
+
+impl UpstreamBroker {
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    by_upstream: HashMap<(Arc<str>, i32), VirtualBroker>,
+    by_virtual: HashMap<i32, VirtualBroker>,
+    addresses: HashMap<(Arc<str>, i32), String>,
+}
+
+pub struct BrokerRegistry {
+    advertised_host: String,
+    ports_start: u16,
+    state: Arc<StateStore>,
+    /// A std lock: reads are map lookups on the response path and writes are
+    /// rare (a broker appearing); nothing awaits while holding it.
+    inner: RwLock<Inner>,
+}
+
+impl BrokerRegistry {
+    /// Loads the identities persisted in `state`.
+    pub fn load(state: Arc<StateStore>, advertised_host: String, ports_start: u16) -> Self {
+        let mut inner = Inner::default();
+        for record in state.snapshot().virtual_brokers {
+            let broker = VirtualBroker {
+                id: record.virtual_id,
+                port: record.port,
+                cluster: Arc::from(record.cluster.as_str()),
+                upstream_id: record.upstream_node_id,
+            };
+            inner
+                .by_upstream
+                .insert((broker.cluster.clone(), broker.upstream_id), broker.clone());
+            inner.by_virtual.insert(broker.id, broker);
+        }
+        BrokerRegistry {
+            advertised_host,
+            ports_start,
+            state,
+            inner: RwLock::new(inner),
+        }
+    }
+
+    pub fn advertised_host(&self) -> &str {
+        &self.advertised_host
+    }
+
+    /// Every virtual broker known, in id order.
+    pub fn all(&self) -> Vec<VirtualBroker> {
+        let mut all: Vec<_> = self.read().by_virtual.values().cloned().collect();
+        all.sort_by_key(|b| b.id);
+        all
+    }
+
+    pub fn by_upstream(&self, cluster: &str, upstream_id: i32) -> Option<VirtualBroker> {
+        let inner = self.read();
+        inner
+            .by_upstream
+            .get(&(Arc::from(cluster), upstream_id))
+            .cloned()
+    }
+
+    pub fn by_virtual(&self, virtual_id: i32) -> Option<VirtualBroker> {
+        self.read().by_virtual.get(&virtual_id).cloned()
+    }
+
+    /// The `host:port` the upstream broker behind `broker` was last announced at.
+    pub fn upstream_address(&self, broker: &VirtualBroker) -> Option<String> {
+        let inner = self.read();
+        inner
+            .addresses
+            .get(&(broker.cluster.clone(), broker.upstream_id))
+            .cloned()
+    }
+
+    /// Records the brokers a cluster announced. Brokers seen for the first
+    /// time get an id and a port, persisted before this returns; they are
+    /// returned so their listeners can start before any client learns them.
+    pub fn observe(
+        &self,
+        cluster: &Arc<str>,
+        brokers: &[UpstreamBroker],
+    ) -> Result<Vec<VirtualBroker>> {
+        {
+            let inner = self.read();
+            let all_known = brokers.iter().all(|b| {
+                let key = (cluster.clone(), b.node_id);
+                inner.by_upstream.contains_key(&key)
+                    && inner.addresses.get(&key).is_some_and(|a| *a == b.address())
+            });
+            if all_known {
+                return Ok(Vec::new());
+            }
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Vec::new();
+        for b in brokers {
+            let key = (cluster.clone(), b.node_id);
+            inner.addresses.insert(key.clone(), b.address());
+            if inner.by_upstream.contains_key(&key) {
+                continue;
+            }
+            let id = inner.by_virtual.keys().max().copied().unwrap_or(0) + 1;
+            let port = self.next_free_port(&inner)?;
+            let broker = VirtualBroker {
+                id,
+                port,
+                cluster: cluster.clone(),
+                upstream_id: b.node_id,
+            };
+            inner.by_upstream.insert(key, broker.clone());
+            inner.by_virtual.insert(id, broker.clone());
+            fresh.push(broker);
+        }
+        if !fresh.is_empty() {
+            let records: Vec<VirtualBrokerRecord> = fresh
+                .iter()
+                .map(|b| VirtualBrokerRecord {
+                    cluster: b.cluster.to_string(),
+                    upstream_node_id: b.upstream_id,
+                    virtual_id: b.id,
+                    port: b.port,
+                })
+                .collect();
+            if let Err(e) = self.state.update(|s| s.virtual_brokers.extend(records)) {
+                // Not durable means not real: forget them so a later attempt
+                // allocates (and persists) again.
+                for b in &fresh {
+                    inner
+                        .by_upstream
+                        .remove(&(b.cluster.clone(), b.upstream_id));
+                    inner.by_virtual.remove(&b.id);
+                }
+                return Err(e);
+            }
+            for b in &fresh {
+                tracing::info!(
+                    cluster = %b.cluster, upstream_id = b.upstream_id, virtual_id = b.id,
+                    port = b.port, "new virtual broker"
+                );
+            }
+        }
+        Ok(fresh)
+    }
+
+    fn next_free_port(&self, inner: &Inner) -> Result<u16> {
+        let used: std::collections::HashSet<u16> =
+            inner.by_virtual.values().map(|b| b.port).collect();
+        (self.ports_start..=u16::MAX)
+            .find(|p| !used.contains(p))
+            .ok_or_else(|| Error::klink(Kind::Config, "no free virtual broker port left"))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(id: i32, port: i32) -> UpstreamBroker {
+        UpstreamBroker {
+            node_id: id,
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn ids_and_ports_are_allocated_once_and_survive_reload() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let registry = BrokerRegistry::load(state, "127.0.0.1".into(), 9100);
+        let source: Arc<str> = Arc::from("source");
+        let target: Arc<str> = Arc::from("target");
+        let fresh = registry
+            .observe(&source, &[upstream(1, 19092), upstream(2, 19093)])
+            .expect("observe");
+        assert_eq!(
+            fresh.iter().map(|b| (b.id, b.port)).collect::<Vec<_>>(),
+            vec![(1, 9100), (2, 9101)]
+        );
+        // Same node ids in another cluster are other brokers.
+        let fresh = registry
+            .observe(&target, &[upstream(1, 29092)])
+            .expect("observe");
+        assert_eq!((fresh[0].id, fresh[0].port), (3, 9102));
+        // Seen again: nothing new, but a moved address is remembered.
+        assert!(
+            registry
+                .observe(&source, &[upstream(1, 19999)])
+                .expect("observe")
+                .is_empty()
+        );
+        let b1 = registry.by_upstream("source", 1).expect("known");
+        assert_eq!(
+            registry.upstream_address(&b1).as_deref(),
+            Some("127.0.0.1:19999")
+        );
+
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let reloaded = BrokerRegistry::load(state, "127.0.0.1".into(), 9100);
+        assert_eq!(reloaded.all(), registry.all());
+        let fresh = reloaded
+            .observe(&source, &[upstream(7, 19094)])
+            .expect("observe");
+        assert_eq!((fresh[0].id, fresh[0].port), (4, 9103));
+    }
+}

@@ -1,0 +1,294 @@
+//! The `klink.toml` contract: what an operator writes, checked strictly.
+//!
+//! Unknown keys are errors and every error names the file, the line and the
+//! key, because a typo in a migration config must stop klink before it
+//! touches any traffic.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Bootstrap address clients use.
+    pub listen: SocketAddr,
+    /// Host put into every broker address klink hands out.
+    pub advertised_host: String,
+    /// Virtual brokers listen on consecutive ports from here.
+    pub broker_ports_start: u16,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Frames above this are refused before any allocation.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u32,
+    /// Cluster whose brokers answer the bootstrap address and whose routes
+    /// topics and groups take when no link names them.
+    #[serde(default = "default_cluster")]
+    pub default_cluster: String,
+    /// How long in-flight requests may take to finish on SIGTERM.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("./klink-state")
+}
+fn default_max_frame_bytes() -> u32 {
+    100 * 1024 * 1024
+}
+fn default_cluster() -> String {
+    "source".to_string()
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
+
+impl ClusterConfig {
+    /// The bootstrap list as separate `host:port` strings.
+    pub fn bootstrap_addrs(&self) -> Vec<String> {
+        self.bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// A config problem, located for the operator: `file:line: key `k`: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let located =
+            |span: Option<std::ops::Range<usize>>, key: Option<String>, message: String| {
+                ConfigError {
+                    file: path.to_path_buf(),
+                    line: span.map(|s| line_of(text, s.start)),
+                    key,
+                    message,
+                }
+            };
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| located(e.span(), None, e.message().to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let key = (key != ".").then_some(key);
+            located(inner.span(), key, inner.message().to_string())
+        })?;
+        config
+            .validate()
+            .map_err(|(section, key, message)| ConfigError {
+                file: path.to_path_buf(),
+                line: find_key_line(text, &section, &key),
+                key: Some(if section.is_empty() {
+                    key
+                } else {
+                    format!("{section}.{key}")
+                }),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks that need more than one field; errors are (section, key, message).
+    fn validate(&self) -> Result<(), (String, String, String)> {
+        let err = |section: &str, key: &str, message: String| {
+            Err((section.to_string(), key.to_string(), message))
+        };
+        if self.proxy.advertised_host.trim().is_empty() {
+            return err("proxy", "advertised_host", "must not be empty".into());
+        }
+        if self.proxy.max_frame_bytes < 1024 {
+            return err(
+                "proxy",
+                "max_frame_bytes",
+                format!("{} is too small: at least 1024", self.proxy.max_frame_bytes),
+            );
+        }
+        if self.proxy.max_frame_bytes > i32::MAX as u32 {
+            return err(
+                "proxy",
+                "max_frame_bytes",
+                "must fit in a Kafka int32".into(),
+            );
+        }
+        if self.clusters.is_empty() {
+            return err("", "clusters", "at least one cluster is required".into());
+        }
+        for (name, cluster) in &self.clusters {
+            let section = format!("clusters.{name}");
+            let addrs = cluster.bootstrap_addrs();
+            if addrs.is_empty() {
+                return err(&section, "bootstrap", "no host:port given".into());
+            }
+            for addr in addrs {
+                let valid = addr
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !valid {
+                    return err(&section, "bootstrap", format!("`{addr}` is not host:port"));
+                }
+            }
+        }
+        if !self.clusters.contains_key(&self.proxy.default_cluster) {
+            return err(
+                "proxy",
+                "default_cluster",
+                format!(
+                    "`{}` is not a cluster defined under [clusters]",
+                    self.proxy.default_cluster
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text[..byte.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line where `key` is set inside `[section]`; a plain text scan is enough
+/// for the flat tables klink's config uses.
+fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
+    let mut current = String::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            if section.is_empty() && current == key {
+                return Some(index + 1);
+            }
+            continue;
+        }
+        if current == section
+            && let Some((k, _)) = line.split_once('=')
+            && k.trim().trim_matches('"') == key
+        {
+            return Some(index + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:9092"
+advertised_host = "127.0.0.1"
+broker_ports_start = 9100
+state_dir = "./klink-state"
+max_frame_bytes = 104857600
+
+[clusters.source]
+bootstrap = "127.0.0.1:19092, 127.0.0.1:19093"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("klink.toml"), text)
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let config = parse(GOOD).expect("valid config");
+        assert_eq!(config.proxy.broker_ports_start, 9100);
+        assert_eq!(config.proxy.default_cluster, "source");
+        assert_eq!(
+            config.clusters["source"].bootstrap_addrs(),
+            vec!["127.0.0.1:19092", "127.0.0.1:19093"]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("state_dir", "stat_dir");
+        let e = parse(&text).expect_err("unknown key");
+        assert_eq!(e.line, Some(6), "{e}");
+        assert!(e.to_string().starts_with("klink.toml:6"), "{e}");
+        assert!(e.message.contains("stat_dir"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = GOOD.replace("broker_ports_start = 9100", "broker_ports_start = \"x\"");
+        let e = parse(&text).expect_err("bad type");
+        assert_eq!(e.key.as_deref(), Some("proxy.broker_ports_start"), "{e}");
+        assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    #[test]
+    fn bad_bootstrap_and_default_cluster_are_located() {
+        let text = GOOD.replace("127.0.0.1:19093", "nohostport");
+        let e = parse(&text).expect_err("bad bootstrap");
+        assert_eq!(e.key.as_deref(), Some("clusters.source.bootstrap"), "{e}");
+        assert_eq!(e.line, Some(10), "{e}");
+
+        let text = GOOD.replace("[proxy]\n", "[proxy]\ndefault_cluster = \"target\"\n");
+        let e = parse(&text).expect_err("missing cluster");
+        assert_eq!(e.key.as_deref(), Some("proxy.default_cluster"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = parse("[proxy\nlisten=1").expect_err("syntax");
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+}

@@ -1,0 +1,29 @@
+//! klink: a Kafka wire-protocol proxy for moving workloads between clusters
+//! without restarting clients.
+//!
+//! # Layout
+//!
+//! A request reads top to bottom through these modules:
+//!
+//! - [`wire`]: framing and the header fields routing needs; never allocates
+//!   from an unchecked wire length.
+//! - [`proxy`]: listeners, one session per client connection, pipelining
+//!   with responses in request order, graceful shutdown.
+//! - [`versions`]: which APIs klink offers and the ApiVersions answer.
+//! - [`upstream`]: connections to upstream brokers and cluster discovery.
+//! - [`broker`]: virtual brokers, the klink addresses that stand for
+//!   upstream brokers, with ids and ports that survive restarts.
+//! - [`rewrite`]: responses that name brokers, rewritten to virtual brokers.
+//! - [`state`]: the durable state file (write, fsync, rename).
+//! - [`config`]: the `klink.toml` contract.
+//! - [`error`]: errors that know their origin and whether to retry.
+
+pub mod broker;
+pub mod config;
+pub mod error;
+pub mod proxy;
+pub mod rewrite;
+pub mod state;
+pub mod upstream;
+pub mod versions;
+pub mod wire;

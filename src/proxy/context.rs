@@ -1,0 +1,126 @@
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{BrokerRegistry, UpstreamBroker, VirtualBroker};
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::upstream::Cluster;
+use crate::versions::UpstreamVersions;
+
+/// What every session shares.
+pub struct ProxyContext {
+    pub config: Config,
+    pub registry: BrokerRegistry,
+    clusters: Vec<Cluster>,
+    /// Each cluster's ApiVersions answer, learned once: versions do not
+    /// change under a running broker in a way klink could act on.
+    upstream_versions: OnceCell<Vec<UpstreamVersions>>,
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
+}
+
+impl ProxyContext {
+    pub fn new(
+        config: Config,
+        registry: BrokerRegistry,
+        clusters: Vec<Cluster>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
+    ) -> ProxyContext {
+        ProxyContext {
+            config,
+            registry,
+            clusters,
+            upstream_versions: OnceCell::new(),
+            tasks,
+            shutdown,
+            new_listeners,
+        }
+    }
+
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| &*c.name == name)
+    }
+
+    /// The cluster behind the bootstrap address.
+    pub fn default_cluster(&self) -> Result<&Cluster> {
+        self.cluster(&self.config.proxy.default_cluster)
+            .ok_or_else(|| {
+                Error::klink(Kind::Config, "default_cluster names no configured cluster")
+            })
+    }
+
+    pub fn max_frame_bytes(&self) -> u32 {
+        self.config.proxy.max_frame_bytes
+    }
+
+    /// Every cluster's API versions, asked on first need.
+    pub async fn upstream_versions(&self) -> Result<&[UpstreamVersions]> {
+        self.upstream_versions
+            .get_or_try_init(|| async {
+                let mut all = Vec::with_capacity(self.clusters.len());
+                for cluster in &self.clusters {
+                    all.push(cluster.api_versions().await?);
+                }
+                Ok(all)
+            })
+            .await
+            .map(Vec::as_slice)
+    }
+
+    /// Asks a cluster for its brokers and registers them.
+    pub async fn discover(self: &Arc<Self>, cluster: &Cluster) -> Result<()> {
+        let brokers = cluster.discover().await?;
+        self.announce(&cluster.name, &brokers).await
+    }
+
+    /// Makes sure every broker in `brokers` has a virtual broker that is
+    /// listening, before a client can learn its address.
+    pub async fn announce(
+        self: &Arc<Self>,
+        cluster: &Arc<str>,
+        brokers: &[UpstreamBroker],
+    ) -> Result<()> {
+        for broker in self.registry.observe(cluster, brokers)? {
+            self.listen_virtual(broker).await?;
+        }
+        Ok(())
+    }
+
+    /// Binds a virtual broker's port and starts accepting on it.
+    pub async fn listen_virtual(&self, broker: VirtualBroker) -> Result<()> {
+        let addr = (self.config.proxy.listen.ip(), broker.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Error::klink(
+                Kind::Config,
+                format!(
+                    "virtual broker {} cannot listen on port {}: {e}",
+                    broker.id, broker.port
+                ),
+            )
+        })?;
+        tracing::debug!(
+            virtual_id = broker.id,
+            port = broker.port,
+            "virtual broker listening"
+        );
+        // Sessions announce brokers and accept loops run sessions; handing the
+        // bound socket to a separate task keeps that cycle out of the types.
+        // The port is bound now, so a client that connects at once waits in
+        // the backlog instead of being refused.
+        self.new_listeners
+            .send((listener, broker))
+            .map_err(|_| Error::klink(Kind::Closed, "proxy is shutting down"))?;
+        Ok(())
+    }
+}

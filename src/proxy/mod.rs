@@ -1,0 +1,115 @@
+//! The running proxy: listeners for the bootstrap address and every virtual
+//! broker, one [`session`] per client connection, and graceful shutdown.
+//!
+//! Shutdown is data: one cancellation token tells every listener to stop
+//! accepting and every session to stop reading; a task tracker tells `run`
+//! when the last in-flight response has been written (or the grace ran out).
+
+mod context;
+mod listener;
+mod session;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use context::ProxyContext;
+
+use crate::broker::BrokerRegistry;
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+use crate::state::StateStore;
+use crate::upstream::Cluster;
+
+/// Runs klink until `shutdown` is cancelled, then drains in-flight requests
+/// for at most `shutdown_grace_ms`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
+    let listener = TcpListener::bind(config.proxy.listen).await.map_err(|e| {
+        Error::klink(
+            Kind::Config,
+            format!("cannot listen on {}: {e}", config.proxy.listen),
+        )
+    })?;
+    run_with_listener(config, listener, shutdown).await
+}
+
+/// As [`run`], with the bootstrap listener already bound (tests bind port 0).
+pub async fn run_with_listener(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let state = Arc::new(StateStore::open(&config.proxy.state_dir)?);
+    let registry = BrokerRegistry::load(
+        state.clone(),
+        config.proxy.advertised_host.clone(),
+        config.proxy.broker_ports_start,
+    );
+    let clusters = config
+        .clusters
+        .iter()
+        .map(|(name, c)| Cluster::new(name, c.bootstrap_addrs(), config.proxy.max_frame_bytes))
+        .collect();
+    let tasks = TaskTracker::new();
+    let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
+    let (new_listeners, mut listeners) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = Arc::new(ProxyContext::new(
+        config,
+        registry,
+        clusters,
+        tasks.clone(),
+        shutdown.clone(),
+        new_listeners,
+    ));
+    let spawner = ctx.clone();
+    tasks.spawn(async move {
+        loop {
+            let (listener, broker) = tokio::select! {
+                _ = spawner.shutdown.cancelled() => return,
+                next = listeners.recv() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
+            spawner.tasks.spawn(listener::accept_loop(
+                listener,
+                spawner.clone(),
+                Some(broker),
+            ));
+        }
+    });
+
+    // Virtual brokers clients may remember from before a restart listen
+    // first, on the ports they had.
+    for broker in ctx.registry.all() {
+        ctx.listen_virtual(broker).await?;
+    }
+    let bootstrap = listener.local_addr().ok();
+    tasks.spawn(listener::accept_loop(listener, ctx.clone(), None));
+    for cluster in ctx.clusters() {
+        if let Err(e) = ctx.discover(cluster).await {
+            // Not fatal: a cluster may come up after klink does; sessions
+            // retry discovery when they need it.
+            tracing::warn!(cluster = %cluster.name, error = %e, "cluster discovery failed");
+        }
+    }
+    tracing::info!(
+        ?bootstrap,
+        brokers = ctx.registry.all().len(),
+        "klink ready"
+    );
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    tasks.close();
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "in-flight requests did not finish in time"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! One client connection: requests are read and forwarded as they arrive
+//! (many in flight), and responses are written back strictly in request
+//! order, whichever upstream answers first.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::ProxyContext;
+use crate::broker::VirtualBroker;
+use crate::error::{Error, Kind, Result};
+use crate::rewrite::{BrokerView, Rewrite, needs_rewrite};
+use crate::upstream::{Reply, UpstreamConn};
+use crate::versions::{api_versions_response, can_handle, unsupported_api_versions_response};
+use crate::wire::{Frame, FrameCodec, RequestHeader, produce_acks};
+
+/// Requests one client may have in flight before klink stops reading from
+/// it; Kafka clients default to 5 per connection, so this only bounds abuse.
+const MAX_IN_FLIGHT: usize = 128;
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// What the writer owes the client for one request, in request order.
+enum Pending {
+    /// An answer klink made itself.
+    Ready(Bytes),
+    /// An upstream's answer, still to arrive and maybe to be rewritten.
+    Upstream {
+        reply: Reply,
+        api: ApiKey,
+        version: i16,
+        cluster: Arc<str>,
+    },
+}
+
+pub struct Session {
+    ctx: Arc<ProxyContext>,
+    /// The virtual broker this connection's port stands for; `None` on the
+    /// bootstrap address, which any broker of the default cluster serves.
+    home: Option<VirtualBroker>,
+    peer: SocketAddr,
+}
+
+impl Session {
+    pub fn new(ctx: Arc<ProxyContext>, home: Option<VirtualBroker>, peer: SocketAddr) -> Session {
+        Session { ctx, home, peer }
+    }
+
+    pub async fn run(self, stream: TcpStream) {
+        let (read, write) = stream.into_split();
+        let (queue_tx, queue_rx) = mpsc::channel(MAX_IN_FLIGHT);
+        // The writer cancels this when it cannot go on, so the reader stops
+        // forwarding requests nobody will answer.
+        let writer_gone = CancellationToken::new();
+        tokio::join!(
+            self.read_requests(read, queue_tx, writer_gone.clone()),
+            self.write_responses(write, queue_rx, writer_gone),
+        );
+        tracing::debug!(peer = %self.peer, "connection closed");
+    }
+
+    async fn read_requests(
+        &self,
+        read: OwnedReadHalf,
+        queue: mpsc::Sender<Pending>,
+        writer_gone: CancellationToken,
+    ) {
+        let mut frames = FramedRead::new(read, FrameCodec::requests(self.ctx.max_frame_bytes()));
+        let mut upstream: Option<UpstreamConn> = None;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => break,
+                _ = writer_gone.cancelled() => break,
+                next = frames.next() => next,
+            };
+            let frame = match next {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    tracing::warn!(peer = %self.peer, error = %e, "closing client connection: bad frame");
+                    break;
+                }
+            };
+            match self.dispatch(frame, &mut upstream).await {
+                Ok(Some(pending)) => {
+                    if queue.send(pending).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // Responses already queued still go out; then the
+                    // connection closes, as a Kafka broker does for a
+                    // request it cannot parse.
+                    tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Decides what one request needs and sends it on its way. `Ok(None)`
+    /// means no response is owed (Produce with acks=0).
+    async fn dispatch(
+        &self,
+        frame: Frame,
+        upstream: &mut Option<UpstreamConn>,
+    ) -> Result<Option<Pending>> {
+        let payload = frame.payload();
+        let header = RequestHeader::parse(&payload)
+            .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
+        let Some(api) = header.known_api else {
+            return Err(Error::client(
+                Kind::Unsupported,
+                format!(
+                    "unknown API key {} (v{})",
+                    header.api_key, header.api_version
+                ),
+            ));
+        };
+        if api == ApiKey::ApiVersions {
+            return self.api_versions(&header).await.map(Some);
+        }
+        if !can_handle(api, header.api_version) {
+            return Err(Error::client(
+                Kind::Unsupported,
+                format!(
+                    "{api:?} v{} is not something klink can carry (client id {:?})",
+                    header.api_version, header.client_id
+                ),
+            ));
+        }
+        let expects_response = match api {
+            ApiKey::Produce => {
+                produce_acks(&payload, &header)
+                    .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?
+                    != 0
+            }
+            _ => true,
+        };
+        let conn = self.upstream(upstream).await?;
+        let reply = conn
+            .send(frame.wire_bytes().clone(), expects_response)
+            .await?;
+        Ok(reply.map(|reply| Pending::Upstream {
+            reply,
+            api,
+            version: header.api_version,
+            cluster: self.cluster_name(),
+        }))
+    }
+
+    async fn api_versions(&self, header: &RequestHeader) -> Result<Pending> {
+        if !can_handle(ApiKey::ApiVersions, header.api_version) {
+            tracing::info!(
+                peer = %self.peer, version = header.api_version,
+                "ApiVersions at an unknown version: answering v0 UNSUPPORTED_VERSION"
+            );
+            return Ok(Pending::Ready(unsupported_api_versions_response(
+                header.correlation_id,
+            )));
+        }
+        let upstreams = self.ctx.upstream_versions().await?;
+        Ok(Pending::Ready(api_versions_response(
+            header.correlation_id,
+            header.api_version,
+            upstreams,
+        )))
+    }
+
+    fn cluster_name(&self) -> Arc<str> {
+        match &self.home {
+            Some(broker) => broker.cluster.clone(),
+            None => Arc::from(self.ctx.config.proxy.default_cluster.as_str()),
+        }
+    }
+
+    /// The upstream connection this session forwards to, opened on first use.
+    async fn upstream(&self, slot: &mut Option<UpstreamConn>) -> Result<UpstreamConn> {
+        if let Some(conn) = slot
+            && !conn.is_closed()
+        {
+            return Ok(conn.clone());
+        }
+        let conn = match &self.home {
+            None => self.ctx.default_cluster()?.connect_any().await?,
+            Some(broker) => {
+                let cluster = self.ctx.cluster(&broker.cluster).ok_or_else(|| {
+                    Error::klink(
+                        Kind::Config,
+                        format!("cluster {} is not configured", broker.cluster),
+                    )
+                })?;
+                let addr = match self.ctx.registry.upstream_address(broker) {
+                    Some(addr) => addr,
+                    None => {
+                        // Remembered from before a restart but not announced
+                        // since: ask the cluster where it is now.
+                        self.ctx.discover(cluster).await?;
+                        self.ctx.registry.upstream_address(broker).ok_or_else(|| {
+                            Error::upstream(
+                                &broker.cluster,
+                                Kind::Closed,
+                                format!(
+                                    "upstream broker {} is no longer in the cluster",
+                                    broker.upstream_id
+                                ),
+                            )
+                        })?
+                    }
+                };
+                UpstreamConn::connect(broker.cluster.clone(), &addr, self.ctx.max_frame_bytes())
+                    .await?
+            }
+        };
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn write_responses(
+        &self,
+        write: OwnedWriteHalf,
+        mut queue: mpsc::Receiver<Pending>,
+        writer_gone: CancellationToken,
+    ) {
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, write);
+        loop {
+            // Flush only when nothing is ready to go next, so pipelined
+            // responses share writes without one waiting on another.
+            let pending = match queue.try_recv() {
+                Ok(p) => p,
+                Err(TryRecvError::Empty) => {
+                    if out.flush().await.is_err() {
+                        break;
+                    }
+                    match queue.recv().await {
+                        Some(p) => p,
+                        None => break,
+                    }
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            let bytes = match pending {
+                Pending::Ready(bytes) => bytes,
+                Pending::Upstream {
+                    mut reply,
+                    api,
+                    version,
+                    cluster,
+                } => {
+                    let answer = match reply.try_recv() {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            if out.flush().await.is_err() {
+                                break;
+                            }
+                            match reply.await {
+                                Ok(answer) => answer,
+                                Err(_) => Err(Error::upstream(
+                                    &cluster,
+                                    Kind::Closed,
+                                    "upstream connection dropped",
+                                )),
+                            }
+                        }
+                    };
+                    match self.finish(answer, api, version, &cluster).await {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
+                            break;
+                        }
+                    }
+                }
+            };
+            if out.write_all(&bytes).await.is_err() {
+                break;
+            }
+        }
+        writer_gone.cancel();
+        let _ = out.flush().await;
+        let _ = out.shutdown().await;
+    }
+
+    /// Turns an upstream answer into the bytes the client gets.
+    async fn finish(
+        &self,
+        answer: Result<Frame>,
+        api: ApiKey,
+        version: i16,
+        cluster: &Arc<str>,
+    ) -> Result<Bytes> {
+        let frame = answer?;
+        if !needs_rewrite(api, version) {
+            return Ok(frame.wire_bytes().clone());
+        }
+        let rewrite = Rewrite::decode(api, version, frame)
+            .map_err(|e| Error::upstream(cluster, Kind::Protocol, e.to_string()))?;
+        let Some(rewrite) = rewrite else {
+            return Err(Error::klink(Kind::Protocol, "rewrite expected"));
+        };
+        self.ctx.announce(cluster, &rewrite.announced()).await?;
+        let view = BrokerView {
+            registry: &self.ctx.registry,
+            cluster,
+        };
+        rewrite
+            .apply(&view)
+            .map_err(|e| Error::klink(Kind::Protocol, e.to_string()))
+    }
+}

@@ -1,0 +1,111 @@
+use kafka_protocol::messages::MetadataResponse;
+use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+use kafka_protocol::protocol::StrBytes;
+
+use super::BrokerView;
+use crate::broker::UpstreamBroker;
+
+pub fn announced(response: &MetadataResponse) -> Vec<UpstreamBroker> {
+    response
+        .brokers
+        .iter()
+        .map(|b| UpstreamBroker {
+            node_id: b.node_id.0,
+            host: b.host.to_string(),
+            port: b.port,
+        })
+        .collect()
+}
+
+/// Metadata always changes: its broker list is nothing but addresses.
+pub fn rewrite(response: &mut MetadataResponse, view: &BrokerView<'_>) -> bool {
+    let host = StrBytes::from_string(view.host().to_string());
+    response.brokers = response
+        .brokers
+        .iter()
+        .filter_map(|b| {
+            let virtual_broker = view.virtual_of(b.node_id.0)?;
+            Some(
+                MetadataResponseBroker::default()
+                    .with_node_id(virtual_broker.id.into())
+                    .with_host(host.clone())
+                    .with_port(i32::from(virtual_broker.port))
+                    .with_rack(b.rack.clone()),
+            )
+        })
+        .collect();
+    response.controller_id = view.map_id(response.controller_id);
+    for topic in &mut response.topics {
+        for partition in &mut topic.partitions {
+            partition.leader_id = view.map_id(partition.leader_id);
+            partition.replica_nodes = view.map_ids(&partition.replica_nodes);
+            partition.isr_nodes = view.map_ids(&partition.isr_nodes);
+            partition.offline_replicas = view.map_ids(&partition.offline_replicas);
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{ApiKey, BrokerId, MetadataResponse, TopicName};
+
+    use super::*;
+    use crate::rewrite::test_support::*;
+
+    fn upstream_metadata() -> MetadataResponse {
+        let broker = |id: i32| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(StrBytes::from_string(format!("10.9.9.{id}")))
+                .with_port(19092)
+        };
+        let partition = |index: i32, leader: i32| {
+            MetadataResponsePartition::default()
+                .with_partition_index(index)
+                .with_leader_id(BrokerId(leader))
+                .with_replica_nodes(vec![BrokerId(1), BrokerId(2), BrokerId(3)])
+                .with_isr_nodes(vec![BrokerId(leader)])
+        };
+        MetadataResponse::default()
+            .with_brokers(vec![broker(1), broker(2)])
+            .with_controller_id(BrokerId(2))
+            .with_cluster_id(Some(StrBytes::from_static_str("c1")))
+            .with_topics(vec![
+                MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(StrBytes::from_static_str("orders"))))
+                    .with_partitions(vec![partition(0, 1), partition(1, 2), partition(2, 3)]),
+            ])
+    }
+
+    #[test]
+    fn every_version_gets_virtual_brokers_only() {
+        let range = ApiKey::Metadata.valid_versions();
+        for version in range.min..=range.max {
+            let (announced, bytes) = roundtrip(ApiKey::Metadata, version, &upstream_metadata());
+            assert_eq!(announced.len(), 2);
+            assert_no_upstream_address(&bytes);
+            let out: MetadataResponse = decode(ApiKey::Metadata, version, bytes);
+            let brokers: Vec<_> = out
+                .brokers
+                .iter()
+                .map(|b| (b.node_id.0, b.host.to_string(), b.port))
+                .collect();
+            assert_eq!(
+                brokers,
+                vec![(1, "127.0.0.1".into(), 9100), (2, "127.0.0.1".into(), 9101)]
+            );
+            if version >= 1 {
+                assert_eq!(out.controller_id, BrokerId(2));
+            }
+            let partitions = &out.topics[0].partitions;
+            assert_eq!(partitions[0].leader_id, BrokerId(1));
+            // Upstream broker 3 was never announced: no leader, not a replica.
+            assert_eq!(partitions[2].leader_id, BrokerId(-1));
+            assert_eq!(partitions[0].replica_nodes, vec![BrokerId(1), BrokerId(2)]);
+        }
+    }
+}

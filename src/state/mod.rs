@@ -1,0 +1,192 @@
+//! klink's durable state: one JSON document in `state_dir`, replaced
+//! atomically (write a temp file, fsync it, rename it over the old one, fsync
+//! the directory) before any request sees the change it records.
+//!
+//! A state file that cannot be read or parsed stops klink: silently starting
+//! from defaults could send a promoted topic's writes back to the source.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Kind, Result};
+
+pub const STATE_FILE: &str = "klink-state.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// Everything klink must remember across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    pub format_version: u32,
+    pub virtual_brokers: Vec<VirtualBrokerRecord>,
+}
+
+/// One upstream broker's klink identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualBrokerRecord {
+    pub cluster: String,
+    pub upstream_node_id: i32,
+    pub virtual_id: i32,
+    pub port: u16,
+}
+
+pub struct StateStore {
+    path: PathBuf,
+    /// A std mutex: held only while a small file is written, never across an
+    /// await, and updates must be serialized so no write is lost.
+    current: Mutex<PersistedState>,
+}
+
+impl StateStore {
+    /// Opens the state in `dir`, creating the directory and an empty state
+    /// when neither exists yet.
+    pub fn open(dir: &Path) -> Result<StateStore> {
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::klink(
+                Kind::Config,
+                format!("cannot create state_dir {}: {e}", dir.display()),
+            )
+        })?;
+        let path = dir.join(STATE_FILE);
+        let state = match fs::read(&path) {
+            Ok(bytes) => parse_state(&path, &bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistedState {
+                format_version: FORMAT_VERSION,
+                ..Default::default()
+            },
+            Err(e) => {
+                return Err(Error::klink(
+                    Kind::Config,
+                    format!("cannot read state file {}: {e}", path.display()),
+                ));
+            }
+        };
+        Ok(StateStore {
+            path,
+            current: Mutex::new(state),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn snapshot(&self) -> PersistedState {
+        self.lock().clone()
+    }
+
+    /// Applies `change` and makes it durable before returning. On a write
+    /// failure the in-memory state is left as it was.
+    pub fn update<T>(&self, change: impl FnOnce(&mut PersistedState) -> T) -> Result<T> {
+        let mut current = self.lock();
+        let mut next = current.clone();
+        let out = change(&mut next);
+        if next != *current {
+            write_atomically(&self.path, &next)?;
+            *current = next;
+        }
+        Ok(out)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PersistedState> {
+        // A panic while holding the lock cannot leave a half-applied state:
+        // `update` only swaps in a fully written document.
+        self.current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn parse_state(path: &Path, bytes: &[u8]) -> Result<PersistedState> {
+    let state: PersistedState = serde_json::from_slice(bytes).map_err(|e| {
+        Error::klink(
+            Kind::Config,
+            format!(
+                "state file {} is corrupt ({e}); klink will not start from guessed routes. \
+                 Restore it from a backup, or move it away to start afresh",
+                path.display()
+            ),
+        )
+    })?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(Error::klink(
+            Kind::Config,
+            format!(
+                "state file {} has format version {}, this klink reads {FORMAT_VERSION}",
+                path.display(),
+                state.format_version
+            ),
+        ));
+    }
+    Ok(state)
+}
+
+fn write_atomically(path: &Path, state: &PersistedState) -> Result<()> {
+    let io = |what: &str, e: std::io::Error| {
+        Error::klink(Kind::Io, format!("{what} {}: {e}", path.display()))
+    };
+    let bytes = serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::klink(Kind::Config, format!("serializing state: {e}")))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
+    file.write_all(&bytes).map_err(|e| io("writing", e))?;
+    file.sync_all().map_err(|e| io("fsyncing", e))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(|e| io("renaming temp file onto", e))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("fsyncing directory of", e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: i32) -> VirtualBrokerRecord {
+        VirtualBrokerRecord {
+            cluster: "source".into(),
+            upstream_node_id: id * 10,
+            virtual_id: id,
+            port: 9100 + id as u16,
+        }
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("open");
+        store
+            .update(|s| s.virtual_brokers.push(record(1)))
+            .expect("update");
+        let reopened = StateStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.snapshot().virtual_brokers, vec![record(1)]);
+        assert!(!dir.path().join("klink-state.json.tmp").exists());
+    }
+
+    #[test]
+    fn corrupt_file_refuses_to_open_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(
+            dir.path().join(STATE_FILE),
+            b"{\"format_version\": 1, \"virt",
+        )
+        .expect("write");
+        let err = StateStore::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("corrupt"), "{err}");
+        fs::write(
+            dir.path().join(STATE_FILE),
+            b"{\"format_version\": 7, \"virtual_brokers\": []}",
+        )
+        .expect("write");
+        let err = StateStore::open(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("format version 7"), "{err}");
+    }
+}

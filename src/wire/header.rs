@@ -1,0 +1,217 @@
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+
+/// The request header fields klink reads. Everything is parsed from borrowed
+/// bytes with bounds checks; nothing here allocates from a wire length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub api_key: i16,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    /// `None` when the API key is unknown to klink (then the header layout
+    /// past the client id is unknown too).
+    pub known_api: Option<ApiKey>,
+    /// Where the body starts in the payload, when the header layout is known.
+    pub body_offset: Option<usize>,
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed request header: {0}")]
+pub struct HeaderError(&'static str);
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], HeaderError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(HeaderError("length overflow"))?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(HeaderError("field runs past the end of the frame"))?;
+        self.pos = end;
+        Ok(slice)
+    }
+    fn i16(&mut self) -> Result<i16, HeaderError> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+    fn i32(&mut self) -> Result<i32, HeaderError> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn uvarint(&mut self) -> Result<u64, HeaderError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.take(1)?[0];
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(HeaderError("varint longer than 10 bytes"))
+    }
+    fn skip_tagged_fields(&mut self) -> Result<(), HeaderError> {
+        let count = self.uvarint()?;
+        for _ in 0..count {
+            self.uvarint()?;
+            let size = self.uvarint()?;
+            self.take(usize::try_from(size).map_err(|_| HeaderError("tag size"))?)?;
+        }
+        Ok(())
+    }
+}
+
+impl RequestHeader {
+    /// Parses the header at the start of a frame payload (prefix stripped).
+    pub fn parse(payload: &[u8]) -> Result<RequestHeader, HeaderError> {
+        let mut r = Reader {
+            bytes: payload,
+            pos: 0,
+        };
+        let api_key = r.i16()?;
+        let api_version = r.i16()?;
+        let correlation_id = r.i32()?;
+        // Every header version from v1 on carries a classic nullable client id
+        // (never a compact string, even in flexible versions).
+        let client_id_len = r.i16()?;
+        let client_id = match client_id_len {
+            -1 => None,
+            n if n < 0 => return Err(HeaderError("negative client id length")),
+            n => Some(String::from_utf8_lossy(r.take(n as usize)?).into_owned()),
+        };
+        let known_api = ApiKey::try_from(api_key).ok();
+        let mut body_offset = None;
+        if let Some(api) = known_api
+            && api.valid_versions().min <= api_version
+            && api_version <= api.valid_versions().max
+        {
+            if api.request_header_version(api_version) >= 2 {
+                r.skip_tagged_fields()?;
+            }
+            body_offset = Some(r.pos);
+        }
+        Ok(RequestHeader {
+            api_key,
+            api_version,
+            correlation_id,
+            known_api,
+            body_offset,
+            client_id,
+        })
+    }
+
+    /// Reads only the correlation id, for frames whose header is otherwise
+    /// unusable but which still deserve an answer.
+    pub fn correlation_id_of(payload: &[u8]) -> Option<i32> {
+        payload
+            .get(4..8)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+/// The `acks` of a Produce request, read without decoding its records.
+pub fn produce_acks(payload: &[u8], header: &RequestHeader) -> Result<i16, HeaderError> {
+    let offset = header.body_offset.ok_or(HeaderError("unknown layout"))?;
+    let mut r = Reader {
+        bytes: payload,
+        pos: offset,
+    };
+    // transactional_id: a compact nullable string from v9 on, classic before.
+    if header.api_version >= 9 {
+        let len_plus_one = r.uvarint()?;
+        if len_plus_one > 0 {
+            r.take(usize::try_from(len_plus_one - 1).map_err(|_| HeaderError("length"))?)?;
+        }
+    } else {
+        let len = r.i16()?;
+        if len > 0 {
+            r.take(len as usize)?;
+        }
+    }
+    r.i16()
+}
+
+/// Builds a whole response frame (prefix, header, body).
+pub fn response_frame(correlation_id: i32, header_version: i16, body: &[u8]) -> Bytes {
+    let header_len = if header_version >= 1 { 5 } else { 4 };
+    let mut buf = BytesMut::with_capacity(4 + header_len + body.len());
+    buf.put_i32((header_len + body.len()) as i32);
+    buf.put_i32(correlation_id);
+    if header_version >= 1 {
+        buf.put_u8(0); // no tagged fields
+    }
+    buf.put_slice(body);
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{ProduceRequest, RequestHeader as KRequestHeader};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    fn encoded(api: ApiKey, version: i16, body: &impl Encodable) -> BytesMut {
+        let mut buf = BytesMut::new();
+        KRequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(42)
+            .with_client_id(Some(StrBytes::from_static_str("me")))
+            .encode(&mut buf, api.request_header_version(version))
+            .expect("encode header");
+        body.encode(&mut buf, version).expect("encode body");
+        buf
+    }
+
+    #[test]
+    fn parses_classic_and_flexible_headers_and_produce_acks() {
+        for (version, txn) in [(3, None), (8, Some("t1")), (9, None), (11, Some("txn-abc"))] {
+            let request = ProduceRequest::default()
+                .with_acks(-1)
+                .with_transactional_id(txn.map(|t| StrBytes::from_static_str(t).into()));
+            let buf = encoded(ApiKey::Produce, version, &request);
+            let header = RequestHeader::parse(&buf).expect("header");
+            assert_eq!(header.correlation_id, 42);
+            assert_eq!(header.client_id.as_deref(), Some("me"));
+            assert_eq!(produce_acks(&buf, &header), Ok(-1), "v{version}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_versions_have_no_body_offset() {
+        let mut buf = BytesMut::new();
+        buf.put_i16(999);
+        buf.put_i16(0);
+        buf.put_i32(7);
+        buf.put_i16(-1);
+        let header = RequestHeader::parse(&buf).expect("header");
+        assert_eq!((header.known_api, header.body_offset), (None, None));
+        assert_eq!(RequestHeader::correlation_id_of(&buf), Some(7));
+    }
+
+    #[test]
+    fn truncated_and_lying_headers_are_errors_not_panics() {
+        let mut buf = BytesMut::new();
+        buf.put_i16(0);
+        buf.put_i16(9);
+        buf.put_i32(1);
+        buf.put_i16(30000); // client id longer than the frame
+        assert!(RequestHeader::parse(&buf).is_err());
+        assert!(RequestHeader::parse(&[0, 1, 2]).is_err());
+        // A flexible header whose tagged-field count promises more than exists.
+        let mut buf = BytesMut::new();
+        buf.put_i16(0);
+        buf.put_i16(9);
+        buf.put_i32(1);
+        buf.put_i16(-1);
+        buf.put_u8(0xff);
+        assert!(RequestHeader::parse(&buf).is_err());
+    }
+}

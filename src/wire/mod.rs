@@ -1,0 +1,12 @@
+//! Kafka framing and the few header fields routing needs.
+//!
+//! What this module must never do: allocate or reserve from a length read off
+//! the wire before that length passed the `max_frame_bytes` check, or panic on
+//! any input. Frames keep their 4-byte length prefix so forwarding one is a
+//! single write of the bytes as they arrived.
+
+mod frame;
+mod header;
+
+pub use frame::{Frame, FrameCodec, FrameError};
+pub use header::{RequestHeader, produce_acks, response_frame};
