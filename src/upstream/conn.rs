@@ -157,7 +157,11 @@ async fn read_responses(
         let Some((expected, waiter)) = inflight.recv().await else {
             return;
         };
-        let got = RequestHeader::correlation_id_of(&frame.wire_bytes()[4..]);
+        // A response payload starts with its correlation id.
+        let got = frame
+            .wire_bytes()
+            .get(4..8)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         if got != Some(expected) {
             let error = Error::upstream(
                 &cluster,
