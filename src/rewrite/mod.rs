@@ -3,20 +3,22 @@
 //!
 //! A response is decoded only when its API can carry a broker id or address
 //! (Metadata, FindCoordinator, DescribeCluster, and Produce/Fetch versions
-//! with KIP-951 leader hints or KIP-392 preferred replicas). When nothing in
-//! it names a broker the original bytes go back untouched. An upstream id
+//! with KIP-951 leader hints or KIP-392 preferred replicas); Fetch responses
+//! are only scanned, never decoded. When nothing in a response names a
+//! broker the original bytes go back untouched. An upstream id
 //! klink has no virtual broker for never passes through as it is: it becomes
 //! -1 (no leader) or is dropped from replica lists.
 
 mod coordinator;
 mod describe_cluster;
-mod endpoints;
+mod fetch;
 mod metadata;
+mod produce;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse,
-    MetadataResponse, ProduceResponse, ResponseHeader,
+    ApiKey, BrokerId, DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse,
+    ProduceResponse, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -76,7 +78,7 @@ enum Body {
     FindCoordinator(FindCoordinatorResponse),
     DescribeCluster(DescribeClusterResponse),
     Produce(ProduceResponse),
-    Fetch(FetchResponse),
+    Fetch(fetch::FetchScan),
 }
 
 /// A decoded response waiting to be rewritten.
@@ -114,6 +116,21 @@ impl Rewrite {
             reason: e.to_string(),
         };
         let header_version = api.response_header_version(version);
+        if api == ApiKey::Fetch {
+            let scan =
+                fetch::FetchScan::scan(&frame.payload(), version).map_err(|e| RewriteError {
+                    api,
+                    version,
+                    reason: e.to_string(),
+                })?;
+            return Ok(Some(Rewrite {
+                header: ResponseHeader::default(),
+                header_version,
+                version,
+                body: Body::Fetch(scan),
+                original: frame,
+            }));
+        }
         let mut buf = frame.payload();
         let header = ResponseHeader::decode(&mut buf, header_version).map_err(fail)?;
         let body = match api {
@@ -129,7 +146,6 @@ impl Rewrite {
             ApiKey::Produce => {
                 Body::Produce(ProduceResponse::decode(&mut buf, version).map_err(fail)?)
             }
-            ApiKey::Fetch => Body::Fetch(FetchResponse::decode(&mut buf, version).map_err(fail)?),
             _ => return Ok(None),
         };
         Ok(Some(Rewrite {
@@ -148,8 +164,8 @@ impl Rewrite {
             Body::Metadata(r) => metadata::announced(r),
             Body::FindCoordinator(r) => coordinator::announced(r, self.version),
             Body::DescribeCluster(r) => describe_cluster::announced(r),
-            Body::Produce(r) => endpoints::produce_announced(r),
-            Body::Fetch(r) => endpoints::fetch_announced(r),
+            Body::Produce(r) => produce::announced(r),
+            Body::Fetch(scan) => scan.announced(),
         }
     }
 
@@ -159,8 +175,13 @@ impl Rewrite {
             Body::Metadata(r) => metadata::rewrite(r, view),
             Body::FindCoordinator(r) => coordinator::rewrite(r, self.version, view),
             Body::DescribeCluster(r) => describe_cluster::rewrite(r, view),
-            Body::Produce(r) => endpoints::rewrite_produce(r, view),
-            Body::Fetch(r) => endpoints::rewrite_fetch(r, view),
+            Body::Produce(r) => produce::rewrite(r, view),
+            Body::Fetch(scan) => {
+                let frame = self.original.wire_bytes();
+                return Ok(scan
+                    .apply(frame, self.version, view)
+                    .unwrap_or_else(|| frame.clone()));
+            }
         };
         if !changed {
             return Ok(self.original.wire_bytes().clone());
@@ -182,7 +203,7 @@ impl Rewrite {
             Body::FindCoordinator(r) => r.encode(&mut buf, version),
             Body::DescribeCluster(r) => r.encode(&mut buf, version),
             Body::Produce(r) => r.encode(&mut buf, version),
-            Body::Fetch(r) => r.encode(&mut buf, version),
+            Body::Fetch(_) => Ok(()),
         }
         .map_err(fail)?;
         let length = (buf.len() - 4) as i32;

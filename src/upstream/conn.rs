@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ pub type Reply = oneshot::Receiver<Result<Frame>>;
 
 struct Outbound {
     frame: Bytes,
-    expects: Option<(i32, oneshot::Sender<Result<Frame>>)>,
+    awaited: Awaited,
 }
 
 /// A pipelined connection to one upstream broker.
@@ -74,18 +75,17 @@ impl UpstreamConn {
     /// Queues a whole request frame. Returns the reply to await, or `None`
     /// when the request gets no response (Produce with acks=0).
     pub async fn send(&self, frame: Bytes, expects_response: bool) -> Result<Option<Reply>> {
-        let (expects, reply) = if expects_response {
-            let correlation_id = RequestHeader::correlation_id_of(
-                frame.get(4..).unwrap_or_default(),
-            )
-            .ok_or_else(|| Error::klink(Kind::Protocol, "forwarding a frame without header"))?;
+        let correlation_id =
+            RequestHeader::correlation_id_of(frame.get(4..).unwrap_or_default())
+                .ok_or_else(|| Error::klink(Kind::Protocol, "forwarding a frame without header"))?;
+        let (awaited, reply) = if expects_response {
             let (tx, rx) = oneshot::channel();
-            (Some((correlation_id, tx)), Some(rx))
+            (Awaited::Response(correlation_id, tx), Some(rx))
         } else {
-            (None, None)
+            (Awaited::MaybeResponse(correlation_id), None)
         };
         self.tx
-            .send(Outbound { frame, expects })
+            .send(Outbound { frame, awaited })
             .await
             .map_err(|_| self.closed())?;
         Ok(reply)
@@ -104,20 +104,32 @@ impl UpstreamConn {
     }
 }
 
+/// What the reader should expect for one request written upstream.
+enum Awaited {
+    /// A response the session waits for.
+    Response(i32, oneshot::Sender<Result<Frame>>),
+    /// Produce with acks=0: Kafka sends nothing, but some Kafka-compatible
+    /// brokers (tansu 0.6) answer anyway. An answer is swallowed; a later
+    /// response proves none is coming.
+    MaybeResponse(i32),
+}
+
+/// acks=0 requests remembered while no later response has settled them;
+/// past this many the oldest are assumed unanswered.
+const MAX_UNSETTLED_ACKS0: usize = 4096;
+
 async fn write_requests(
     write: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outbound>,
-    inflight: mpsc::UnboundedSender<(i32, oneshot::Sender<Result<Frame>>)>,
+    inflight: mpsc::UnboundedSender<Awaited>,
 ) {
     let mut out = BufWriter::with_capacity(WRITE_BUFFER, write);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(outbound) = next {
-            // Register the waiter before the bytes leave, so the reader can
-            // never see a response it has no waiter for.
-            if let Some(waiter) = outbound.expects
-                && inflight.send(waiter).is_err()
-            {
+            // Register what to expect before the bytes leave, so the reader
+            // can never see a response it has no entry for.
+            if inflight.send(outbound.awaited).is_err() {
                 return; // reader gone: the connection is dead
             }
             if out.write_all(&outbound.frame).await.is_err() {
@@ -134,48 +146,164 @@ async fn write_requests(
 
 async fn read_responses(
     read: OwnedReadHalf,
-    mut inflight: mpsc::UnboundedReceiver<(i32, oneshot::Sender<Result<Frame>>)>,
+    mut inflight: mpsc::UnboundedReceiver<Awaited>,
     cluster: Arc<str>,
     addr: Arc<str>,
     max_frame_bytes: u32,
 ) {
     let mut frames = FramedRead::new(read, FrameCodec::responses(max_frame_bytes));
+    let mut awaited: VecDeque<Awaited> = VecDeque::new();
+    let mut unsettled_acks0 = 0usize;
+    // The writer closes its side when the session is done sending; answers
+    // to what it already sent are still owed to the session.
+    let mut writer_done = false;
     let failure = loop {
-        let frame = match frames.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                break Error::upstream(&cluster, Kind::Protocol, format!("{addr}: {e}"));
-            }
-            None => {
-                break Error::upstream(
-                    &cluster,
-                    Kind::Closed,
-                    format!("{addr} closed the connection"),
-                );
-            }
-        };
-        let Some((expected, waiter)) = inflight.recv().await else {
+        if writer_done && !awaited.iter().any(|a| matches!(a, Awaited::Response(..))) {
             return;
+        }
+        let frame = tokio::select! {
+            next = frames.next() => match next {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => break Error::upstream(&cluster, Kind::Protocol, format!("{addr}: {e}")),
+                None => break Error::upstream(&cluster, Kind::Closed, format!("{addr} closed the connection")),
+            },
+            entry = inflight.recv(), if !writer_done => {
+                let Some(entry) = entry else {
+                    writer_done = true;
+                    continue;
+                };
+                if matches!(entry, Awaited::MaybeResponse(_)) {
+                    unsettled_acks0 += 1;
+                }
+                awaited.push_back(entry);
+                if unsettled_acks0 > MAX_UNSETTLED_ACKS0
+                    && let Some(Awaited::MaybeResponse(_)) = awaited.front()
+                {
+                    awaited.pop_front();
+                    unsettled_acks0 -= 1;
+                }
+                continue;
+            }
         };
+        while let Ok(entry) = inflight.try_recv() {
+            if matches!(entry, Awaited::MaybeResponse(_)) {
+                unsettled_acks0 += 1;
+            }
+            awaited.push_back(entry);
+        }
         // A response payload starts with its correlation id.
         let got = frame
             .wire_bytes()
             .get(4..8)
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        if got != Some(expected) {
-            let error = Error::upstream(
-                &cluster,
-                Kind::Protocol,
-                format!("{addr} answered correlation id {got:?}, expected {expected}"),
-            );
-            let _ = waiter.send(Err(error.clone()));
-            break error;
+        match settle(&mut awaited, &mut unsettled_acks0, got, frame) {
+            Ok(()) => {}
+            Err(expected) => {
+                break Error::upstream(
+                    &cluster,
+                    Kind::Protocol,
+                    format!("{addr} answered correlation id {got:?}, expected {expected:?}"),
+                );
+            }
         }
-        let _ = waiter.send(Ok(frame));
     };
     tracing::debug!(%failure, "upstream connection ended");
     inflight.close();
-    while let Ok((_, waiter)) = inflight.try_recv() {
-        let _ = waiter.send(Err(failure.clone()));
+    while let Ok(entry) = inflight.try_recv() {
+        awaited.push_back(entry);
+    }
+    for entry in awaited {
+        if let Awaited::Response(_, waiter) = entry {
+            let _ = waiter.send(Err(failure.clone()));
+        }
+    }
+}
+
+/// Hands a response to its waiter. Brokers answer in request order, so the
+/// response settles every acks=0 entry before its own. Returns the expected
+/// correlation id when the response belongs to nobody.
+fn settle(
+    awaited: &mut VecDeque<Awaited>,
+    unsettled_acks0: &mut usize,
+    got: Option<i32>,
+    frame: Frame,
+) -> std::result::Result<(), Option<i32>> {
+    loop {
+        match awaited.pop_front() {
+            Some(Awaited::MaybeResponse(id)) => {
+                *unsettled_acks0 -= 1;
+                if Some(id) == got {
+                    tracing::trace!(correlation_id = id, "dropped a broker's answer to acks=0");
+                    return Ok(());
+                }
+            }
+            Some(Awaited::Response(id, waiter)) => {
+                if Some(id) == got {
+                    let _ = waiter.send(Ok(frame));
+                    return Ok(());
+                }
+                let _ = waiter.send(Err(Error::klink(
+                    Kind::Protocol,
+                    "upstream answered out of order",
+                )));
+                return Err(Some(id));
+            }
+            None => return Err(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(id: i32) -> Frame {
+        let mut bytes = vec![0, 0, 0, 4];
+        bytes.extend_from_slice(&id.to_be_bytes());
+        Frame::from_prefixed(Bytes::from(bytes))
+    }
+
+    #[test]
+    fn acks0_answers_are_swallowed_and_silence_is_tolerated() {
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx4, mut rx4) = oneshot::channel();
+        let mut awaited = VecDeque::from([
+            Awaited::Response(1, tx1),
+            Awaited::MaybeResponse(2), // this broker stays silent (Kafka)
+            Awaited::MaybeResponse(3), // this one answers (tansu)
+            Awaited::Response(4, tx4),
+        ]);
+        let mut unsettled = 2;
+        assert_eq!(
+            settle(&mut awaited, &mut unsettled, Some(1), response(1)),
+            Ok(())
+        );
+        assert!(rx1.try_recv().is_ok());
+        assert_eq!(
+            settle(&mut awaited, &mut unsettled, Some(3), response(3)),
+            Ok(())
+        );
+        assert_eq!(
+            settle(&mut awaited, &mut unsettled, Some(4), response(4)),
+            Ok(())
+        );
+        assert!(rx4.try_recv().is_ok());
+        assert_eq!(unsettled, 0);
+        assert!(awaited.is_empty());
+    }
+
+    #[test]
+    fn a_response_nobody_asked_for_is_an_error() {
+        let (tx, _rx) = oneshot::channel();
+        let mut awaited = VecDeque::from([Awaited::Response(5, tx)]);
+        let mut unsettled = 0;
+        assert_eq!(
+            settle(&mut awaited, &mut unsettled, Some(9), response(9)),
+            Err(Some(5))
+        );
+        assert_eq!(
+            settle(&mut awaited, &mut unsettled, Some(9), response(9)),
+            Err(None)
+        );
     }
 }

@@ -1,6 +1,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
 
+use super::cursor::Cursor as Reader;
+
 /// The request header fields klink reads. Everything is parsed from borrowed
 /// bytes with bounds checks; nothing here allocates from a wire length.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,68 +18,28 @@ pub struct RequestHeader {
     pub client_id: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("malformed request header: {0}")]
-pub struct HeaderError(&'static str);
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], HeaderError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .ok_or(HeaderError("length overflow"))?;
-        let slice = self
-            .bytes
-            .get(self.pos..end)
-            .ok_or(HeaderError("field runs past the end of the frame"))?;
-        self.pos = end;
-        Ok(slice)
-    }
-    fn i16(&mut self) -> Result<i16, HeaderError> {
-        let b = self.take(2)?;
-        Ok(i16::from_be_bytes([b[0], b[1]]))
-    }
-    fn i32(&mut self) -> Result<i32, HeaderError> {
-        let b = self.take(4)?;
-        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn uvarint(&mut self) -> Result<u64, HeaderError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1)?[0];
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(HeaderError("varint longer than 10 bytes"))
-    }
-    fn skip_tagged_fields(&mut self) -> Result<(), HeaderError> {
-        let count = self.uvarint()?;
-        for _ in 0..count {
-            self.uvarint()?;
-            let size = self.uvarint()?;
-            self.take(usize::try_from(size).map_err(|_| HeaderError("tag size"))?)?;
-        }
-        Ok(())
-    }
-}
+pub use super::cursor::CursorError as HeaderError;
 
 impl RequestHeader {
     /// Parses the header at the start of a frame payload (prefix stripped).
     pub fn parse(payload: &[u8]) -> Result<RequestHeader, HeaderError> {
-        let mut r = Reader {
-            bytes: payload,
-            pos: 0,
-        };
+        let mut r = Reader::new(payload, 0);
         let api_key = r.i16()?;
         let api_version = r.i16()?;
         let correlation_id = r.i32()?;
+        let known_api = ApiKey::try_from(api_key).ok();
+        if known_api.is_none() {
+            // Nothing past the correlation id can be trusted to follow any
+            // layout; the caller only needs to know the key is unknown.
+            return Ok(RequestHeader {
+                api_key,
+                api_version,
+                correlation_id,
+                known_api,
+                body_offset: None,
+                client_id: None,
+            });
+        }
         // Every header version from v1 on carries a classic nullable client id
         // (never a compact string, even in flexible versions).
         let client_id_len = r.i16()?;
@@ -86,7 +48,6 @@ impl RequestHeader {
             n if n < 0 => return Err(HeaderError("negative client id length")),
             n => Some(String::from_utf8_lossy(r.take(n as usize)?).into_owned()),
         };
-        let known_api = ApiKey::try_from(api_key).ok();
         let mut body_offset = None;
         if let Some(api) = known_api
             && api.valid_versions().min <= api_version
@@ -95,7 +56,7 @@ impl RequestHeader {
             if api.request_header_version(api_version) >= 2 {
                 r.skip_tagged_fields()?;
             }
-            body_offset = Some(r.pos);
+            body_offset = Some(r.position());
         }
         Ok(RequestHeader {
             api_key,
@@ -119,10 +80,7 @@ impl RequestHeader {
 /// The `acks` of a Produce request, read without decoding its records.
 pub fn produce_acks(payload: &[u8], header: &RequestHeader) -> Result<i16, HeaderError> {
     let offset = header.body_offset.ok_or(HeaderError("unknown layout"))?;
-    let mut r = Reader {
-        bytes: payload,
-        pos: offset,
-    };
+    let mut r = Reader::new(payload, offset);
     // transactional_id: a compact nullable string from v9 on, classic before.
     if header.api_version >= 9 {
         let len_plus_one = r.uvarint()?;

@@ -5,8 +5,10 @@
 //! any input. Frames keep their 4-byte length prefix so forwarding one is a
 //! single write of the bytes as they arrived.
 
+mod cursor;
 mod frame;
 mod header;
 
+pub use cursor::{Cursor, CursorError};
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use header::{RequestHeader, produce_acks, response_frame};

@@ -1,0 +1,107 @@
+//! Real client libraries through klink: three independent protocol
+//! implementations produce, consume in a group, commit, and resume.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{node_path, python_bin, repo_root, run_bounded};
+use crate::proxied;
+
+const RECORDS: u64 = 10_000;
+
+fn check_scenario(name: &str, mut command: Command) {
+    let (_broker, klink) = proxied(name);
+    command.args([
+        "--bootstrap",
+        &klink.bootstrap_str(),
+        "--topic",
+        &format!("{name}-topic"),
+        "--group",
+        &format!("{name}-group"),
+        "--records",
+        &RECORDS.to_string(),
+        "--partitions",
+        "3",
+        "--timeout-s",
+        "150",
+    ]);
+    let (status, stdout, stderr) = run_bounded(command, Duration::from_secs(200));
+    let tail: String = stderr
+        .lines()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        status.success(),
+        "{name} scenario failed ({status}):\n{tail}\nklink log:\n{}",
+        klink.process.log_text()
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let report: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: bad JSON {line:?}: {e}"));
+    assert_eq!(report["produced"], RECORDS, "{name}: {report}");
+    assert_eq!(report["delivery_errors"], 0, "{name}: {report}");
+    assert_eq!(
+        report["distinct_values"], RECORDS,
+        "{name}: every record consumed: {report}"
+    );
+    assert_eq!(
+        report["missing"].as_array().map(Vec::len),
+        Some(0),
+        "{name}: {report}"
+    );
+    assert_eq!(
+        report["order_ok"], true,
+        "{name}: offsets increase per partition: {report}"
+    );
+    assert_eq!(
+        report["resumed_exactly"], true,
+        "{name}: run 2 resumed at the committed offsets: {report}"
+    );
+    let run1 = report["run1"]["consumed"].as_u64().unwrap_or(0);
+    let run2 = report["run2"]["consumed"].as_u64().unwrap_or(0);
+    assert!(run1 > 0 && run2 > 0, "{name}: both runs consumed: {report}");
+    assert_eq!(
+        run1 + run2,
+        RECORDS,
+        "{name}: nothing consumed twice after the commit: {report}"
+    );
+    let committed = report["run1"]["committed"]
+        .as_object()
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(committed > 0, "{name}: run 1 committed offsets: {report}");
+}
+
+fn python(lib: &str) -> Command {
+    let mut command = Command::new(python_bin());
+    command
+        .arg(repo_root().join("proto-tests/clients/scenario.py"))
+        .args(["--lib", lib]);
+    command
+}
+
+#[test]
+fn confluent_kafka_produces_consumes_commits_and_resumes() {
+    check_scenario("confluent", python("confluent"));
+}
+
+#[test]
+fn kafka_python_produces_consumes_commits_and_resumes() {
+    check_scenario("kafkapython", python("kafka-python"));
+}
+
+#[test]
+fn kafkajs_produces_consumes_commits_and_resumes() {
+    let mut command = Command::new("node");
+    command
+        .arg(repo_root().join("proto-tests/clients/scenario.js"))
+        .env("NODE_PATH", node_path());
+    check_scenario("kafkajs", command);
+}

@@ -1,0 +1,359 @@
+//! Real parts for protocol tests: tansu brokers and klink processes on free
+//! loopback ports, and the client tools `scripts/deps.sh` installs.
+//!
+//! Nothing here skips: a missing tool is a loud failure naming the script
+//! that installs it.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where `scripts/deps.sh` puts things.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("KLINK_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/klink"),
+    }
+}
+
+fn tool(env: &str, default: PathBuf) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or(default);
+    assert!(
+        path.exists(),
+        "{} not found (set {env} or run scripts/deps.sh to install it)",
+        path.display()
+    );
+    path
+}
+
+pub fn tansu_bin() -> PathBuf {
+    tool("KLINK_TANSU", cache_dir().join("tansu-0.6.0/bin/tansu"))
+}
+
+pub fn python_bin() -> PathBuf {
+    tool("KLINK_PYTHON", cache_dir().join("venv/bin/python"))
+}
+
+pub fn node_path() -> PathBuf {
+    tool("KLINK_NODE_PATH", cache_dir().join("node/node_modules"))
+}
+
+pub fn kcat_bin() -> PathBuf {
+    tool("KLINK_KCAT", PathBuf::from("/usr/bin/kcat"))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// The start of `count` consecutive free ports, outside the ephemeral range
+/// so the kernel does not hand them to an outgoing connection meanwhile.
+pub fn free_port_range(count: u16) -> u16 {
+    let seed = std::process::id() as u64
+        ^ Instant::now().elapsed().as_nanos() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+    let mut candidate = 20_000 + (seed % 10_000) as u16;
+    for _ in 0..200 {
+        let all_free =
+            (candidate..candidate + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if all_free {
+            return candidate;
+        }
+        candidate = 20_000 + (candidate + count * 7 + 13 - 20_000) % 10_000;
+    }
+    panic!("no {count} consecutive free ports found");
+}
+
+pub fn wait_for_port(addr: SocketAddr, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listening on {addr} after {within:?}");
+}
+
+/// A child process killed when dropped, its output kept in a file.
+pub struct Process {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Process {
+    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Process {
+        let out = fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Process {
+            child: Some(child),
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not exit within {within:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A tansu broker with memory storage on a free loopback port.
+pub struct Broker {
+    pub addr: SocketAddr,
+    pub process: Process,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl Broker {
+    pub fn start(cluster_id: &str) -> Broker {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut command = Command::new(tansu_bin());
+        command
+            .current_dir(dir.path())
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--cluster-id", cluster_id])
+            .env("RUST_LOG", "warn");
+        let process = Process::spawn("tansu", command, dir.path().join("tansu.log"));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_for_port(addr, Duration::from_secs(30));
+        Broker {
+            addr,
+            process,
+            _dir: dir,
+        }
+    }
+}
+
+/// A klink process started from the binary cargo built for these tests.
+pub struct Klink {
+    pub bootstrap: SocketAddr,
+    pub broker_ports_start: u16,
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    pub process: Process,
+    dir: Arc<tempfile::TempDir>,
+}
+
+pub struct KlinkOptions {
+    pub max_frame_bytes: u32,
+    pub extra_proxy: String,
+}
+
+impl Default for KlinkOptions {
+    fn default() -> Self {
+        KlinkOptions {
+            max_frame_bytes: 104_857_600,
+            extra_proxy: String::new(),
+        }
+    }
+}
+
+impl Klink {
+    pub fn start(source: &Broker) -> Klink {
+        Klink::start_with(source, KlinkOptions::default())
+    }
+
+    pub fn start_with(source: &Broker, options: KlinkOptions) -> Klink {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let bootstrap: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let broker_ports_start = free_port_range(8);
+        let state_dir = dir.path().join("state");
+        let config = dir.path().join("klink.toml");
+        fs::write(
+            &config,
+            format!(
+                "[proxy]\nlisten = \"{bootstrap}\"\nadvertised_host = \"127.0.0.1\"\n\
+                 broker_ports_start = {broker_ports_start}\nstate_dir = \"{}\"\n\
+                 max_frame_bytes = {}\nshutdown_grace_ms = 5000\n{}\n\
+                 [clusters.source]\nbootstrap = \"{}\"\n",
+                state_dir.display(),
+                options.max_frame_bytes,
+                options.extra_proxy,
+                source.addr
+            ),
+        )
+        .expect("write config");
+        let process = spawn_klink(&config, dir.path(), 0);
+        Klink {
+            bootstrap,
+            broker_ports_start,
+            state_dir,
+            config,
+            process,
+            dir,
+        }
+    }
+
+    /// Stops klink with SIGTERM (asserting a clean exit) and starts it again
+    /// on the same config and state.
+    pub fn restart(&mut self) {
+        self.process.signal("TERM");
+        let status = self.process.wait_exit(Duration::from_secs(15));
+        assert!(status.success(), "klink exited with {status} on SIGTERM");
+        self.process = spawn_klink(&self.config, self.dir.path(), 1);
+    }
+
+    pub fn bootstrap_str(&self) -> String {
+        self.bootstrap.to_string()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Starts `klink proxy` and waits until it says it is ready.
+pub fn spawn_klink(config: &Path, dir: &Path, generation: u32) -> Process {
+    let process = Process::spawn(
+        "klink",
+        klink_command(config),
+        dir.join(format!("klink-{generation}.log")),
+    );
+    wait_for_log(&process, "klink ready", Duration::from_secs(30));
+    process
+}
+
+pub fn klink_command(config: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_klink"));
+    command
+        .args(["proxy", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info,klink=debug")
+        .env("NO_COLOR", "1");
+    command
+}
+
+pub fn wait_for_log(process: &Process, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if process.log_text().contains(needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "{} never logged {needle:?}; log:\n{}",
+        process.name,
+        process.log_text()
+    );
+}
+
+/// Runs a command to completion with a time bound, returning stdout; stderr
+/// is kept for the panic message.
+pub fn run_bounded(mut command: Command, within: Duration) -> (ExitStatus, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let collect = |stream: Box<dyn std::io::Read + Send>| {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        let handle = std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut t = sink.lock().expect("lock");
+                t.push_str(&line);
+                t.push('\n');
+            }
+        });
+        (text, handle)
+    };
+    let (out, out_thread) = collect(Box::new(stdout));
+    let (err, err_thread) = collect(Box::new(stderr));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = err_thread.join();
+            panic!(
+                "{command:?} did not finish within {within:?}; stderr:\n{}",
+                err.lock().expect("lock")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = out_thread.join();
+    let _ = err_thread.join();
+    let out = out.lock().expect("lock").clone();
+    let err = err.lock().expect("lock").clone();
+    (status, out, err)
+}
