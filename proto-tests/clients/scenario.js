@@ -26,10 +26,11 @@ function log(...a) {
 }
 
 function parseArgs(argv) {
-  const o = { records: 10000, partitions: 3, timeoutS: 120, logLevel: 'WARN' }
+  const o = { records: 10000, partitions: 3, timeoutS: 120, logLevel: 'WARN', batching: 'one' }
   const names = {
     '--bootstrap': 'bootstrap', '--topic': 'topic', '--group': 'group', '--records': 'records',
     '--partitions': 'partitions', '--timeout-s': 'timeoutS', '--log-level': 'logLevel',
+    '--batching': 'batching',
   }
   for (let i = 0; i < argv.length; i++) {
     let [k, v] = argv[i].split(/=(.*)/s)
@@ -42,6 +43,7 @@ function parseArgs(argv) {
   o.records = parseInt(o.records, 10)
   o.partitions = parseInt(o.partitions, 10)
   o.timeoutS = parseFloat(o.timeoutS)
+  if (!['one', 'default'].includes(o.batching)) throw new Error('--batching is one or default')
   return o
 }
 
@@ -221,9 +223,9 @@ async function main() {
     const producer = kafka.producer({ createPartitioner, allowAutoTopicCreation: false })
     await producer.connect()
     try {
-      for (let lo = 0; lo < R; lo += PRODUCE_CHUNK) {
-        check('producing')
-        const hi = Math.min(R, lo + PRODUCE_CHUNK)
+      // One send per [lo, hi): kafkajs turns each send into one batch per
+      // partition, so --batching one sends every record as its own batch.
+      const sendRange = async (lo, hi) => {
         const messages = []
         for (let i = lo; i < hi; i++) messages.push({ key: `k${i}`, value: `${i}` })
         let res
@@ -232,7 +234,7 @@ async function main() {
         } catch (e) {
           st.deliveryErrors += hi - lo
           if (st.deliveryErrorSamples.length < 5) st.deliveryErrorSamples.push(`${e.name}: ${e.message}`)
-          continue
+          return
         }
         const byPart = new Map()
         for (let i = lo; i < hi; i++) {
@@ -258,6 +260,15 @@ async function main() {
           st.deliveryErrors += vals.length
           if (st.deliveryErrorSamples.length < 5) st.deliveryErrorSamples.push(`partition ${p}: no produce response`)
         }
+      }
+      const perSend = args.batching === 'one' ? 1 : PRODUCE_CHUNK
+      for (let lo = 0; lo < R; lo += PRODUCE_CHUNK) {
+        check('producing')
+        const sends = []
+        for (let from = lo; from < Math.min(R, lo + PRODUCE_CHUNK); from += perSend) {
+          sends.push(sendRange(from, Math.min(R, from + perSend)))
+        }
+        await Promise.all(sends)
       }
     } finally {
       await producer.disconnect()

@@ -287,6 +287,13 @@ bootstrap = "127.0.0.1:19092, 127.0.0.1:19093"
     }
 
     #[test]
+    fn the_shipped_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/klink.toml");
+        let config = Config::load(&path).expect("fixtures/klink.toml is valid");
+        assert_eq!(config.proxy.listen.port(), 9092);
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let e = parse("[proxy\nlisten=1").expect_err("syntax");
         assert_eq!(e.line, Some(1), "{e}");

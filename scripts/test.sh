@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the protocol tests need (tansu, kcat,
+# Python and Node clients) into the cache when missing, then runs the unit
+# tests and the protocol tests against real brokers and real clients.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/deps.sh
+# shellcheck disable=SC1091
+source "${KLINK_CACHE:-$HOME/.cache/klink}/env.sh"
+
+cargo test --locked --all-targets "$@"
