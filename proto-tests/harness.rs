@@ -236,8 +236,10 @@ impl Klink {
             format!(
                 "[proxy]\nlisten = \"{bootstrap}\"\nadvertised_host = \"127.0.0.1\"\n\
                  broker_ports_start = {broker_ports_start}\nstate_dir = \"{}\"\n\
+                 control_socket = \"{}/control.sock\"\n\
                  max_frame_bytes = {}\nshutdown_grace_ms = 5000\n{}\n\
                  [clusters.source]\nbootstrap = \"{}\"\n",
+                state_dir.display(),
                 state_dir.display(),
                 options.max_frame_bytes,
                 options.extra_proxy,

@@ -40,6 +40,7 @@ listen = "127.0.0.1:$klink_port"
 advertised_host = "127.0.0.1"
 broker_ports_start = $virtual_start
 state_dir = "$work/state"
+control_socket = "$work/state/control.sock"
 
 [clusters.source]
 bootstrap = "127.0.0.1:$broker_port"

@@ -20,9 +20,11 @@
 
 pub mod broker;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod proxy;
 pub mod rewrite;
+pub mod route;
 pub mod state;
 pub mod upstream;
 pub mod versions;

@@ -27,6 +27,38 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Talk to a running klink through its control socket.
+    Ctl {
+        /// Path to klink.toml (names the control socket).
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Every linked topic and group with its routes.
+    Status {
+        /// Print the JSON the control socket answered.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change where a topic's writes and/or reads go.
+    Route {
+        topic: String,
+        #[arg(long)]
+        writes: Option<String>,
+        #[arg(long)]
+        reads: Option<String>,
+    },
+    /// Change which cluster coordinates a consumer group.
+    RouteGroup {
+        group: String,
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +73,64 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Proxy { config } => proxy(config),
+        Command::Ctl { config, command } => ctl(config, command),
+    }
+}
+
+fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
+    use klink::control::{self, Command as Request};
+    let config = match Config::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("klink: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (request, json) = match command {
+        CtlCommand::Status { json } => (Request::Status {}, json),
+        CtlCommand::Route {
+            topic,
+            writes,
+            reads,
+        } => (
+            Request::Route {
+                topic,
+                writes,
+                reads,
+            },
+            false,
+        ),
+        CtlCommand::RouteGroup { group, to } => (Request::RouteGroup { group, to }, false),
+    };
+    match control::client::send(&config.proxy.control_socket, &request) {
+        Ok(reply) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reply).unwrap_or_default()
+            );
+            if reply.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Ok(reply) => match (reply.ok, reply.status) {
+            (true, Some(status)) => {
+                print!("{}", control::client::table(&status));
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!(
+                    "klink ctl: {}",
+                    reply.error.unwrap_or_else(|| "failed".into())
+                );
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("klink ctl: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -16,6 +16,32 @@ use serde::Deserialize;
 pub struct Config {
     pub proxy: ProxyConfig,
     pub clusters: BTreeMap<String, ClusterConfig>,
+    #[serde(default)]
+    pub links: Vec<LinkConfig>,
+}
+
+/// A named migration: which topics and groups move from `source` to `target`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    pub id: String,
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub start: StartPosition,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Where the mirror starts copying a topic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +62,9 @@ pub struct ProxyConfig {
     /// topics and groups take when no link names them.
     #[serde(default = "default_cluster")]
     pub default_cluster: String,
+    /// The operator's control socket (`klink ctl` talks to it).
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
     /// How long in-flight requests may take to finish on SIGTERM.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -50,6 +79,9 @@ pub struct ClusterConfig {
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("./klink-state")
+}
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("./klink-state/control.sock")
 }
 fn default_max_frame_bytes() -> u32 {
     100 * 1024 * 1024
@@ -191,6 +223,71 @@ impl Config {
                 ),
             );
         }
+        let mut linked_topics = BTreeMap::new();
+        let mut linked_groups = BTreeMap::new();
+        let mut ids = std::collections::BTreeSet::new();
+        for (index, link) in self.links.iter().enumerate() {
+            let section = format!("links[{index}]");
+            if link.id.is_empty()
+                || !link
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return err(
+                    &section,
+                    "id",
+                    format!(
+                        "`{}`: link ids use letters, digits, '-' and '_' only",
+                        link.id
+                    ),
+                );
+            }
+            if !ids.insert(link.id.clone()) {
+                return err(
+                    &section,
+                    "id",
+                    format!("link id `{}` is used twice", link.id),
+                );
+            }
+            for (key, cluster) in [("source", &link.source), ("target", &link.target)] {
+                if !self.clusters.contains_key(cluster) {
+                    return err(
+                        &section,
+                        key,
+                        format!("`{cluster}` is not a cluster defined under [clusters]"),
+                    );
+                }
+            }
+            if link.source == link.target {
+                return err(
+                    &section,
+                    "target",
+                    "source and target are the same cluster".into(),
+                );
+            }
+            for topic in &link.topics {
+                if topic.is_empty() {
+                    return err(&section, "topics", "empty topic name".into());
+                }
+                if let Some(other) = linked_topics.insert(topic.clone(), link.id.clone()) {
+                    return err(
+                        &section,
+                        "topics",
+                        format!("topic `{topic}` is already in link `{other}`"),
+                    );
+                }
+            }
+            for group in &link.groups {
+                if let Some(other) = linked_groups.insert(group.clone(), link.id.clone()) {
+                    return err(
+                        &section,
+                        "groups",
+                        format!("group `{group}` is already in link `{other}`"),
+                    );
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -203,6 +300,7 @@ fn line_of(text: &str, byte: usize) -> usize {
 /// for the flat tables klink's config uses.
 fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
     let mut current = String::new();
+    let mut array_index: BTreeMap<String, usize> = BTreeMap::new();
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if let Some(header) = line.strip_prefix('[') {
@@ -210,6 +308,12 @@ fn find_key_line(text: &str, section: &str, key: &str) -> Option<usize> {
                 .trim_matches(|c| c == '[' || c == ']')
                 .trim()
                 .to_string();
+            if line.starts_with("[[") {
+                // Array tables are named `name[i]` in errors.
+                let next = array_index.entry(current.clone()).or_insert(0);
+                current = format!("{current}[{next}]");
+                *next += 1;
+            }
             if section.is_empty() && current == key {
                 return Some(index + 1);
             }
@@ -284,6 +388,43 @@ bootstrap = "127.0.0.1:19092, 127.0.0.1:19093"
         let e = parse(&text).expect_err("missing cluster");
         assert_eq!(e.key.as_deref(), Some("proxy.default_cluster"), "{e}");
         assert_eq!(e.line, Some(3), "{e}");
+    }
+
+    const LINKS: &str = r#"
+[clusters.target]
+bootstrap = "127.0.0.1:29092"
+
+[[links]]
+id = "orders-move"
+source = "source"
+target = "target"
+start = "latest"
+topics = ["orders", "payments"]
+groups = ["billing"]
+"#;
+
+    #[test]
+    fn links_parse_and_are_checked() {
+        let config = parse(&format!("{GOOD}{LINKS}")).expect("valid links");
+        assert_eq!(config.links[0].topics, vec!["orders", "payments"]);
+        assert_eq!(config.links[0].start, StartPosition::Latest);
+
+        let bad_id = format!("{GOOD}{}", LINKS.replace("orders-move", "orders move!"));
+        let e = parse(&bad_id).expect_err("bad id");
+        assert_eq!(e.key.as_deref(), Some("links[0].id"), "{e}");
+        assert_eq!(e.line, Some(16), "{e}");
+
+        let second = "\n[[links]]\nid = \"again\"\nsource = \"source\"\ntarget = \"target\"\ntopics = [\"orders\"]\n";
+        let e = parse(&format!("{GOOD}{LINKS}{second}")).expect_err("topic twice");
+        assert_eq!(e.key.as_deref(), Some("links[1].topics"), "{e}");
+        assert_eq!(e.line, Some(27), "{e}");
+
+        let missing = format!(
+            "{GOOD}{}",
+            LINKS.replace("target = \"target\"", "target = \"nowhere\"")
+        );
+        let e = parse(&missing).expect_err("unknown cluster");
+        assert!(e.message.contains("nowhere"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::{BrokerRegistry, UpstreamBroker, VirtualBroker};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
+use crate::route::{Catalog, RouteTable};
 use crate::upstream::Cluster;
 use crate::versions::UpstreamVersions;
 
@@ -15,6 +16,8 @@ use crate::versions::UpstreamVersions;
 pub struct ProxyContext {
     pub config: Config,
     pub registry: BrokerRegistry,
+    pub routes: Arc<RouteTable>,
+    pub catalog: Catalog,
     clusters: Vec<Cluster>,
     /// Each cluster's ApiVersions answer, learned once: versions do not
     /// change under a running broker in a way klink could act on.
@@ -28,6 +31,8 @@ impl ProxyContext {
     pub fn new(
         config: Config,
         registry: BrokerRegistry,
+        routes: Arc<RouteTable>,
+        catalog: Catalog,
         clusters: Vec<Cluster>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -36,6 +41,8 @@ impl ProxyContext {
         ProxyContext {
             config,
             registry,
+            routes,
+            catalog,
             clusters,
             upstream_versions: OnceCell::new(),
             tasks,

@@ -21,6 +21,7 @@ pub use context::ProxyContext;
 use crate::broker::BrokerRegistry;
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
+use crate::route::{Catalog, RouteTable};
 use crate::state::StateStore;
 use crate::upstream::Cluster;
 
@@ -48,6 +49,9 @@ pub async fn run_with_listener(
         config.proxy.advertised_host.clone(),
         config.proxy.broker_ports_start,
     );
+    let routes = Arc::new(RouteTable::load(&config, state.clone())?);
+    let catalog = Catalog::load(state.clone());
+    let control = crate::control::bind(&config.proxy.control_socket).await?;
     let clusters = config
         .clusters
         .iter()
@@ -59,6 +63,8 @@ pub async fn run_with_listener(
     let ctx = Arc::new(ProxyContext::new(
         config,
         registry,
+        routes.clone(),
+        catalog,
         clusters,
         tasks.clone(),
         shutdown.clone(),
@@ -87,6 +93,7 @@ pub async fn run_with_listener(
     for broker in ctx.registry.all() {
         ctx.listen_virtual(broker).await?;
     }
+    tokio::spawn(crate::control::serve(control, routes, shutdown.clone()));
     let bootstrap = listener.local_addr().ok();
     tasks.spawn(listener::accept_loop(listener, ctx.clone(), None));
     for cluster in ctx.clusters() {
@@ -111,5 +118,6 @@ pub async fn run_with_listener(
             "in-flight requests did not finish in time"
         );
     }
+    let _ = std::fs::remove_file(&ctx.config.proxy.control_socket);
     Ok(())
 }

@@ -5,12 +5,14 @@
 //! A state file that cannot be read or parsed stops klink: silently starting
 //! from defaults could send a promoted topic's writes back to the source.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::error::{Error, Kind, Result};
 
@@ -23,6 +25,54 @@ const FORMAT_VERSION: u32 = 1;
 pub struct PersistedState {
     pub format_version: u32,
     pub virtual_brokers: Vec<VirtualBrokerRecord>,
+    /// Every topic a link names, with where its writes and reads go.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicRouteRecord>,
+    /// Every group a link names, with the cluster that coordinates it.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupRouteRecord>,
+    /// The topic id clients see for each topic, whichever cluster serves it.
+    #[serde(default)]
+    pub topic_ids: BTreeMap<String, Uuid>,
+}
+
+/// Where a topic stands in a migration (see DESIGN.md, "Topic states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicState {
+    Source,
+    Mirroring,
+    Promoting,
+    Promoted,
+    Committed,
+}
+
+impl TopicState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicState::Source => "source",
+            TopicState::Mirroring => "mirroring",
+            TopicState::Promoting => "promoting",
+            TopicState::Promoted => "promoted",
+            TopicState::Committed => "committed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRouteRecord {
+    pub link: Option<String>,
+    pub state: TopicState,
+    pub writes: String,
+    pub reads: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRouteRecord {
+    pub link: Option<String>,
+    pub route: String,
 }
 
 /// One upstream broker's klink identity.

@@ -1,0 +1,126 @@
+//! `klink ctl`: sends one command to a running klink's control socket and
+//! prints the answer, as a table or as JSON.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Command, Reply, Status};
+
+/// Sends `command` and returns the reply, or a message saying why not.
+pub fn send(socket: &Path, command: &Command) -> Result<Reply, String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot reach klink at {}: {e} (is klink proxy running?)",
+            socket.display()
+        )
+    })?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut line = serde_json::to_string(command).map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("writing to {}: {e}", socket.display()))?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("reading from {}: {e}", socket.display()))?;
+    serde_json::from_str(&answer)
+        .map_err(|e| format!("klink answered something unreadable ({e}): {answer}"))
+}
+
+/// The status as an operator reads it.
+pub fn table(status: &Status) -> String {
+    let mut out = String::new();
+    let rows: Vec<[String; 6]> = status
+        .topics
+        .iter()
+        .map(|t| {
+            [
+                t.topic.clone(),
+                t.link.clone().unwrap_or_else(|| "-".into()),
+                t.state.clone(),
+                t.writes.clone(),
+                t.reads.clone(),
+                t.lag.map_or_else(|| "-".into(), |l| l.to_string()),
+            ]
+        })
+        .collect();
+    push_table(
+        &mut out,
+        ["TOPIC", "LINK", "STATE", "WRITES", "READS", "LAG"],
+        &rows,
+    );
+    out.push('\n');
+    let rows: Vec<[String; 3]> = status
+        .groups
+        .iter()
+        .map(|g| {
+            [
+                g.group.clone(),
+                g.link.clone().unwrap_or_else(|| "-".into()),
+                g.route.clone(),
+            ]
+        })
+        .collect();
+    push_table(&mut out, ["GROUP", "LINK", "ROUTE"], &rows);
+    out
+}
+
+fn push_table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(text.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{GroupStatus, TopicStatus};
+
+    #[test]
+    fn table_lines_up() {
+        let status = Status {
+            topics: vec![TopicStatus {
+                topic: "orders".into(),
+                link: Some("move".into()),
+                state: "source".into(),
+                writes: "target".into(),
+                reads: "source".into(),
+                lag: None,
+            }],
+            groups: vec![GroupStatus {
+                group: "billing".into(),
+                link: None,
+                route: "target".into(),
+            }],
+        };
+        let text = table(&status);
+        assert!(
+            text.contains("TOPIC   LINK  STATE   WRITES  READS   LAG"),
+            "{text}"
+        );
+        assert!(
+            text.contains("orders  move  source  target  source  -"),
+            "{text}"
+        );
+        assert!(text.contains("billing  -     target"), "{text}");
+    }
+}

@@ -1,0 +1,319 @@
+//! The operator's control socket: a Unix socket (mode 0600) speaking
+//! newline-delimited JSON, one request and one response per line.
+//! `klink ctl` is its client ([`client`]).
+//!
+//! A request that cannot be parsed, names an unknown command, topic, group
+//! or cluster gets `{"ok":false,"error":...}` and changes nothing.
+
+pub mod client;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Kind, Result};
+use crate::route::{RouteTable, Routes};
+
+/// Longest request line accepted; commands are a few hundred bytes.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    Status {},
+    Route {
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        writes: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reads: Option<String>,
+    },
+    RouteGroup {
+        group: String,
+        to: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopicStatus {
+    pub topic: String,
+    pub link: Option<String>,
+    pub state: String,
+    pub writes: String,
+    pub reads: String,
+    /// Records the mirror still has to copy; `None` while no mirror runs.
+    pub lag: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub group: String,
+    pub link: Option<String>,
+    pub route: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub topics: Vec<TopicStatus>,
+    pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Reply {
+    fn failed(error: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(error.into()),
+            status: None,
+        }
+    }
+}
+
+pub fn status(routes: &Routes) -> Status {
+    Status {
+        topics: routes
+            .topics()
+            .into_iter()
+            .map(|(name, r)| TopicStatus {
+                topic: name.to_string(),
+                link: r.link.clone(),
+                state: r.state.as_str().to_string(),
+                writes: r.writes.to_string(),
+                reads: r.reads.to_string(),
+                lag: None,
+            })
+            .collect(),
+        groups: routes
+            .groups()
+            .into_iter()
+            .map(|(name, g)| GroupStatus {
+                group: name.to_string(),
+                link: g.link.clone(),
+                route: g.cluster.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Carries out one request line.
+pub fn handle(routes: &RouteTable, line: &str) -> Reply {
+    let command: Command = match serde_json::from_str(line) {
+        Ok(c) => c,
+        Err(e) => return Reply::failed(format!("bad request: {e}")),
+    };
+    let done = match command {
+        Command::Status {} => Ok(()),
+        Command::Route {
+            topic,
+            writes,
+            reads,
+        } => {
+            if writes.is_none() && reads.is_none() {
+                Err(Error::client(
+                    Kind::Config,
+                    "route needs --writes and/or --reads",
+                ))
+            } else {
+                routes
+                    .route_topic(&topic, writes.as_deref(), reads.as_deref())
+                    .map(|r| tracing::info!(%topic, writes = %r.writes, reads = %r.reads, "topic routed"))
+            }
+        }
+        Command::RouteGroup { group, to } => routes
+            .route_group(&group, &to)
+            .map(|g| tracing::info!(%group, route = %g.cluster, "group routed")),
+    };
+    match done {
+        Ok(()) => Reply {
+            ok: true,
+            error: None,
+            status: Some(status(&routes.snapshot())),
+        },
+        Err(e) => Reply::failed(e.context),
+    }
+}
+
+/// Binds the control socket; refuses when another klink is serving it.
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(Error::klink(
+                Kind::Config,
+                format!(
+                    "control socket {} is in use: is another klink running?",
+                    path.display()
+                ),
+            ));
+        }
+        // Left over from a klink that did not shut down cleanly.
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::klink(Kind::Config, format!("creating {}: {e}", dir.display())))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| {
+        Error::klink(
+            Kind::Config,
+            format!("control socket {}: {e}", path.display()),
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::klink(Kind::Config, format!("chmod 0600 {}: {e}", path.display())))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, routes: Arc<RouteTable>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, routes.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, routes: Arc<RouteTable>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = match (&mut lines)
+            .take(MAX_LINE as u64 + 1)
+            .read_line(&mut line)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket read failed");
+                return;
+            }
+        };
+        if read == 0 {
+            return;
+        }
+        let reply = if line.len() > MAX_LINE {
+            Reply::failed(format!("request longer than {MAX_LINE} bytes"))
+        } else if line.trim().is_empty() {
+            continue;
+        } else {
+            // Route changes write and fsync the state file: keep that off
+            // the async workers.
+            let routes = routes.clone();
+            let request = line.clone();
+            tokio::task::spawn_blocking(move || handle(&routes, &request))
+                .await
+                .unwrap_or_else(|_| Reply::failed("klink failed while handling the request"))
+        };
+        let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"ok":false}"#.into());
+        out.push('\n');
+        if write.write_all(out.as_bytes()).await.is_err() {
+            return;
+        }
+        if line.len() > MAX_LINE {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::state::StateStore;
+
+    fn table(dir: &Path) -> RouteTable {
+        let config = Config::parse(
+            Path::new("klink.toml"),
+            "[proxy]\nlisten = \"127.0.0.1:9092\"\nadvertised_host = \"127.0.0.1\"\nbroker_ports_start = 9100\n\
+             [clusters.source]\nbootstrap = \"127.0.0.1:1\"\n[clusters.target]\nbootstrap = \"127.0.0.1:2\"\n\
+             [[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\ntopics = [\"orders\"]\ngroups = [\"billing\"]\n",
+        )
+        .expect("config");
+        RouteTable::load(&config, Arc::new(StateStore::open(dir).expect("state"))).expect("routes")
+    }
+
+    #[test]
+    fn status_and_routes_over_json() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let routes = table(dir.path());
+        let reply = handle(&routes, r#"{"cmd":"status"}"#);
+        let json = serde_json::to_value(&reply).expect("json");
+        assert_eq!(json["ok"], true);
+        assert_eq!(json["topics"][0]["topic"], "orders");
+        assert_eq!(json["topics"][0]["state"], "source");
+        assert_eq!(json["topics"][0]["lag"], serde_json::Value::Null);
+        assert_eq!(json["groups"][0]["route"], "source");
+
+        let reply = handle(
+            &routes,
+            r#"{"cmd":"route","topic":"orders","writes":"target"}"#,
+        );
+        assert!(reply.ok, "{reply:?}");
+        let reply = handle(
+            &routes,
+            r#"{"cmd":"route-group","group":"billing","to":"target"}"#,
+        );
+        assert!(reply.ok, "{reply:?}");
+        let status = reply.status.expect("status");
+        assert_eq!(status.topics[0].writes, "target");
+        assert_eq!(status.topics[0].reads, "source");
+        assert_eq!(status.groups[0].route, "target");
+    }
+
+    #[test]
+    fn bad_requests_fail_clearly_and_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let routes = table(dir.path());
+        for (line, says) in [
+            ("{not json", "bad request"),
+            (r#"{"cmd":"explode"}"#, "unknown variant"),
+            (
+                r#"{"cmd":"route","topic":"nosuch","writes":"target"}"#,
+                "unknown topic",
+            ),
+            (
+                r#"{"cmd":"route","topic":"orders","writes":"mars"}"#,
+                "unknown cluster",
+            ),
+            (r#"{"cmd":"route","topic":"orders"}"#, "--writes"),
+            (
+                r#"{"cmd":"route-group","group":"billing"}"#,
+                "missing field",
+            ),
+            (r#"{"cmd":"status","extra":1}"#, "unknown field"),
+        ] {
+            let reply = handle(&routes, line);
+            assert!(!reply.ok, "{line}");
+            let error = reply.error.unwrap_or_default();
+            assert!(error.contains(says), "{line}: {error}");
+        }
+        assert_eq!(routes.snapshot().generation, 0);
+    }
+}

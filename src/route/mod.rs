@@ -1,0 +1,378 @@
+//! Routes: for each topic, the cluster its writes go to and the cluster its
+//! reads come from; for each group, the cluster that coordinates it.
+//!
+//! The table is read on every request and changed by operators, so readers
+//! take an `Arc` snapshot (one lock-free-in-practice clone) and writers
+//! persist the new table before swapping it in: no request is ever released
+//! under a route that is not yet durable.
+
+mod catalog;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+pub use catalog::{Catalog, TopicLayout};
+
+use crate::config::Config;
+use crate::error::{Error, Kind, Result};
+pub use crate::state::TopicState;
+use crate::state::{GroupRouteRecord, StateStore, TopicRouteRecord};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRoute {
+    pub link: Option<String>,
+    pub state: TopicState,
+    pub writes: Arc<str>,
+    pub reads: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRoute {
+    pub link: Option<String>,
+    pub cluster: Arc<str>,
+}
+
+/// One consistent view of every route.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    topics: HashMap<String, TopicRoute>,
+    groups: HashMap<String, GroupRoute>,
+    default_cluster: Arc<str>,
+    /// Bumped on every change, so sessions can tell their fetch sessions
+    /// were established under older routes.
+    pub generation: u64,
+    /// True while every topic and group routes to the default cluster: the
+    /// hot path then needs no per-topic decision at all.
+    all_default: bool,
+}
+
+impl Routes {
+    pub fn default_cluster(&self) -> &Arc<str> {
+        &self.default_cluster
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicRoute> {
+        self.topics.get(name)
+    }
+
+    pub fn writes(&self, topic: &str) -> &Arc<str> {
+        self.topics
+            .get(topic)
+            .map_or(&self.default_cluster, |r| &r.writes)
+    }
+
+    pub fn reads(&self, topic: &str) -> &Arc<str> {
+        self.topics
+            .get(topic)
+            .map_or(&self.default_cluster, |r| &r.reads)
+    }
+
+    pub fn group(&self, group: &str) -> &Arc<str> {
+        self.groups
+            .get(group)
+            .map_or(&self.default_cluster, |r| &r.cluster)
+    }
+
+    /// Whether every route names the default cluster.
+    pub fn all_default(&self) -> bool {
+        self.all_default
+    }
+
+    /// Clusters that serve at least one topic's reads, default first.
+    pub fn read_clusters(&self) -> Vec<Arc<str>> {
+        let mut clusters = vec![self.default_cluster.clone()];
+        for route in self.topics.values() {
+            if !clusters.contains(&route.reads) {
+                clusters.push(route.reads.clone());
+            }
+        }
+        clusters
+    }
+
+    pub fn topics(&self) -> BTreeMap<&str, &TopicRoute> {
+        self.topics.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+
+    pub fn groups(&self) -> BTreeMap<&str, &GroupRoute> {
+        self.groups.iter().map(|(k, v)| (k.as_str(), v)).collect()
+    }
+
+    fn refresh_all_default(&mut self) {
+        let d = &self.default_cluster;
+        self.all_default = self
+            .topics
+            .values()
+            .all(|r| r.writes == *d && r.reads == *d)
+            && self.groups.values().all(|g| g.cluster == *d);
+    }
+}
+
+/// The live route table.
+pub struct RouteTable {
+    current: RwLock<Arc<Routes>>,
+    state: Arc<StateStore>,
+    clusters: Vec<Arc<str>>,
+}
+
+impl RouteTable {
+    /// Builds the table from persisted routes, adding topics and groups that
+    /// links name but the state does not know yet (they start on the link's
+    /// source). Persisted routes always win: a restart never undoes a flip.
+    pub fn load(config: &Config, state: Arc<StateStore>) -> Result<RouteTable> {
+        let clusters: Vec<Arc<str>> = config
+            .clusters
+            .keys()
+            .map(|c| Arc::from(c.as_str()))
+            .collect();
+        let cluster = |name: &str| -> Result<Arc<str>> {
+            clusters.iter().find(|c| &***c == name).cloned().ok_or_else(|| {
+                Error::klink(
+                    Kind::Config,
+                    format!(
+                        "state file {} routes to cluster `{name}`, which the config does not define",
+                        state.path().display()
+                    ),
+                )
+            })
+        };
+        let persisted = state.snapshot();
+        let mut topics = HashMap::new();
+        for (name, r) in &persisted.topics {
+            let route = TopicRoute {
+                link: r.link.clone(),
+                state: r.state,
+                writes: cluster(&r.writes)?,
+                reads: cluster(&r.reads)?,
+            };
+            topics.insert(name.clone(), route);
+        }
+        let mut groups = HashMap::new();
+        for (name, g) in &persisted.groups {
+            let route = GroupRoute {
+                link: g.link.clone(),
+                cluster: cluster(&g.route)?,
+            };
+            groups.insert(name.clone(), route);
+        }
+        for link in &config.links {
+            let source = cluster(&link.source)?;
+            for topic in &link.topics {
+                topics.entry(topic.clone()).or_insert_with(|| TopicRoute {
+                    link: Some(link.id.clone()),
+                    state: TopicState::Source,
+                    writes: source.clone(),
+                    reads: source.clone(),
+                });
+            }
+            for group in &link.groups {
+                groups.entry(group.clone()).or_insert_with(|| GroupRoute {
+                    link: Some(link.id.clone()),
+                    cluster: source.clone(),
+                });
+            }
+        }
+        let mut routes = Routes {
+            topics,
+            groups,
+            default_cluster: cluster(&config.proxy.default_cluster)?,
+            generation: 0,
+            all_default: true,
+        };
+        routes.refresh_all_default();
+        let table = RouteTable {
+            current: RwLock::new(Arc::new(routes.clone())),
+            state,
+            clusters,
+        };
+        table.persist(&routes)?;
+        Ok(table)
+    }
+
+    pub fn snapshot(&self) -> Arc<Routes> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn cluster(&self, name: &str) -> Result<Arc<str>> {
+        self.clusters
+            .iter()
+            .find(|c| &***c == name)
+            .cloned()
+            .ok_or_else(|| Error::client(Kind::Config, format!("unknown cluster `{name}`")))
+    }
+
+    /// Changes a topic's routes; `None` keeps that side as it is. The change
+    /// is durable before it applies to any request.
+    pub fn route_topic(
+        &self,
+        topic: &str,
+        writes: Option<&str>,
+        reads: Option<&str>,
+    ) -> Result<TopicRoute> {
+        let writes = writes.map(|c| self.cluster(c)).transpose()?;
+        let reads = reads.map(|c| self.cluster(c)).transpose()?;
+        self.change(|routes| {
+            let route = routes.topics.get_mut(topic).ok_or_else(|| {
+                Error::client(
+                    Kind::Config,
+                    format!("unknown topic `{topic}`: no link names it"),
+                )
+            })?;
+            if let Some(w) = writes {
+                route.writes = w;
+            }
+            if let Some(r) = reads {
+                route.reads = r;
+            }
+            Ok(route.clone())
+        })
+    }
+
+    pub fn route_group(&self, group: &str, to: &str) -> Result<GroupRoute> {
+        let to = self.cluster(to)?;
+        self.change(|routes| {
+            let route = routes.groups.get_mut(group).ok_or_else(|| {
+                Error::client(
+                    Kind::Config,
+                    format!("unknown group `{group}`: no link names it"),
+                )
+            })?;
+            route.cluster = to;
+            Ok(route.clone())
+        })
+    }
+
+    fn change<T>(&self, edit: impl FnOnce(&mut Routes) -> Result<T>) -> Result<T> {
+        // Writers serialize on the write lock; readers keep using the old
+        // snapshot until the new one is durable and swapped in.
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = (**current).clone();
+        let out = edit(&mut next)?;
+        next.generation += 1;
+        next.refresh_all_default();
+        self.persist(&next)?;
+        *current = Arc::new(next);
+        Ok(out)
+    }
+
+    fn persist(&self, routes: &Routes) -> Result<()> {
+        self.state.update(|s| {
+            s.topics = routes
+                .topics
+                .iter()
+                .map(|(name, r)| {
+                    let record = TopicRouteRecord {
+                        link: r.link.clone(),
+                        state: r.state,
+                        writes: r.writes.to_string(),
+                        reads: r.reads.to_string(),
+                    };
+                    (name.clone(), record)
+                })
+                .collect();
+            s.groups = routes
+                .groups
+                .iter()
+                .map(|(name, g)| {
+                    let record = GroupRouteRecord {
+                        link: g.link.clone(),
+                        route: g.cluster.to_string(),
+                    };
+                    (name.clone(), record)
+                })
+                .collect();
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("klink.toml"),
+            r#"
+[proxy]
+listen = "127.0.0.1:9092"
+advertised_host = "127.0.0.1"
+broker_ports_start = 9100
+[clusters.source]
+bootstrap = "127.0.0.1:19092"
+[clusters.target]
+bootstrap = "127.0.0.1:29092"
+[[links]]
+id = "move"
+source = "source"
+target = "target"
+topics = ["orders", "payments"]
+groups = ["billing"]
+"#,
+        )
+        .expect("config")
+    }
+
+    #[test]
+    fn link_topics_start_on_the_source_and_flips_persist() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let table = RouteTable::load(&config(), state).expect("load");
+        let routes = table.snapshot();
+        assert_eq!(&**routes.writes("orders"), "source");
+        assert_eq!(&**routes.reads("unlinked"), "source");
+        assert!(routes.all_default());
+
+        table
+            .route_topic("orders", Some("target"), None)
+            .expect("route");
+        table.route_group("billing", "target").expect("route group");
+        let routes = table.snapshot();
+        assert_eq!(&**routes.writes("orders"), "target");
+        assert_eq!(&**routes.reads("orders"), "source");
+        assert_eq!(&**routes.group("billing"), "target");
+        assert!(!routes.all_default());
+        assert_eq!(routes.generation, 2);
+
+        // A restart restores the flips, whatever the config says.
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let reloaded = RouteTable::load(&config(), state)
+            .expect("reload")
+            .snapshot();
+        assert_eq!(&**reloaded.writes("orders"), "target");
+        assert_eq!(&**reloaded.group("billing"), "target");
+        assert_eq!(reloaded.read_clusters().len(), 1);
+    }
+
+    #[test]
+    fn bad_requests_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let table = RouteTable::load(&config(), state.clone()).expect("load");
+        let before = state.snapshot();
+        assert!(table.route_topic("nosuch", Some("target"), None).is_err());
+        assert!(table.route_topic("orders", Some("nowhere"), None).is_err());
+        assert!(table.route_group("nosuch", "target").is_err());
+        assert_eq!(state.snapshot(), before);
+        assert_eq!(table.snapshot().generation, 0);
+    }
+
+    #[test]
+    fn state_naming_an_unknown_cluster_refuses_to_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        RouteTable::load(&config(), state.clone()).expect("load");
+        state
+            .update(|s| {
+                if let Some(r) = s.topics.get_mut("orders") {
+                    r.writes = "gone".into();
+                }
+            })
+            .expect("update");
+        let err = RouteTable::load(&config(), state).err().expect("refused");
+        assert!(err.to_string().contains("gone"), "{err}");
+    }
+}
