@@ -18,39 +18,16 @@ pub struct ProxyContext {
     pub registry: BrokerRegistry,
     pub routes: Arc<RouteTable>,
     pub catalog: Catalog,
-    clusters: Vec<Cluster>,
+    pub(super) clusters: Vec<Cluster>,
     /// Each cluster's ApiVersions answer, learned once: versions do not
     /// change under a running broker in a way klink could act on.
-    upstream_versions: OnceCell<Vec<UpstreamVersions>>,
+    pub(super) upstream_versions: OnceCell<Vec<UpstreamVersions>>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-    new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
+    pub(super) new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
 }
 
 impl ProxyContext {
-    pub fn new(
-        config: Config,
-        registry: BrokerRegistry,
-        routes: Arc<RouteTable>,
-        catalog: Catalog,
-        clusters: Vec<Cluster>,
-        tasks: TaskTracker,
-        shutdown: CancellationToken,
-        new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
-    ) -> ProxyContext {
-        ProxyContext {
-            config,
-            registry,
-            routes,
-            catalog,
-            clusters,
-            upstream_versions: OnceCell::new(),
-            tasks,
-            shutdown,
-            new_listeners,
-        }
-    }
-
     pub fn clusters(&self) -> &[Cluster] {
         &self.clusters
     }

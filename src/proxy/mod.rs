@@ -60,16 +60,17 @@ pub async fn run_with_listener(
     let tasks = TaskTracker::new();
     let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
     let (new_listeners, mut listeners) = tokio::sync::mpsc::unbounded_channel();
-    let ctx = Arc::new(ProxyContext::new(
+    let ctx = Arc::new(ProxyContext {
         config,
         registry,
-        routes.clone(),
+        routes: routes.clone(),
         catalog,
         clusters,
-        tasks.clone(),
-        shutdown.clone(),
+        upstream_versions: tokio::sync::OnceCell::new(),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
         new_listeners,
-    ));
+    });
     let spawner = ctx.clone();
     tasks.spawn(async move {
         loop {
