@@ -25,6 +25,7 @@ pub mod error;
 pub mod proxy;
 pub mod rewrite;
 pub mod route;
+pub mod split;
 pub mod state;
 pub mod upstream;
 pub mod versions;

@@ -5,6 +5,10 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+
 use crate::broker::{BrokerRegistry, UpstreamBroker, VirtualBroker};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
@@ -63,18 +67,14 @@ impl ProxyContext {
     }
 
     /// Asks a cluster for its brokers and registers them.
-    pub async fn discover(self: &Arc<Self>, cluster: &Cluster) -> Result<()> {
+    pub async fn discover(&self, cluster: &Cluster) -> Result<()> {
         let brokers = cluster.discover().await?;
         self.announce(&cluster.name, &brokers).await
     }
 
     /// Makes sure every broker in `brokers` has a virtual broker that is
     /// listening, before a client can learn its address.
-    pub async fn announce(
-        self: &Arc<Self>,
-        cluster: &Arc<str>,
-        brokers: &[UpstreamBroker],
-    ) -> Result<()> {
+    pub async fn announce(&self, cluster: &Arc<str>, brokers: &[UpstreamBroker]) -> Result<()> {
         for broker in self.registry.observe(cluster, brokers)? {
             self.listen_virtual(broker).await?;
         }
@@ -106,5 +106,39 @@ impl ProxyContext {
             .send((listener, broker))
             .map_err(|_| Error::klink(Kind::Closed, "proxy is shutting down"))?;
         Ok(())
+    }
+}
+
+impl crate::split::Cluster for ProxyContext {
+    async fn leader(&self, cluster: &Arc<str>, topic: &str, partition: i32) -> Option<i32> {
+        if let Some(leader) = self.catalog.leader(cluster, topic, partition) {
+            return Some(leader);
+        }
+        // Not seen yet (or forgotten after a leader change): ask the cluster.
+        let upstream = self.cluster(cluster)?;
+        let refreshed = async {
+            let conn = upstream.connect_any().await?;
+            let request = MetadataRequest::default()
+                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                    TopicName(StrBytes::from_string(topic.to_string())),
+                ))]));
+            let response: MetadataResponse = upstream.call(&conn, request, 9).await?;
+            let brokers: Vec<UpstreamBroker> = response
+                .brokers
+                .iter()
+                .map(|b| UpstreamBroker {
+                    node_id: b.node_id.0,
+                    host: b.host.to_string(),
+                    port: b.port,
+                })
+                .collect();
+            self.announce(cluster, &brokers).await?;
+            self.catalog.learn(cluster, &response)
+        };
+        if let Err(e) = refreshed.await {
+            tracing::warn!(%cluster, topic, error = %e, "cannot learn partition leaders");
+            return None;
+        }
+        self.catalog.leader(cluster, topic, partition)
     }
 }

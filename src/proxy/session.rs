@@ -2,6 +2,7 @@
 //! (many in flight), and responses are written back strictly in request
 //! order, whichever upstream answers first.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use super::ProxyContext;
 use crate::broker::VirtualBroker;
 use crate::error::{Error, Kind, Result};
 use crate::rewrite::{BrokerView, Rewrite, needs_rewrite};
+use crate::split::{self, Context, Destination, FetchSessions, Merge, Plan};
 use crate::upstream::{Reply, UpstreamConn};
 use crate::versions::{api_versions_response, can_handle, unsupported_api_versions_response};
 use crate::wire::{Frame, FrameCodec, RequestHeader, produce_acks};
@@ -40,18 +42,35 @@ enum Pending {
         version: i16,
         cluster: Arc<str>,
     },
+    /// Answers to the parts of a split request, merged into one.
+    Merged {
+        replies: Vec<(Reply, Arc<str>)>,
+        api: ApiKey,
+        version: i16,
+        merge: Merge,
+    },
 }
+
+/// A session's upstream connections, opened on first use.
+type Upstreams = HashMap<Destination, UpstreamConn>;
 
 pub struct Session {
     ctx: Arc<ProxyContext>,
-    /// The virtual broker this connection's port stands for; `None` on the
-    /// bootstrap address, which any broker of the default cluster serves.
-    home: Option<VirtualBroker>,
+    /// Where this connection's port points: the upstream broker its virtual
+    /// broker stands for, or (bootstrap address) any default-cluster broker.
+    home: Destination,
     peer: SocketAddr,
 }
 
 impl Session {
     pub fn new(ctx: Arc<ProxyContext>, home: Option<VirtualBroker>, peer: SocketAddr) -> Session {
+        let home = match home {
+            Some(broker) => Destination::Broker {
+                cluster: broker.cluster,
+                upstream_id: broker.upstream_id,
+            },
+            None => Destination::Any(Arc::from(ctx.config.proxy.default_cluster.as_str())),
+        };
         Session { ctx, home, peer }
     }
 
@@ -75,7 +94,8 @@ impl Session {
         writer_gone: CancellationToken,
     ) {
         let mut frames = FramedRead::new(read, FrameCodec::requests(self.ctx.max_frame_bytes()));
-        let mut upstream: Option<UpstreamConn> = None;
+        let mut upstreams = Upstreams::new();
+        let mut fetch_sessions = FetchSessions::default();
         loop {
             let next = tokio::select! {
                 biased;
@@ -91,7 +111,10 @@ impl Session {
                     break;
                 }
             };
-            match self.dispatch(frame, &mut upstream).await {
+            match self
+                .dispatch(frame, &mut upstreams, &mut fetch_sessions)
+                .await
+            {
                 Ok(Some(pending)) => {
                     if queue.send(pending).await.is_err() {
                         break;
@@ -114,7 +137,8 @@ impl Session {
     async fn dispatch(
         &self,
         frame: Frame,
-        upstream: &mut Option<UpstreamConn>,
+        upstreams: &mut Upstreams,
+        fetch_sessions: &mut FetchSessions,
     ) -> Result<Option<Pending>> {
         let payload = frame.payload();
         let header = RequestHeader::parse(&payload)
@@ -140,24 +164,95 @@ impl Session {
                 ),
             ));
         }
-        let expects_response = match api {
-            ApiKey::Produce => {
-                produce_acks(&payload, &header)
-                    .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?
-                    != 0
-            }
-            _ => true,
+        let acks = match api {
+            ApiKey::Produce => produce_acks(&payload, &header)
+                .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?,
+            _ => -1,
         };
-        let conn = self.upstream(upstream).await?;
-        let reply = conn
-            .send(frame.wire_bytes().clone(), expects_response)
-            .await?;
-        Ok(reply.map(|reply| Pending::Upstream {
-            reply,
-            api,
-            version: header.api_version,
-            cluster: self.cluster_name(),
-        }))
+        let version = header.api_version;
+        let routes = self.ctx.routes.snapshot();
+        // One cluster's worth of routes and a connection to it: nothing to
+        // decide per topic, the request goes where the client sent it.
+        let plan = if routes.all_default() && self.home.cluster() == routes.default_cluster() {
+            Plan::Forward(self.home.clone())
+        } else {
+            let cx = Context {
+                cluster: &*self.ctx,
+                routes: &routes,
+                catalog: &self.ctx.catalog,
+                home: &self.home,
+                api,
+                version,
+                payload: &payload,
+            };
+            self.plan(&cx, acks, fetch_sessions).await?
+        };
+        match plan {
+            Plan::Answer(bytes) => Ok(Some(Pending::Ready(bytes))),
+            Plan::Forward(destination) => {
+                let conn = self.upstream(upstreams, &destination).await?;
+                let reply = conn.send(frame.wire_bytes().clone(), acks != 0).await?;
+                Ok(reply.map(|reply| Pending::Upstream {
+                    reply,
+                    api,
+                    version,
+                    cluster: destination.cluster().clone(),
+                }))
+            }
+            Plan::Split { parts, merge } => {
+                let mut replies = Vec::with_capacity(parts.len());
+                for part in parts {
+                    let conn = self.upstream(upstreams, &part.destination).await?;
+                    if let Some(reply) = conn.send(part.frame, part.expects_response).await? {
+                        replies.push((reply, part.destination.cluster().clone()));
+                    }
+                }
+                Ok(merge.map(|merge| Pending::Merged {
+                    replies,
+                    api,
+                    version,
+                    merge,
+                }))
+            }
+        }
+    }
+
+    async fn plan(
+        &self,
+        cx: &Context<'_, ProxyContext>,
+        acks: i16,
+        fetch_sessions: &mut FetchSessions,
+    ) -> Result<Plan> {
+        use ApiKey::*;
+        match cx.api {
+            Metadata => split::plan_metadata(cx).await,
+            Produce => split::plan_produce(cx, acks).await,
+            Fetch => split::plan_fetch(cx, fetch_sessions).await,
+            ListOffsets => split::plan_list_offsets(cx).await,
+            OffsetForLeaderEpoch | DeleteRecords => split::plan_read_side(cx).await,
+            FindCoordinator => split::plan_find_coordinator(cx).await,
+            JoinGroup
+            | SyncGroup
+            | Heartbeat
+            | LeaveGroup
+            | OffsetCommit
+            | OffsetFetch
+            | DescribeGroups
+            | DeleteGroups
+            | OffsetDelete
+            | ConsumerGroupHeartbeat => split::plan_group(cx).await,
+            ListGroups => split::plan_list_groups(cx).await,
+            CreateTopics
+            | DeleteTopics
+            | CreatePartitions
+            | DescribeConfigs
+            | AlterConfigs
+            | IncrementalAlterConfigs => split::plan_admin(cx).await,
+            // Transactions stay on the cluster their id is pinned to (the
+            // default cluster until cutover work moves them); everything
+            // else goes where the client sent it.
+            _ => Ok(Plan::Forward(cx.home.clone())),
+        }
     }
 
     async fn api_versions(&self, header: &RequestHeader) -> Result<Pending> {
@@ -178,52 +273,52 @@ impl Session {
         )))
     }
 
-    fn cluster_name(&self) -> Arc<str> {
-        match &self.home {
-            Some(broker) => broker.cluster.clone(),
-            None => Arc::from(self.ctx.config.proxy.default_cluster.as_str()),
-        }
-    }
-
-    /// The upstream connection this session forwards to, opened on first use.
-    async fn upstream(&self, slot: &mut Option<UpstreamConn>) -> Result<UpstreamConn> {
-        if let Some(conn) = slot
+    /// The connection to `destination`, opened on first use.
+    async fn upstream(
+        &self,
+        upstreams: &mut Upstreams,
+        destination: &Destination,
+    ) -> Result<UpstreamConn> {
+        if let Some(conn) = upstreams.get(destination)
             && !conn.is_closed()
         {
             return Ok(conn.clone());
         }
-        let conn = match &self.home {
-            None => self.ctx.default_cluster()?.connect_any().await?,
-            Some(broker) => {
-                let cluster = self.ctx.cluster(&broker.cluster).ok_or_else(|| {
-                    Error::klink(
-                        Kind::Config,
-                        format!("cluster {} is not configured", broker.cluster),
-                    )
-                })?;
-                let addr = match self.ctx.registry.upstream_address(broker) {
+        let cluster = self.ctx.cluster(destination.cluster()).ok_or_else(|| {
+            Error::klink(
+                Kind::Config,
+                format!("cluster {} is not configured", destination.cluster()),
+            )
+        })?;
+        let conn = match destination {
+            Destination::Any(_) => cluster.connect_any().await?,
+            Destination::Broker { upstream_id, .. } => {
+                let address = |ctx: &ProxyContext| {
+                    let broker = ctx.registry.by_upstream(&cluster.name, *upstream_id)?;
+                    ctx.registry.upstream_address(&broker)
+                };
+                let addr = match address(&self.ctx) {
                     Some(addr) => addr,
                     None => {
                         // Remembered from before a restart but not announced
                         // since: ask the cluster where it is now.
                         self.ctx.discover(cluster).await?;
-                        self.ctx.registry.upstream_address(broker).ok_or_else(|| {
+                        address(&self.ctx).ok_or_else(|| {
                             Error::upstream(
-                                &broker.cluster,
+                                &cluster.name,
                                 Kind::Closed,
                                 format!(
-                                    "upstream broker {} is no longer in the cluster",
-                                    broker.upstream_id
+                                    "upstream broker {upstream_id} is no longer in the cluster"
                                 ),
                             )
                         })?
                     }
                 };
-                UpstreamConn::connect(broker.cluster.clone(), &addr, self.ctx.max_frame_bytes())
+                UpstreamConn::connect(cluster.name.clone(), &addr, self.ctx.max_frame_bytes())
                     .await?
             }
         };
-        *slot = Some(conn.clone());
+        upstreams.insert(destination.clone(), conn.clone());
         Ok(conn)
     }
 
@@ -252,6 +347,23 @@ impl Session {
             };
             let bytes = match pending {
                 Pending::Ready(bytes) => bytes,
+                Pending::Merged {
+                    replies,
+                    api,
+                    version,
+                    merge,
+                } => {
+                    if out.flush().await.is_err() {
+                        break;
+                    }
+                    match self.merge(replies, api, version, merge).await {
+                        Ok(bytes) => bytes,
+                        Err(e) => {
+                            tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
+                            break;
+                        }
+                    }
+                }
                 Pending::Upstream {
                     mut reply,
                     api,
@@ -292,6 +404,29 @@ impl Session {
         let _ = out.shutdown().await;
     }
 
+    /// Waits for every part of a split request and merges the answers.
+    async fn merge(
+        &self,
+        replies: Vec<(Reply, Arc<str>)>,
+        api: ApiKey,
+        version: i16,
+        merge: Merge,
+    ) -> Result<Bytes> {
+        let mut frames = Vec::with_capacity(replies.len());
+        for (reply, cluster) in replies {
+            let answer = reply.await.unwrap_or_else(|_| {
+                Err(Error::upstream(
+                    &cluster,
+                    Kind::Closed,
+                    "upstream connection dropped",
+                ))
+            });
+            let bytes = self.finish(answer, api, version, &cluster).await?;
+            frames.push(Frame::from_prefixed(bytes));
+        }
+        merge(frames)
+    }
+
     /// Turns an upstream answer into the bytes the client gets.
     async fn finish(
         &self,
@@ -309,10 +444,14 @@ impl Session {
         let Some(rewrite) = rewrite else {
             return Err(Error::klink(Kind::Protocol, "rewrite expected"));
         };
+        if let Some(metadata) = rewrite.metadata() {
+            self.ctx.catalog.learn(cluster, metadata)?;
+        }
         self.ctx.announce(cluster, &rewrite.announced()).await?;
         let view = BrokerView {
             registry: &self.ctx.registry,
             cluster,
+            catalog: Some(&self.ctx.catalog),
         };
         rewrite
             .apply(&view)

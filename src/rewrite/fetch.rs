@@ -301,6 +301,7 @@ mod tests {
         let view = BrokerView {
             registry: &registry,
             cluster: "source",
+            catalog: None,
         };
         for version in [11, 12, 16, 17] {
             let original = frame(ApiKey::Fetch, version, &response(-1, -1, &[]));
@@ -331,6 +332,7 @@ mod tests {
         let view = BrokerView {
             registry: &registry,
             cluster: "source",
+            catalog: None,
         };
         let tansu = crate::wire::Frame::from_prefixed(Bytes::from(bytes));
         let rewrite = Rewrite::decode(ApiKey::Fetch, 12, tansu)

@@ -36,6 +36,11 @@ pub fn rewrite(response: &mut MetadataResponse, view: &BrokerView<'_>) -> bool {
         .collect();
     response.controller_id = view.map_id(response.controller_id);
     for topic in &mut response.topics {
+        if let (Some(catalog), Some(name)) = (view.catalog, topic.name.as_ref())
+            && let Some(id) = catalog.client_id(name)
+        {
+            topic.topic_id = id;
+        }
         for partition in &mut topic.partitions {
             partition.leader_id = view.map_id(partition.leader_id);
             partition.replica_nodes = view.map_ids(&partition.replica_nodes);

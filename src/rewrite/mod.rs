@@ -45,6 +45,8 @@ pub fn needs_rewrite(api: ApiKey, version: i16) -> bool {
 pub struct BrokerView<'a> {
     pub registry: &'a BrokerRegistry,
     pub cluster: &'a str,
+    /// Topic ids clients see, when klink serves more than one cluster.
+    pub catalog: Option<&'a crate::route::Catalog>,
 }
 
 impl BrokerView<'_> {
@@ -166,6 +168,14 @@ impl Rewrite {
             Body::DescribeCluster(r) => describe_cluster::announced(r),
             Body::Produce(r) => produce::announced(r),
             Body::Fetch(scan) => scan.announced(),
+        }
+    }
+
+    /// The upstream Metadata response, before any rewrite.
+    pub fn metadata(&self) -> Option<&MetadataResponse> {
+        match &self.body {
+            Body::Metadata(r) => Some(r),
+            _ => None,
         }
     }
 
@@ -294,6 +304,7 @@ pub(crate) mod test_support {
         let view = BrokerView {
             registry: &registry,
             cluster: "source",
+            catalog: None,
         };
         (announced, rewrite.apply(&view).expect("apply"))
     }

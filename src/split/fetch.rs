@@ -1,0 +1,383 @@
+//! Fetch, routed per partition by each topic's read route.
+//!
+//! Fetch sessions (KIP-227) belong to one upstream broker. klink forwards
+//! them untouched while every partition reads from where the client sent
+//! the request; a fetch that crosses clusters is sent sessionless, and an
+//! incremental fetch made under routes that changed since its session began
+//! is answered FETCH_SESSION_ID_NOT_FOUND so the client starts over with a
+//! full fetch klink can see whole.
+
+use std::collections::HashMap;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use uuid::Uuid;
+
+use super::{Cluster, Context, Part, Plan, decode_response, encode_response, group_by};
+use crate::error::Result;
+
+/// Fetch v13 names topics by id (KIP-516).
+const TOPIC_IDS_SINCE: i16 = 13;
+
+/// What one client connection's fetch sessions were set up under.
+#[derive(Debug, Default)]
+pub struct FetchSessions {
+    /// Route generation at the last full fetch klink forwarded.
+    generation: Option<u64>,
+}
+
+pub async fn plan_fetch<C: Cluster>(
+    cx: &Context<'_, C>,
+    sessions: &mut FetchSessions,
+) -> Result<Plan> {
+    let (header, request): (_, FetchRequest) = cx.decode()?;
+    let by_id = cx.version >= TOPIC_IDS_SINCE;
+    let mut assigned = Vec::new();
+    let mut unroutable = Vec::new();
+    let mut order: Vec<(String, i32)> = Vec::new();
+    let mut needs_translation = false;
+    for topic in &request.topics {
+        let name = if by_id {
+            cx.catalog
+                .name_by_client_id(&topic.topic_id)
+                .unwrap_or_default()
+        } else {
+            topic.topic.to_string()
+        };
+        let cluster = cx.routes.reads(&name).clone();
+        if by_id
+            && cx
+                .catalog
+                .upstream_id(&cluster, &name)
+                .is_some_and(|id| id != topic.topic_id)
+        {
+            needs_translation = true;
+        }
+        for p in &topic.partitions {
+            order.push((name.clone(), p.partition));
+            match cx.partition_destination(&cluster, &name, p.partition).await {
+                Some(destination) => assigned.push((destination, (name.clone(), p.clone()))),
+                None => unroutable.push((name.clone(), p.partition)),
+            }
+        }
+    }
+    let stays_home =
+        unroutable.is_empty() && !needs_translation && assigned.iter().all(|(d, _)| d == cx.home);
+    if request.session_epoch > 0 {
+        // Incremental: the session may hold partitions this request does
+        // not list, so it is only safe under the routes it began with.
+        if stays_home && sessions.generation == Some(cx.routes.generation) {
+            return Ok(Plan::Forward(cx.home.clone()));
+        }
+        let response = FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code())
+            .with_session_id(0);
+        return Ok(Plan::Answer(
+            cx.encode_response(header.correlation_id, &response)?,
+        ));
+    }
+    if stays_home {
+        sessions.generation = Some(cx.routes.generation);
+        return Ok(Plan::Forward(cx.home.clone()));
+    }
+    sessions.generation = None;
+    let mut parts = Vec::new();
+    let mut upstream_names: HashMap<(String, Uuid), String> = HashMap::new();
+    for (destination, partitions) in group_by(assigned) {
+        let mut sub = request
+            .clone()
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(Vec::new())
+            .with_forgotten_topics_data(Vec::new());
+        for (name, partition) in partitions {
+            let upstream_id = cx
+                .catalog
+                .upstream_id(destination.cluster(), &name)
+                .unwrap_or_default();
+            upstream_names.insert(
+                (destination.cluster().to_string(), upstream_id),
+                name.clone(),
+            );
+            let existing = sub.topics.iter().position(|t| {
+                if by_id {
+                    t.topic_id == upstream_id
+                } else {
+                    t.topic.as_str() == name
+                }
+            });
+            let index = match existing {
+                Some(i) => i,
+                None => {
+                    let mut topic = kafka_protocol::messages::fetch_request::FetchTopic::default();
+                    if by_id {
+                        topic.topic_id = upstream_id;
+                    } else {
+                        topic.topic = TopicName(name.clone().into());
+                    }
+                    sub.topics.push(topic);
+                    sub.topics.len() - 1
+                }
+            };
+            sub.topics[index].partitions.push(partition);
+        }
+        parts.push(Part {
+            destination,
+            frame: cx.encode_request(&header, &sub)?,
+            expects_response: true,
+        });
+    }
+    let clusters: Vec<String> = parts
+        .iter()
+        .map(|p| p.destination.cluster().to_string())
+        .collect();
+    let client_ids: HashMap<String, Uuid> = order
+        .iter()
+        .map(|(name, _)| (name.clone(), cx.catalog.client_id(name).unwrap_or_default()))
+        .collect();
+    let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
+    let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
+        let mut results: HashMap<(String, i32), PartitionData> = HashMap::new();
+        let mut merged = FetchResponse::default().with_session_id(0);
+        for (frame, cluster) in frames.iter().zip(&clusters) {
+            let response: FetchResponse = decode_response(api, version, frame)?;
+            merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
+            let failed = response.error_code;
+            for endpoint in response.node_endpoints {
+                if !merged
+                    .node_endpoints
+                    .iter()
+                    .any(|e| e.node_id == endpoint.node_id)
+                {
+                    merged.node_endpoints.push(endpoint);
+                }
+            }
+            for topic in response.responses {
+                let name = if by_id {
+                    upstream_names
+                        .get(&(cluster.clone(), topic.topic_id))
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    topic.topic.to_string()
+                };
+                for mut p in topic.partitions {
+                    if failed != 0 && p.error_code == 0 {
+                        p.error_code = failed;
+                    }
+                    results.insert((name.clone(), p.partition_index), p);
+                }
+            }
+        }
+        for (name, index) in order {
+            let result = results.remove(&(name.clone(), index)).unwrap_or_else(|| {
+                PartitionData::default()
+                    .with_partition_index(index)
+                    .with_error_code(ResponseError::NotLeaderOrFollower.code())
+                    .with_high_watermark(-1)
+            });
+            let client_id = client_ids.get(&name).copied().unwrap_or_default();
+            let same_topic = merged.responses.last().is_some_and(|t| {
+                if by_id {
+                    t.topic_id == client_id
+                } else {
+                    t.topic.as_str() == name
+                }
+            });
+            if !same_topic {
+                let mut topic = FetchableTopicResponse::default();
+                if by_id {
+                    topic.topic_id = client_id;
+                } else {
+                    topic.topic = TopicName(name.clone().into());
+                }
+                merged.responses.push(topic);
+            }
+            if let Some(topic) = merged.responses.last_mut() {
+                topic.partitions.push(result);
+            }
+        }
+        encode_response(api, version, correlation_id, &merged)
+    });
+    Ok(Plan::Split {
+        parts,
+        merge: Some(merge),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, RequestHeader};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    use super::*;
+    use crate::split::Destination;
+    use crate::split::test_support::*;
+
+    fn request(epoch: i32, topics: &[(&'static str, &[i32])]) -> Bytes {
+        let body = FetchRequest::default()
+            .with_session_id(if epoch > 0 { 9 } else { 0 })
+            .with_session_epoch(epoch)
+            .with_topics(
+                topics
+                    .iter()
+                    .map(|(t, ps)| {
+                        FetchTopic::default()
+                            .with_topic(TopicName(StrBytes::from_static_str(t)))
+                            .with_partitions(
+                                ps.iter()
+                                    .map(|p| FetchPartition::default().with_partition(*p))
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            );
+        let mut buf = bytes::BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(1)
+            .with_request_api_version(12)
+            .with_correlation_id(3)
+            .encode(&mut buf, ApiKey::Fetch.request_header_version(12))
+            .expect("header");
+        body.encode(&mut buf, 12).expect("body");
+        buf.freeze()
+    }
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        table: crate::route::RouteTable,
+        catalog: crate::route::Catalog,
+        leaders: FixedLeaders,
+        home: Destination,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = routes(dir.path());
+        let catalog = crate::route::Catalog::load(Arc::new(
+            crate::state::StateStore::open(dir.path()).expect("state"),
+        ));
+        Setup {
+            _dir: dir,
+            table,
+            catalog,
+            leaders: FixedLeaders(HashMap::from([("orders".to_string(), 3)])),
+            home: Destination::Broker {
+                cluster: Arc::from("source"),
+                upstream_id: 1,
+            },
+        }
+    }
+
+    async fn plan(s: &Setup, payload: &Bytes, sessions: &mut FetchSessions) -> Plan {
+        let routes = s.table.snapshot();
+        let cx = Context {
+            cluster: &s.leaders,
+            routes: &routes,
+            catalog: &s.catalog,
+            home: &s.home,
+            api: ApiKey::Fetch,
+            version: 12,
+            payload,
+        };
+        plan_fetch(&cx, sessions).await.expect("plan")
+    }
+
+    #[tokio::test]
+    async fn sessions_pass_through_until_routes_change() {
+        let s = setup();
+        let mut sessions = FetchSessions::default();
+        assert!(matches!(
+            plan(&s, &request(0, &[("orders", &[0])]), &mut sessions).await,
+            Plan::Forward(_)
+        ));
+        assert!(matches!(
+            plan(&s, &request(1, &[]), &mut sessions).await,
+            Plan::Forward(_)
+        ));
+        s.table
+            .route_topic("payments", None, Some("target"))
+            .expect("route");
+        // Routes changed under the session: the client must start over.
+        let Plan::Answer(bytes) = plan(&s, &request(2, &[]), &mut sessions).await else {
+            panic!("incremental fetch after a route change is answered by klink");
+        };
+        let response: FetchResponse =
+            decode_response(ApiKey::Fetch, 12, &frame_of(bytes)).expect("decode");
+        assert_eq!(
+            response.error_code,
+            ResponseError::FetchSessionIdNotFound.code()
+        );
+        assert!(matches!(
+            plan(&s, &request(0, &[("orders", &[0])]), &mut sessions).await,
+            Plan::Forward(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn moved_partitions_are_fetched_sessionless_from_the_new_leader() {
+        let s = setup();
+        s.table
+            .route_topic("orders", None, Some("target"))
+            .expect("route");
+        let mut sessions = FetchSessions::default();
+        let Plan::Split { parts, merge } = plan(
+            &s,
+            &request(0, &[("orders", &[2]), ("other", &[0])]),
+            &mut sessions,
+        )
+        .await
+        else {
+            panic!("split");
+        };
+        assert_eq!(
+            parts[0].destination,
+            Destination::Broker {
+                cluster: Arc::from("target"),
+                upstream_id: 12
+            }
+        );
+        assert_eq!(parts[1].destination, s.home);
+        let mut payload = parts[0].frame.slice(4..);
+        RequestHeader::decode(&mut payload, ApiKey::Fetch.request_header_version(12))
+            .expect("header");
+        let sub = FetchRequest::decode(&mut payload, 12).expect("sub");
+        assert_eq!((sub.session_id, sub.session_epoch), (0, -1));
+        let answer = |topic: &'static str, p: i32| {
+            let response = FetchResponse::default()
+                .with_session_id(5)
+                .with_responses(vec![
+                    FetchableTopicResponse::default()
+                        .with_topic(TopicName(StrBytes::from_static_str(topic)))
+                        .with_partitions(vec![
+                            PartitionData::default()
+                                .with_partition_index(p)
+                                .with_high_watermark(42)
+                                .with_records(Some(Bytes::from_static(b"rec"))),
+                        ]),
+                ]);
+            frame_of(encode_response(ApiKey::Fetch, 12, 3, &response).expect("encode"))
+        };
+        let merged =
+            (merge.expect("merge"))(vec![answer("orders", 2), answer("other", 0)]).expect("merge");
+        let response: FetchResponse =
+            decode_response(ApiKey::Fetch, 12, &frame_of(merged)).expect("decode");
+        assert_eq!(response.session_id, 0);
+        let got: Vec<(String, i32, i64)> = response
+            .responses
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.topic.to_string(), p.partition_index, p.high_watermark))
+            })
+            .collect();
+        assert_eq!(got, vec![("orders".into(), 2, 42), ("other".into(), 0, 42)]);
+    }
+}

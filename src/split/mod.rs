@@ -1,0 +1,233 @@
+//! Requests routed by topic or group: decide where each part of a request
+//! goes, split it when its parts go to different brokers, and merge the
+//! answers back into the one response the client expects.
+//!
+//! Planning never blocks the hot path when it need not: a request whose
+//! parts all go where the client sent it is forwarded as its original bytes.
+//! Only requests that cross clusters are decoded, re-encoded and merged.
+
+mod admin;
+mod fetch;
+mod groups;
+mod metadata;
+mod offsets;
+mod produce;
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+pub use admin::plan_admin;
+pub use fetch::{FetchSessions, plan_fetch};
+pub use groups::{plan_find_coordinator, plan_group, plan_list_groups};
+pub use metadata::plan_metadata;
+pub use offsets::{plan_list_offsets, plan_read_side};
+pub use produce::plan_produce;
+
+use crate::error::{Error, Kind, Result};
+use crate::route::{Catalog, Routes};
+use crate::wire::Frame;
+
+/// Where (part of) a request goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// One upstream broker.
+    Broker { cluster: Arc<str>, upstream_id: i32 },
+    /// Whichever broker of the cluster klink reaches first (bootstrap).
+    Any(Arc<str>),
+}
+
+impl Destination {
+    pub fn cluster(&self) -> &Arc<str> {
+        match self {
+            Destination::Broker { cluster, .. } | Destination::Any(cluster) => cluster,
+        }
+    }
+}
+
+/// One sub-request of a split request.
+pub struct Part {
+    pub destination: Destination,
+    pub frame: Bytes,
+    pub expects_response: bool,
+}
+
+/// Combines the parts' answers (already address-rewritten, in part order;
+/// `None` for parts that get no answer) into the client's response frame.
+pub type Merge = Box<dyn FnOnce(Vec<Frame>) -> Result<Bytes> + Send>;
+
+pub enum Plan {
+    /// Send the original bytes to one destination.
+    Forward(Destination),
+    /// klink answers itself.
+    Answer(Bytes),
+    /// Send each part; merge the answers (no merge: no answer is owed).
+    Split {
+        parts: Vec<Part>,
+        merge: Option<Merge>,
+    },
+}
+
+/// What planning needs from the running proxy.
+pub trait Cluster {
+    /// The upstream leader of a partition on `cluster`, asking the cluster
+    /// when klink has not seen it yet.
+    fn leader(
+        &self,
+        cluster: &Arc<str>,
+        topic: &str,
+        partition: i32,
+    ) -> impl Future<Output = Option<i32>> + Send;
+}
+
+/// Everything a planner looks at for one request.
+pub struct Context<'a, C: Cluster> {
+    pub cluster: &'a C,
+    pub routes: &'a Arc<Routes>,
+    pub catalog: &'a Catalog,
+    /// Where the client sent the request.
+    pub home: &'a Destination,
+    pub api: ApiKey,
+    pub version: i16,
+    pub payload: &'a Bytes,
+}
+
+impl<C: Cluster> Context<'_, C> {
+    /// Decodes the request header and body.
+    pub fn decode<R: Decodable>(&self) -> Result<(RequestHeader, R)> {
+        let fail = |e: anyhow::Error| {
+            Error::client(
+                Kind::Protocol,
+                format!("{:?} v{}: {e}", self.api, self.version),
+            )
+        };
+        let mut buf = self.payload.clone();
+        let header = RequestHeader::decode(&mut buf, self.api.request_header_version(self.version))
+            .map_err(fail)?;
+        let body = R::decode(&mut buf, self.version).map_err(fail)?;
+        Ok((header, body))
+    }
+
+    /// Where a partition of `topic` routed to `cluster` goes: the broker
+    /// the client chose when the route stays on its cluster, otherwise the
+    /// partition's leader on the routed cluster.
+    pub async fn partition_destination(
+        &self,
+        cluster: &Arc<str>,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Destination> {
+        if self.home.cluster() == cluster {
+            return Some(self.home.clone());
+        }
+        let leader = self.cluster.leader(cluster, topic, partition).await?;
+        Some(Destination::Broker {
+            cluster: cluster.clone(),
+            upstream_id: leader,
+        })
+    }
+
+    /// The original request as a whole frame.
+    pub fn payload_frame(&self) -> Bytes {
+        let mut buf = BytesMut::with_capacity(4 + self.payload.len());
+        buf.extend_from_slice(&(self.payload.len() as i32).to_be_bytes());
+        buf.extend_from_slice(self.payload);
+        buf.freeze()
+    }
+
+    pub fn encode_request<R: Encodable>(&self, header: &RequestHeader, body: &R) -> Result<Bytes> {
+        encode_frame(|buf| {
+            header.encode(buf, self.api.request_header_version(self.version))?;
+            body.encode(buf, self.version)
+        })
+    }
+
+    pub fn encode_response<R: Encodable>(&self, correlation_id: i32, body: &R) -> Result<Bytes> {
+        encode_response(self.api, self.version, correlation_id, body)
+    }
+}
+
+pub fn encode_response<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Result<Bytes> {
+    encode_frame(|buf| {
+        ResponseHeader::default()
+            .with_correlation_id(correlation_id)
+            .encode(buf, api.response_header_version(version))?;
+        body.encode(buf, version)
+    })
+}
+
+pub fn decode_response<R: Decodable>(api: ApiKey, version: i16, frame: &Frame) -> Result<R> {
+    let fail =
+        |e: anyhow::Error| Error::klink(Kind::Protocol, format!("merging {api:?} v{version}: {e}"));
+    let mut buf = frame.payload();
+    ResponseHeader::decode(&mut buf, api.response_header_version(version)).map_err(fail)?;
+    R::decode(&mut buf, version).map_err(fail)
+}
+
+fn encode_frame(write: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0; 4]);
+    write(&mut buf).map_err(|e| Error::klink(Kind::Protocol, format!("encoding: {e}")))?;
+    let length = i32::try_from(buf.len() - 4)
+        .map_err(|_| Error::klink(Kind::Protocol, "frame too large"))?;
+    buf[..4].copy_from_slice(&length.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Groups items by destination, keeping first-seen order of destinations.
+pub fn group_by<T>(items: Vec<(Destination, T)>) -> Vec<(Destination, Vec<T>)> {
+    let mut groups: Vec<(Destination, Vec<T>)> = Vec::new();
+    for (destination, item) in items {
+        match groups.iter_mut().find(|(d, _)| *d == destination) {
+            Some((_, list)) => list.push(item),
+            None => groups.push((destination, vec![item])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::route::RouteTable;
+    use crate::state::StateStore;
+
+    /// Two clusters; `orders` and `payments` and group `billing` linked.
+    pub fn routes(dir: &Path) -> RouteTable {
+        let config = Config::parse(
+            Path::new("klink.toml"),
+            "[proxy]\nlisten = \"127.0.0.1:9092\"\nadvertised_host = \"127.0.0.1\"\nbroker_ports_start = 9100\n\
+             [clusters.source]\nbootstrap = \"127.0.0.1:1\"\n[clusters.target]\nbootstrap = \"127.0.0.1:2\"\n\
+             [[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\ntopics = [\"orders\", \"payments\"]\ngroups = [\"billing\"]\n",
+        )
+        .expect("config");
+        RouteTable::load(&config, Arc::new(StateStore::open(dir).expect("state"))).expect("routes")
+    }
+
+    /// Leaders: every partition p of every topic is led by broker 10 + p.
+    pub struct FixedLeaders(pub HashMap<String, i32>);
+
+    impl Cluster for FixedLeaders {
+        async fn leader(&self, _cluster: &Arc<str>, topic: &str, partition: i32) -> Option<i32> {
+            self.0
+                .get(topic)
+                .filter(|n| partition < **n)
+                .map(|_| 10 + partition)
+        }
+    }
+
+    pub fn frame_of(bytes: Bytes) -> Frame {
+        Frame::from_prefixed(bytes)
+    }
+}
