@@ -209,6 +209,10 @@ pub struct Klink {
 pub struct KlinkOptions {
     pub max_frame_bytes: u32,
     pub extra_proxy: String,
+    /// More clusters besides `source`, by name.
+    pub clusters: Vec<(String, SocketAddr)>,
+    /// Appended to the config as is (e.g. `[[links]]`).
+    pub extra_config: String,
 }
 
 impl Default for KlinkOptions {
@@ -216,6 +220,8 @@ impl Default for KlinkOptions {
         KlinkOptions {
             max_frame_bytes: 104_857_600,
             extra_proxy: String::new(),
+            clusters: Vec::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -238,12 +244,18 @@ impl Klink {
                  broker_ports_start = {broker_ports_start}\nstate_dir = \"{}\"\n\
                  control_socket = \"{}/control.sock\"\n\
                  max_frame_bytes = {}\nshutdown_grace_ms = 5000\n{}\n\
-                 [clusters.source]\nbootstrap = \"{}\"\n",
+                 [clusters.source]\nbootstrap = \"{}\"\n{}\n{}\n",
                 state_dir.display(),
                 state_dir.display(),
                 options.max_frame_bytes,
                 options.extra_proxy,
-                source.addr
+                source.addr,
+                options
+                    .clusters
+                    .iter()
+                    .map(|(name, addr)| format!("[clusters.{name}]\nbootstrap = \"{addr}\"\n"))
+                    .collect::<String>(),
+                options.extra_config,
             ),
         )
         .expect("write config");
@@ -265,6 +277,23 @@ impl Klink {
         let status = self.process.wait_exit(Duration::from_secs(15));
         assert!(status.success(), "klink exited with {status} on SIGTERM");
         self.process = spawn_klink(&self.config, self.dir.path(), 1);
+    }
+
+    /// Runs `klink ctl --config ... ARGS`.
+    pub fn ctl(&self, args: &[&str]) -> (ExitStatus, String, String) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_klink"));
+        command
+            .args(["ctl", "--config"])
+            .arg(&self.config)
+            .args(args);
+        run_bounded(command, Duration::from_secs(30))
+    }
+
+    /// Runs `klink ctl` and insists it succeeds.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (status, stdout, stderr) = self.ctl(args);
+        assert!(status.success(), "klink ctl {args:?} failed: {stderr}");
+        stdout
     }
 
     pub fn bootstrap_str(&self) -> String {
@@ -292,7 +321,10 @@ pub fn klink_command(config: &Path) -> Command {
     command
         .args(["proxy", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info,klink=debug")
+        .env(
+            "RUST_LOG",
+            std::env::var("KLINK_TEST_LOG").unwrap_or_else(|_| "info,klink=debug".into()),
+        )
         .env("NO_COLOR", "1");
     command
 }

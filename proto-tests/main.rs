@@ -9,6 +9,7 @@ mod bad_input;
 mod clients;
 mod lifecycle;
 mod rewrites;
+mod routing;
 
 use std::collections::BTreeMap;
 

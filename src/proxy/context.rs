@@ -29,6 +29,7 @@ pub struct ProxyContext {
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub(super) new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
+    pub(super) cluster_id: std::sync::OnceLock<String>,
 }
 
 impl ProxyContext {
@@ -68,8 +69,25 @@ impl ProxyContext {
 
     /// Asks a cluster for its brokers and registers them.
     pub async fn discover(&self, cluster: &Cluster) -> Result<()> {
-        let brokers = cluster.discover().await?;
+        let (brokers, cluster_id) = cluster.discover().await?;
+        if let Some(id) = cluster_id {
+            self.note_cluster_id(&cluster.name, &id);
+        }
         self.announce(&cluster.name, &brokers).await
+    }
+
+    /// Remembers the default cluster's id: clients see it whichever cluster
+    /// answers, since librdkafka and the Java client distrust a cluster
+    /// whose id changes under them.
+    pub fn note_cluster_id(&self, cluster: &str, id: &str) {
+        if cluster == self.config.proxy.default_cluster {
+            let _ = self.cluster_id.set(id.to_string());
+        }
+    }
+
+    /// The cluster id clients see, once known.
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.get().map(String::as_str)
     }
 
     /// Makes sure every broker in `brokers` has a virtual broker that is

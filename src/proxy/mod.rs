@@ -70,6 +70,7 @@ pub async fn run_with_listener(
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
         new_listeners,
+        cluster_id: std::sync::OnceLock::new(),
     });
     let spawner = ctx.clone();
     tasks.spawn(async move {

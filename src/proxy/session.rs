@@ -185,7 +185,16 @@ impl Session {
                 version,
                 payload: &payload,
             };
-            self.plan(&cx, acks, fetch_sessions).await?
+            let plan = self.plan(&cx, acks, fetch_sessions).await?;
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let decision = match &plan {
+                    Plan::Forward(d) => format!("forward to {d:?}"),
+                    Plan::Answer(_) => "answered by klink".to_string(),
+                    Plan::Split { parts, .. } => format!("split into {} parts", parts.len()),
+                };
+                tracing::trace!(peer = %self.peer, ?api, version, %decision, "routed");
+            }
+            plan
         };
         match plan {
             Plan::Answer(bytes) => Ok(Some(Pending::Ready(bytes))),
@@ -446,12 +455,16 @@ impl Session {
         };
         if let Some(metadata) = rewrite.metadata() {
             self.ctx.catalog.learn(cluster, metadata)?;
+            if let Some(id) = &metadata.cluster_id {
+                self.ctx.note_cluster_id(cluster, id);
+            }
         }
         self.ctx.announce(cluster, &rewrite.announced()).await?;
         let view = BrokerView {
             registry: &self.ctx.registry,
             cluster,
             catalog: Some(&self.ctx.catalog),
+            cluster_id: self.ctx.cluster_id(),
         };
         rewrite
             .apply(&view)

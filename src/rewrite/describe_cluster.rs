@@ -30,6 +30,9 @@ pub fn rewrite(response: &mut DescribeClusterResponse, view: &BrokerView<'_>) ->
             None => false,
         });
     response.controller_id = view.map_id(response.controller_id);
+    if let Some(id) = view.cluster_id {
+        response.cluster_id = StrBytes::from_string(id.to_string());
+    }
     true
 }
 

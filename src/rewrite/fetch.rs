@@ -302,6 +302,7 @@ mod tests {
             registry: &registry,
             cluster: "source",
             catalog: None,
+            cluster_id: None,
         };
         for version in [11, 12, 16, 17] {
             let original = frame(ApiKey::Fetch, version, &response(-1, -1, &[]));
@@ -333,6 +334,7 @@ mod tests {
             registry: &registry,
             cluster: "source",
             catalog: None,
+            cluster_id: None,
         };
         let tansu = crate::wire::Frame::from_prefixed(Bytes::from(bytes));
         let rewrite = Rewrite::decode(ApiKey::Fetch, 12, tansu)

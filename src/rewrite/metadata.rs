@@ -35,6 +35,9 @@ pub fn rewrite(response: &mut MetadataResponse, view: &BrokerView<'_>) -> bool {
         })
         .collect();
     response.controller_id = view.map_id(response.controller_id);
+    if let (Some(id), Some(_)) = (view.cluster_id, &response.cluster_id) {
+        response.cluster_id = Some(StrBytes::from_string(id.to_string()));
+    }
     for topic in &mut response.topics {
         if let (Some(catalog), Some(name)) = (view.catalog, topic.name.as_ref())
             && let Some(id) = catalog.client_id(name)

@@ -47,6 +47,8 @@ pub struct BrokerView<'a> {
     pub cluster: &'a str,
     /// Topic ids clients see, when klink serves more than one cluster.
     pub catalog: Option<&'a crate::route::Catalog>,
+    /// The one cluster id clients see (the default cluster's).
+    pub cluster_id: Option<&'a str>,
 }
 
 impl BrokerView<'_> {
@@ -305,6 +307,7 @@ pub(crate) mod test_support {
             registry: &registry,
             cluster: "source",
             catalog: None,
+            cluster_id: None,
         };
         (announced, rewrite.apply(&view).expect("apply"))
     }

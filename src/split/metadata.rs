@@ -66,18 +66,18 @@ pub async fn plan_metadata<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     }
     let routes = cx.routes.clone();
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
-    let all_topics = request.topics.is_none();
     let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
         let mut merged: Option<MetadataResponse> = None;
         for (frame, cluster) in frames.iter().zip(&clusters) {
             let mut response: MetadataResponse = decode_response(api, version, frame)?;
-            if all_topics {
-                response.topics.retain(|t| {
-                    t.name
-                        .as_ref()
-                        .is_some_and(|n| routes.reads(n.as_str()) == cluster)
-                });
-            }
+            // Each topic only from the cluster serving its reads, even when a
+            // cluster answers more than it was asked (tansu 0.6 answers an
+            // empty topic list with every topic).
+            response.topics.retain(|t| {
+                t.name
+                    .as_ref()
+                    .is_some_and(|n| routes.reads(n.as_str()) == cluster)
+            });
             match &mut merged {
                 None => merged = Some(response),
                 Some(m) => {

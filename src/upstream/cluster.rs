@@ -44,12 +44,13 @@ impl Cluster {
         Err(last.unwrap_or_else(|| Error::upstream(&self.name, Kind::Io, "no bootstrap address")))
     }
 
-    /// Asks the cluster for its brokers.
-    pub async fn discover(&self) -> Result<Vec<UpstreamBroker>> {
+    /// Asks the cluster for its brokers and its cluster id.
+    pub async fn discover(&self) -> Result<(Vec<UpstreamBroker>, Option<String>)> {
         let conn = self.connect_any().await?;
         let request = MetadataRequest::default().with_topics(Some(Vec::new()));
         let response: MetadataResponse = self.call(&conn, request, 9).await?;
-        Ok(response
+        let cluster_id = response.cluster_id.as_ref().map(|id| id.to_string());
+        let brokers = response
             .brokers
             .iter()
             .map(|b| UpstreamBroker {
@@ -57,7 +58,8 @@ impl Cluster {
                 host: b.host.to_string(),
                 port: b.port,
             })
-            .collect())
+            .collect();
+        Ok((brokers, cluster_id))
     }
 
     /// Asks the cluster which API versions it supports.
