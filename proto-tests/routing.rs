@@ -1,7 +1,6 @@
 //! Two clusters behind one klink: per-topic and per-group routes changed by
 //! an operator while real clients keep running.
 
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -331,7 +330,7 @@ fn flipping_a_group_moves_its_coordinator_without_a_client_restart() {
 
     c.klink
         .ctl_ok(&["route-group", "billing", "--to", "target"]);
-    let last = lines.filter_map(Result::ok).last().unwrap_or_default();
+    let last = lines.map_while(Result::ok).last().unwrap_or_default();
     let status = consumer.0.wait().expect("consumer exits");
     assert!(status.success(), "the consumer kept running: {last}");
     let report: Value = serde_json::from_str(&last).expect("json");

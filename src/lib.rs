@@ -19,9 +19,11 @@
 //! - [`error`]: errors that know their origin and whether to retry.
 
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod perf;
 pub mod proxy;
 pub mod rewrite;
 pub mod route;
