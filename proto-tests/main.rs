@@ -87,3 +87,32 @@ pub fn assert_virtual(klink: &Klink, broker: &Broker, host: &str, port: i32) {
         "port {port} is not a virtual broker port (from {start})"
     );
 }
+
+/// One record batch (magic v2, uncompressed) holding one record.
+pub fn one_record_batch(value: &str) -> bytes::Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: 1_700_000_000_000,
+        key: Some(bytes::Bytes::from_static(b"k")),
+        value: Some(bytes::Bytes::from(value.to_string())),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, &[record], &options).expect("encode batch");
+    buf.freeze()
+}

@@ -1,6 +1,5 @@
 //! Every broker address a client can learn is a klink address.
 
-use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -8,9 +7,6 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 
 use crate::raw::RawConn;
 use crate::{advertised, assert_virtual, create_topic, proxied};
@@ -98,35 +94,6 @@ fn describe_cluster_names_virtual_brokers() {
     }
 }
 
-fn one_record_batch(value: &'static [u8]) -> Bytes {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 1_700_000_000_000,
-        key: Some(Bytes::from_static(b"k")),
-        value: Some(Bytes::from_static(value)),
-        headers: Default::default(),
-    };
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &[record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
-}
-
 /// Produce v10+ and Fetch v16+ carry KIP-951 `node_endpoints`; through klink
 /// they may only name virtual brokers, and the responses must stay intact.
 #[test]
@@ -153,7 +120,7 @@ fn produce_and_fetch_with_node_endpoints_versions() {
                     .with_partition_data(vec![
                         PartitionProduceData::default()
                             .with_index(0)
-                            .with_records(Some(one_record_batch(b"hello"))),
+                            .with_records(Some(crate::one_record_batch("hello"))),
                     ]),
             ]);
         let response = conn.call(&request, version);

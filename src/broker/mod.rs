@@ -33,6 +33,19 @@ impl UpstreamBroker {
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+
+    /// The brokers a Metadata response announces.
+    pub fn all_in(response: &kafka_protocol::messages::MetadataResponse) -> Vec<UpstreamBroker> {
+        response
+            .brokers
+            .iter()
+            .map(|b| UpstreamBroker {
+                node_id: b.node_id.0,
+                host: b.host.to_string(),
+                port: b.port,
+            })
+            .collect()
+    }
 }
 
 #[derive(Default)]

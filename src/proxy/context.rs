@@ -141,15 +141,7 @@ impl crate::split::Cluster for ProxyContext {
                     TopicName(StrBytes::from_string(topic.to_string())),
                 ))]));
             let response: MetadataResponse = upstream.call(&conn, request, 9).await?;
-            let brokers: Vec<UpstreamBroker> = response
-                .brokers
-                .iter()
-                .map(|b| UpstreamBroker {
-                    node_id: b.node_id.0,
-                    host: b.host.to_string(),
-                    port: b.port,
-                })
-                .collect();
+            let brokers = UpstreamBroker::all_in(&response);
             self.announce(cluster, &brokers).await?;
             self.catalog.learn(cluster, &response)
         };

@@ -6,15 +6,7 @@ use super::BrokerView;
 use crate::broker::UpstreamBroker;
 
 pub fn announced(response: &MetadataResponse) -> Vec<UpstreamBroker> {
-    response
-        .brokers
-        .iter()
-        .map(|b| UpstreamBroker {
-            node_id: b.node_id.0,
-            host: b.host.to_string(),
-            port: b.port,
-        })
-        .collect()
+    UpstreamBroker::all_in(response)
 }
 
 /// Metadata always changes: its broker list is nothing but addresses.

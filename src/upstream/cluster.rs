@@ -50,15 +50,7 @@ impl Cluster {
         let request = MetadataRequest::default().with_topics(Some(Vec::new()));
         let response: MetadataResponse = self.call(&conn, request, 9).await?;
         let cluster_id = response.cluster_id.as_ref().map(|id| id.to_string());
-        let brokers = response
-            .brokers
-            .iter()
-            .map(|b| UpstreamBroker {
-                node_id: b.node_id.0,
-                host: b.host.to_string(),
-                port: b.port,
-            })
-            .collect();
+        let brokers = UpstreamBroker::all_in(&response);
         Ok((brokers, cluster_id))
     }
 
