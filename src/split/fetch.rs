@@ -10,11 +10,14 @@
 use std::collections::HashMap;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use uuid::Uuid;
 
-use super::{Cluster, Context, Part, Plan, decode_response, encode_response, group_by};
+use super::{
+    Cluster, Context, Part, Plan, decode_response, encode_response, entry, group_by, last_entry,
+};
 use crate::error::Result;
 
 /// Fetch v13 names topics by id (KIP-516).
@@ -100,27 +103,25 @@ pub async fn plan_fetch<C: Cluster>(
                 (destination.cluster().to_string(), upstream_id),
                 name.clone(),
             );
-            let existing = sub.topics.iter().position(|t| {
-                if by_id {
-                    t.topic_id == upstream_id
-                } else {
-                    t.topic.as_str() == name
-                }
-            });
-            let index = match existing {
-                Some(i) => i,
-                None => {
-                    let mut topic = kafka_protocol::messages::fetch_request::FetchTopic::default();
+            let topic = entry(
+                &mut sub.topics,
+                |t| {
                     if by_id {
-                        topic.topic_id = upstream_id;
+                        t.topic_id == upstream_id
                     } else {
-                        topic.topic = TopicName(name.clone().into());
+                        t.topic.as_str() == name
                     }
-                    sub.topics.push(topic);
-                    sub.topics.len() - 1
-                }
-            };
-            sub.topics[index].partitions.push(partition);
+                },
+                || {
+                    let topic = FetchTopic::default();
+                    if by_id {
+                        topic.with_topic_id(upstream_id)
+                    } else {
+                        topic.with_topic(TopicName(name.clone().into()))
+                    }
+                },
+            );
+            topic.partitions.push(partition);
         }
         parts.push(Part {
             destination,
@@ -178,25 +179,25 @@ pub async fn plan_fetch<C: Cluster>(
                     .with_high_watermark(-1)
             });
             let client_id = client_ids.get(&name).copied().unwrap_or_default();
-            let same_topic = merged.responses.last().is_some_and(|t| {
-                if by_id {
-                    t.topic_id == client_id
-                } else {
-                    t.topic.as_str() == name
-                }
-            });
-            if !same_topic {
-                let mut topic = FetchableTopicResponse::default();
-                if by_id {
-                    topic.topic_id = client_id;
-                } else {
-                    topic.topic = TopicName(name.clone().into());
-                }
-                merged.responses.push(topic);
-            }
-            if let Some(topic) = merged.responses.last_mut() {
-                topic.partitions.push(result);
-            }
+            let topic = last_entry(
+                &mut merged.responses,
+                |t| {
+                    if by_id {
+                        t.topic_id == client_id
+                    } else {
+                        t.topic.as_str() == name
+                    }
+                },
+                || {
+                    let topic = FetchableTopicResponse::default();
+                    if by_id {
+                        topic.with_topic_id(client_id)
+                    } else {
+                        topic.with_topic(TopicName(name.clone().into()))
+                    }
+                },
+            );
+            topic.partitions.push(result);
         }
         encode_response(api, version, correlation_id, &merged)
     });

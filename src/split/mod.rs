@@ -181,6 +181,36 @@ fn encode_frame(write: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> Resu
     Ok(buf.freeze())
 }
 
+/// The entry of `list` that `matches`, or a new one `make` appends.
+pub fn entry<T>(
+    list: &mut Vec<T>,
+    matches: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    let index = match list.iter().position(matches) {
+        Some(index) => index,
+        None => {
+            list.push(make());
+            list.len() - 1
+        }
+    };
+    &mut list[index]
+}
+
+/// As [`entry`], looking at the last entry only: a merged answer lists a
+/// topic again where the request did, so partitions keep the request's order.
+pub fn last_entry<T>(
+    list: &mut Vec<T>,
+    matches: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> &mut T {
+    if !list.last().is_some_and(matches) {
+        list.push(make());
+    }
+    let last = list.len() - 1;
+    &mut list[last]
+}
+
 /// Groups items by destination, keeping first-seen order of destinations.
 pub fn group_by<T>(items: Vec<(Destination, T)>) -> Vec<(Destination, Vec<T>)> {
     let mut groups: Vec<(Destination, Vec<T>)> = Vec::new();

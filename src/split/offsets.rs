@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::list_offsets_request::ListOffsetsTopic;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -12,7 +13,9 @@ use kafka_protocol::messages::{
     TopicName,
 };
 
-use super::{Cluster, Context, Part, Plan, decode_response, encode_response, group_by};
+use super::{
+    Cluster, Context, Part, Plan, decode_response, encode_response, entry, group_by, last_entry,
+};
 use crate::error::Result;
 
 pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
@@ -39,17 +42,12 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
     for (destination, partitions) in group_by(assigned) {
         let mut sub = request.clone().with_topics(Vec::new());
         for (name, partition) in partitions {
-            let index = match sub.topics.iter().position(|t| t.name.as_str() == name) {
-                Some(i) => i,
-                None => {
-                    sub.topics.push(
-                        kafka_protocol::messages::list_offsets_request::ListOffsetsTopic::default()
-                            .with_name(TopicName(name.clone().into())),
-                    );
-                    sub.topics.len() - 1
-                }
-            };
-            sub.topics[index].partitions.push(partition);
+            let topic = entry(
+                &mut sub.topics,
+                |t| t.name.as_str() == name,
+                || ListOffsetsTopic::default().with_name(TopicName(name.clone().into())),
+            );
+            topic.partitions.push(partition);
         }
         parts.push(Part {
             destination,
@@ -78,14 +76,12 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
                     .with_offset(-1)
                     .with_timestamp(-1)
             });
-            if merged.topics.last().is_none_or(|t| t.name.as_str() != name) {
-                merged.topics.push(
-                    ListOffsetsTopicResponse::default().with_name(TopicName(name.clone().into())),
-                );
-            }
-            if let Some(topic) = merged.topics.last_mut() {
-                topic.partitions.push(result);
-            }
+            let topic = last_entry(
+                &mut merged.topics,
+                |t| t.name.as_str() == name,
+                || ListOffsetsTopicResponse::default().with_name(TopicName(name.clone().into())),
+            );
+            topic.partitions.push(result);
         }
         encode_response(api, version, correlation_id, &merged)
     });

@@ -3,12 +3,13 @@
 use std::collections::HashMap;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use uuid::Uuid;
 
 use super::{
-    Cluster, Context, Destination, Part, Plan, decode_response, encode_response, group_by,
+    Cluster, Context, Part, Plan, decode_response, encode_response, entry, group_by, last_entry,
 };
 use crate::error::Result;
 
@@ -48,28 +49,29 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
     for (destination, partitions) in groups {
         let mut sub = request.clone().with_topic_data(Vec::new());
         for (name, partition) in partitions {
-            let index = match sub
-                .topic_data
-                .iter()
-                .position(|t| topic_key(cx, by_id, t, &destination, &name))
-            {
-                Some(i) => i,
-                None => {
-                    let mut topic =
-                        kafka_protocol::messages::produce_request::TopicProduceData::default();
+            let upstream_id = cx
+                .catalog
+                .upstream_id(destination.cluster(), &name)
+                .unwrap_or_default();
+            let topic = entry(
+                &mut sub.topic_data,
+                |t| {
                     if by_id {
-                        topic.topic_id = cx
-                            .catalog
-                            .upstream_id(destination.cluster(), &name)
-                            .unwrap_or_default();
+                        t.topic_id == upstream_id
                     } else {
-                        topic.name = TopicName(name.clone().into());
+                        t.name.as_str() == name
                     }
-                    sub.topic_data.push(topic);
-                    sub.topic_data.len() - 1
-                }
-            };
-            sub.topic_data[index].partition_data.push(partition);
+                },
+                || {
+                    let topic = TopicProduceData::default();
+                    if by_id {
+                        topic.with_topic_id(upstream_id)
+                    } else {
+                        topic.with_name(TopicName(name.clone().into()))
+                    }
+                },
+            );
+            topic.partition_data.push(partition);
         }
         parts.push(Part {
             destination,
@@ -129,25 +131,26 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                     .with_error_code(ResponseError::NotLeaderOrFollower.code())
                     .with_base_offset(-1)
             });
-            let same_topic = merged.responses.last().is_some_and(|t| {
-                if by_id {
-                    client_ids.get(&name) == Some(&t.topic_id)
-                } else {
-                    t.name.as_str() == name
-                }
-            });
-            if !same_topic {
-                let mut topic = TopicProduceResponse::default();
-                if by_id {
-                    topic.topic_id = client_ids.get(&name).copied().unwrap_or_default();
-                } else {
-                    topic.name = TopicName(name.clone().into());
-                }
-                merged.responses.push(topic);
-            }
-            if let Some(topic) = merged.responses.last_mut() {
-                topic.partition_responses.push(result);
-            }
+            let client_id = client_ids.get(&name).copied().unwrap_or_default();
+            let topic = last_entry(
+                &mut merged.responses,
+                |t| {
+                    if by_id {
+                        t.topic_id == client_id
+                    } else {
+                        t.name.as_str() == name
+                    }
+                },
+                || {
+                    let topic = TopicProduceResponse::default();
+                    if by_id {
+                        topic.with_topic_id(client_id)
+                    } else {
+                        topic.with_name(TopicName(name.clone().into()))
+                    }
+                },
+            );
+            topic.partition_responses.push(result);
         }
         encode_response(api, version, correlation_id, &merged)
     });
@@ -155,20 +158,6 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
         parts,
         merge: Some(merge),
     })
-}
-
-fn topic_key<C: Cluster>(
-    cx: &Context<'_, C>,
-    by_id: bool,
-    topic: &kafka_protocol::messages::produce_request::TopicProduceData,
-    destination: &Destination,
-    name: &str,
-) -> bool {
-    if by_id {
-        cx.catalog.upstream_id(destination.cluster(), name) == Some(topic.topic_id)
-    } else {
-        topic.name.as_str() == name
-    }
 }
 
 #[cfg(test)]
@@ -182,6 +171,7 @@ mod tests {
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
     use super::*;
+    use crate::split::Destination;
     use crate::split::test_support::*;
 
     fn request(topics: &[(&'static str, &[i32])]) -> Bytes {
