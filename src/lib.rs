@@ -16,14 +16,17 @@
 //! - [`rewrite`]: responses that name brokers, rewritten to virtual brokers.
 //! - [`state`]: the durable state file (write, fsync, rename).
 //! - [`config`]: the `klink.toml` contract.
+//! - [`batch`]: record batch headers: producer fields and the CRC-32C.
+//! - [`route`]: the route table and what klink knows of each cluster.
+//! - [`split`]: requests routed by topic or group, split and merged.
+//! - [`control`]: the control socket and `klink ctl`.
 //! - [`error`]: errors that know their origin and whether to retry.
 
+pub mod batch;
 pub mod broker;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
-pub mod perf;
 pub mod proxy;
 pub mod rewrite;
 pub mod route;
