@@ -175,8 +175,12 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(cluster_id: &str) -> Broker {
+        Broker::start_on(free_port(), cluster_id)
+    }
+
+    /// A broker on a port chosen beforehand (a cluster that comes up late).
+    pub fn start_on(port: u16, cluster_id: &str) -> Broker {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let mut command = Command::new(tansu_bin());
         command

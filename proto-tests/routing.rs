@@ -471,3 +471,60 @@ fn ctl_rejects_bad_input_and_changes_nothing() {
         "nothing changed"
     );
 }
+
+/// A cluster that is down when klink starts gets its virtual brokers (on the
+/// next free ports) once it comes up, without a restart; meanwhile clients
+/// of the other cluster are served.
+#[test]
+fn a_cluster_that_comes_up_late_gets_virtual_brokers_without_a_restart() {
+    let source = Broker::start("late-source");
+    let target_port = crate::harness::free_port();
+    let target_addr: std::net::SocketAddr = ([127, 0, 0, 1], target_port).into();
+    let klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            clusters: vec![("target".into(), target_addr)],
+            extra_config: LINK.into(),
+            ..Default::default()
+        },
+    );
+    // The target is down: the source is still served, ApiVersions included.
+    assert_eq!(crate::metadata_brokers(&klink, 12).len(), 1);
+    create_through_klink(&klink, &["early"], 1);
+    let report = py(&[
+        "produce",
+        "--bootstrap",
+        &klink.bootstrap_str(),
+        "--topic",
+        "early",
+        "--count",
+        "1",
+    ]);
+    assert_eq!(report["failed"], 0, "{report}");
+
+    let target = Broker::start_on(target_port, "late-target");
+    klink.ctl_ok(&[
+        "route", "payments", "--writes", "target", "--reads", "target",
+    ]);
+    create_through_klink(&klink, &["payments"], 1);
+    let report = py(&[
+        "produce",
+        "--bootstrap",
+        &klink.bootstrap_str(),
+        "--topic",
+        "payments",
+        "--count",
+        "10",
+    ]);
+    assert_eq!(report["delivered"], 10, "{report}");
+    assert_eq!(values_on(&target, "payments").len(), 10);
+    let brokers = crate::metadata_brokers(&klink, 12);
+    assert_eq!(
+        brokers.len(),
+        2,
+        "the target's broker appeared: {brokers:?}"
+    );
+    let ports: Vec<i32> = brokers.iter().map(|b| b.2).collect();
+    let start = i32::from(klink.broker_ports_start);
+    assert_eq!(ports, vec![start, start + 1], "the next free port");
+}

@@ -23,9 +23,10 @@ pub struct ProxyContext {
     pub routes: Arc<RouteTable>,
     pub catalog: Catalog,
     pub(super) clusters: Vec<Cluster>,
-    /// Each cluster's ApiVersions answer, learned once: versions do not
-    /// change under a running broker in a way klink could act on.
-    pub(super) upstream_versions: OnceCell<Vec<UpstreamVersions>>,
+    /// Each cluster's ApiVersions answer (same order as `clusters`), learned
+    /// once it answers: versions do not change under a running broker in a
+    /// way klink could act on.
+    pub(super) upstream_versions: Vec<OnceCell<UpstreamVersions>>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub(super) new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
@@ -53,18 +54,25 @@ impl ProxyContext {
         self.config.proxy.max_frame_bytes
     }
 
-    /// Every cluster's API versions, asked on first need.
-    pub async fn upstream_versions(&self) -> Result<&[UpstreamVersions]> {
-        self.upstream_versions
-            .get_or_try_init(|| async {
-                let mut all = Vec::with_capacity(self.clusters.len());
-                for cluster in &self.clusters {
-                    all.push(cluster.api_versions().await?);
+    /// The API versions of every cluster that has answered, asked on first
+    /// need. A cluster that is down is left out (with a warning) rather than
+    /// keeping every client from connecting; it counts once it answers.
+    pub async fn upstream_versions(&self) -> Result<Vec<UpstreamVersions>> {
+        let mut known = Vec::with_capacity(self.clusters.len());
+        let mut last_error = None;
+        for (cluster, cell) in self.clusters.iter().zip(&self.upstream_versions) {
+            match cell.get_or_try_init(|| cluster.api_versions()).await {
+                Ok(versions) => known.push(versions.clone()),
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster.name, error = %e, "API versions unknown: cluster left out of the ApiVersions answer");
+                    last_error = Some(e);
                 }
-                Ok(all)
-            })
-            .await
-            .map(Vec::as_slice)
+            }
+        }
+        match (known.is_empty(), last_error) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(known),
+        }
     }
 
     /// Asks a cluster for its brokers and registers them.

@@ -52,7 +52,7 @@ pub async fn run_with_listener(
     let routes = Arc::new(RouteTable::load(&config, state.clone())?);
     let catalog = Catalog::load(state.clone());
     let control = crate::control::bind(&config.proxy.control_socket).await?;
-    let clusters = config
+    let clusters: Vec<Cluster> = config
         .clusters
         .iter()
         .map(|(name, c)| Cluster::new(name, c.bootstrap_addrs(), config.proxy.max_frame_bytes))
@@ -60,13 +60,17 @@ pub async fn run_with_listener(
     let tasks = TaskTracker::new();
     let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
     let (new_listeners, mut listeners) = tokio::sync::mpsc::unbounded_channel();
+    let upstream_versions = clusters
+        .iter()
+        .map(|_| tokio::sync::OnceCell::new())
+        .collect();
     let ctx = Arc::new(ProxyContext {
         config,
         registry,
         routes: routes.clone(),
         catalog,
         clusters,
-        upstream_versions: tokio::sync::OnceCell::new(),
+        upstream_versions,
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
         new_listeners,

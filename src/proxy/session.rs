@@ -278,7 +278,7 @@ impl Session {
         Ok(Pending::Ready(api_versions_response(
             header.correlation_id,
             header.api_version,
-            upstreams,
+            &upstreams,
         )))
     }
 
