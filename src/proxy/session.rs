@@ -9,7 +9,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -24,12 +23,14 @@ use crate::rewrite::{BrokerView, Rewrite, needs_rewrite};
 use crate::split::{self, Context, Destination, FetchSessions, Merge, Plan};
 use crate::upstream::{Reply, UpstreamConn};
 use crate::versions::{api_versions_response, can_handle, unsupported_api_versions_response};
-use crate::wire::{Frame, FrameCodec, RequestHeader, produce_acks};
+use crate::wire::{FLUSH_AT, Frame, FrameCodec, FrameWriter, RequestHeader, produce_acks};
 
 /// Requests one client may have in flight before klink stops reading from
 /// it; Kafka clients default to 5 per connection, so this only bounds abuse.
 const MAX_IN_FLIGHT: usize = 128;
-const WRITE_BUFFER: usize = 64 * 1024;
+/// A client connection's first read buffer; the codec grows it toward big
+/// frames, and an idle connection should cost little.
+const READ_BUFFER: usize = 1024;
 
 /// What the writer owes the client for one request, in request order.
 enum Pending {
@@ -93,7 +94,8 @@ impl Session {
         queue: mpsc::Sender<Pending>,
         writer_gone: CancellationToken,
     ) {
-        let mut frames = FramedRead::new(read, FrameCodec::requests(self.ctx.max_frame_bytes()));
+        let codec = FrameCodec::requests(self.ctx.max_frame_bytes());
+        let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER);
         let mut upstreams = Upstreams::new();
         let mut fetch_sessions = FetchSessions::default();
         loop {
@@ -337,7 +339,7 @@ impl Session {
         mut queue: mpsc::Receiver<Pending>,
         writer_gone: CancellationToken,
     ) {
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, write);
+        let mut out = FrameWriter::new(write);
         loop {
             // Flush only when nothing is ready to go next, so pipelined
             // responses share writes without one waiting on another.
@@ -404,12 +406,12 @@ impl Session {
                     }
                 }
             };
-            if out.write_all(&bytes).await.is_err() {
+            out.push(bytes);
+            if out.queued() >= FLUSH_AT && out.flush().await.is_err() {
                 break;
             }
         }
         writer_gone.cancel();
-        let _ = out.flush().await;
         let _ = out.shutdown().await;
     }
 

@@ -4,14 +4,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
 use crate::error::{Error, Kind, Result};
-use crate::wire::{Frame, FrameCodec, RequestHeader};
+use crate::wire::{FLUSH_AT, Frame, FrameCodec, FrameWriter, RequestHeader};
 
 /// The response to one forwarded request, when it arrives.
 pub type Reply = oneshot::Receiver<Result<Frame>>;
@@ -33,7 +32,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests queued toward one broker before the sender waits; the client
 /// session has its own bound on requests in flight.
 const QUEUE_DEPTH: usize = 256;
-const WRITE_BUFFER: usize = 64 * 1024;
+/// First read buffer of an upstream connection; the codec grows it (by
+/// doubling) toward big fetch responses.
+const READ_BUFFER: usize = 16 * 1024;
 
 impl UpstreamConn {
     pub async fn connect(
@@ -123,7 +124,7 @@ async fn write_requests(
     mut rx: mpsc::Receiver<Outbound>,
     inflight: mpsc::UnboundedSender<Awaited>,
 ) {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER, write);
+    let mut out = FrameWriter::new(write);
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(outbound) = next {
@@ -132,7 +133,8 @@ async fn write_requests(
             if inflight.send(outbound.awaited).is_err() {
                 return; // reader gone: the connection is dead
             }
-            if out.write_all(&outbound.frame).await.is_err() {
+            out.push(outbound.frame);
+            if out.queued() >= FLUSH_AT && out.flush().await.is_err() {
                 return;
             }
             next = rx.try_recv().ok();
@@ -151,7 +153,8 @@ async fn read_responses(
     addr: Arc<str>,
     max_frame_bytes: u32,
 ) {
-    let mut frames = FramedRead::new(read, FrameCodec::responses(max_frame_bytes));
+    let mut frames =
+        FramedRead::with_capacity(read, FrameCodec::responses(max_frame_bytes), READ_BUFFER);
     let mut awaited: VecDeque<Awaited> = VecDeque::new();
     let mut unsettled_acks0 = 0usize;
     // The writer closes its side when the session is done sending; answers

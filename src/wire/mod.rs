@@ -8,7 +8,9 @@
 mod cursor;
 mod frame;
 mod header;
+mod out;
 
 pub use cursor::{Cursor, CursorError};
 pub use frame::{Frame, FrameCodec, FrameError};
 pub use header::{RequestHeader, produce_acks, response_frame};
+pub use out::{FLUSH_AT, FrameWriter};
