@@ -175,7 +175,13 @@ impl Session {
         let routes = self.ctx.routes.snapshot();
         // One cluster's worth of routes and a connection to it: nothing to
         // decide per topic, the request goes where the client sent it.
-        let plan = if routes.all_default() && self.home.cluster() == routes.default_cluster() {
+        // Topic ids (Fetch, Produce v13+) are the clients' own only where the
+        // topic was first seen; elsewhere even the fast path must translate.
+        let by_topic_id = matches!(api, ApiKey::Fetch | ApiKey::Produce) && version >= 13;
+        let plan = if routes.all_default()
+            && self.home.cluster() == routes.default_cluster()
+            && !(by_topic_id && self.ctx.catalog.ids_differ_on(self.home.cluster()))
+        {
             Plan::Forward(self.home.clone())
         } else {
             let cx = Context {

@@ -47,6 +47,21 @@ impl Catalog {
         }
     }
 
+    /// Whether some topic on `cluster` has an id other than the one clients
+    /// see (it was first seen on another cluster): requests naming topics by
+    /// id (Fetch, Produce v13+) then need translating even on the fast path.
+    pub fn ids_differ_on(&self, cluster: &str) -> bool {
+        let inner = self.read();
+        inner.by_cluster.get(cluster).is_some_and(|topics| {
+            topics.iter().any(|(name, layout)| {
+                inner
+                    .client_ids
+                    .get(name)
+                    .is_some_and(|id| *id != layout.id)
+            })
+        })
+    }
+
     /// Records what an upstream Metadata response (upstream ids) says. A
     /// topic seen for the first time keeps this cluster's id as the id
     /// clients see for its whole life through klink; it is persisted first.
@@ -198,6 +213,8 @@ mod tests {
             .learn(&target, &metadata("orders", 2, &[9]))
             .expect("learn");
         assert_eq!(catalog.client_id("orders"), Some(Uuid::from_u128(1)));
+        assert!(!catalog.ids_differ_on("source"));
+        assert!(catalog.ids_differ_on("target"));
         assert_eq!(
             catalog.upstream_id("target", "orders"),
             Some(Uuid::from_u128(2))

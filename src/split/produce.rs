@@ -24,6 +24,7 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
     let mut assigned = Vec::new();
     let mut unroutable = Vec::new();
     let mut order = Vec::new();
+    let mut needs_translation = false;
     for topic in &request.topic_data {
         let name = if by_id {
             cx.catalog
@@ -33,6 +34,14 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
             topic.name.to_string()
         };
         let cluster = cx.routes.writes(&name).clone();
+        if by_id
+            && cx
+                .catalog
+                .upstream_id(&cluster, &name)
+                .is_some_and(|id| id != topic.topic_id)
+        {
+            needs_translation = true;
+        }
         for p in &topic.partition_data {
             order.push((name.clone(), p.index));
             match cx.partition_destination(&cluster, &name, p.index).await {
@@ -41,7 +50,7 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
             }
         }
     }
-    if unroutable.is_empty() && assigned.iter().all(|(d, _)| d == cx.home) {
+    if unroutable.is_empty() && !needs_translation && assigned.iter().all(|(d, _)| d == cx.home) {
         return Ok(Plan::Forward(cx.home.clone()));
     }
     let groups = group_by(assigned);
