@@ -134,3 +134,29 @@ fn api_versions_v99_gets_a_v0_unsupported_version_answer() {
     assert!(retry.api_keys.len() > 10);
     normal_client_succeeds(&mut klink);
 }
+
+/// Requests that cross clusters are decoded by klink; a request whose array
+/// length lies (2^31-1 topics in 19 bytes) must fail that one connection,
+/// not make klink reserve 154 GB and abort.
+#[test]
+fn lying_array_lengths_in_decoded_requests_do_not_hurt_klink() {
+    let source = crate::harness::Broker::start("bad-arrays-source");
+    let target = crate::harness::Broker::start("bad-arrays-target");
+    let mut klink = crate::harness::Klink::start_with(
+        &source,
+        crate::harness::KlinkOptions {
+            clusters: vec![("target".into(), target.addr)],
+            extra_config: "[[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\ntopics = [\"moved\"]\n".into(),
+            ..Default::default()
+        },
+    );
+    klink.ctl_ok(&["route", "moved", "--writes", "target", "--reads", "target"]);
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&3i16.to_be_bytes()); // Metadata
+    payload.extend_from_slice(&1i16.to_be_bytes()); // v1
+    payload.extend_from_slice(&7i32.to_be_bytes());
+    payload.extend_from_slice(&1i16.to_be_bytes());
+    payload.push(b'x');
+    payload.extend_from_slice(&i32::MAX.to_be_bytes()); // topics: 2^31-1 entries
+    expect_closed(&mut klink, &frame(&payload), "Metadata v1");
+}

@@ -83,7 +83,9 @@ pub fn header(batch: &[u8]) -> Result<BatchHeader, CursorError> {
     }
     let i64_at = |at: usize| -> Result<i64, CursorError> {
         let b = batch.get(at..at + 8).ok_or(CursorError("short batch"))?;
-        Ok(i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        Ok(i64::from_be_bytes([
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+        ]))
     };
     Ok(BatchHeader {
         base_offset: i64_at(0)?,
@@ -104,7 +106,12 @@ pub fn crc_ok(batch: &[u8]) -> bool {
 }
 
 /// Puts a batch under another producer identity and recomputes its CRC.
-pub fn rewrite_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Result<(), CursorError> {
+pub fn rewrite_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), CursorError> {
     header(batch)?;
     batch[PRODUCER_ID..PRODUCER_ID + 8].copy_from_slice(&producer_id.to_be_bytes());
     batch[PRODUCER_EPOCH..PRODUCER_EPOCH + 2].copy_from_slice(&producer_epoch.to_be_bytes());
@@ -118,7 +125,8 @@ pub fn rewrite_producer(batch: &mut [u8], producer_id: i64, producer_epoch: i16,
 pub(crate) mod tests {
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::records::{
-        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions,
+        TimestampType,
     };
 
     use super::*;
@@ -157,20 +165,36 @@ pub(crate) mod tests {
             let mut batch = idempotent_batch(5, compression);
             assert!(crc_ok(&batch));
             let before = header(&batch).expect("header");
-            assert_eq!((before.producer_id, before.producer_epoch, before.base_sequence), (4242, 3, 100));
+            assert_eq!(
+                (
+                    before.producer_id,
+                    before.producer_epoch,
+                    before.base_sequence
+                ),
+                (4242, 3, 100)
+            );
             assert_eq!(before.record_count, 5);
             assert_eq!(before.last_offset(), 4);
 
             rewrite_producer(&mut batch, 7, 0, 0).expect("rewrite");
             assert!(crc_ok(&batch), "CRC recomputed");
             let after = header(&batch).expect("header");
-            assert_eq!((after.producer_id, after.producer_epoch, after.base_sequence), (7, 0, 0));
+            assert_eq!(
+                (after.producer_id, after.producer_epoch, after.base_sequence),
+                (7, 0, 0)
+            );
             // The protocol crate checks the CRC while decoding.
             let mut bytes = batch.freeze();
             let decoded = RecordBatchDecoder::decode(&mut bytes).expect("decodes with a valid CRC");
             assert_eq!(decoded.records.len(), 5);
-            assert_eq!(decoded.records[4].sequence, 4, "sequences follow the new base");
-            assert_eq!(decoded.records[4].value.as_deref(), Some("value-4".repeat(8).as_bytes()));
+            assert_eq!(
+                decoded.records[4].sequence, 4,
+                "sequences follow the new base"
+            );
+            assert_eq!(
+                decoded.records[4].value.as_deref(),
+                Some("value-4".repeat(8).as_bytes())
+            );
         }
     }
 

@@ -154,6 +154,20 @@ mod tests {
         assert_eq!(RequestHeader::correlation_id_of(&buf), Some(7));
     }
 
+    /// Guards the patch in vendor/kafka-protocol: a decoder must not reserve
+    /// memory for array lengths the bytes cannot back.
+    #[test]
+    fn lying_array_lengths_fail_without_allocating() {
+        use kafka_protocol::messages::MetadataRequest;
+        use kafka_protocol::protocol::Decodable;
+        // Metadata v1 body: topics array of 2^31-1 entries, then nothing.
+        let mut classic = bytes::Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff]);
+        assert!(MetadataRequest::decode(&mut classic, 1).is_err());
+        // Metadata v9 body: compact array whose varint says 2^32-2 entries.
+        let mut compact = bytes::Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(MetadataRequest::decode(&mut compact, 9).is_err());
+    }
+
     #[test]
     fn truncated_and_lying_headers_are_errors_not_panics() {
         let mut buf = BytesMut::new();
