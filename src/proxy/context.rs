@@ -110,7 +110,7 @@ impl ProxyContext {
     /// Binds a virtual broker's port and starts accepting on it.
     pub async fn listen_virtual(&self, broker: VirtualBroker) -> Result<()> {
         let addr = (self.config.proxy.listen.ip(), broker.port);
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
+        let listener = super::listener::bind(addr.into()).map_err(|e| {
             Error::klink(
                 Kind::Config,
                 format!(

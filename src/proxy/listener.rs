@@ -1,11 +1,30 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket};
 
 use super::ProxyContext;
 use super::session::Session;
 use crate::broker::VirtualBroker;
+
+/// Pending connections the kernel queues per listener. The default (128)
+/// overflows when a fleet of clients reconnects at once, and each overflow
+/// costs a client a one-second SYN retry.
+const BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with a backlog sized for bursts of reconnects.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Accepts client connections until shutdown. `home` is the virtual broker
 /// this port stands for, or `None` for the bootstrap address.

@@ -28,7 +28,7 @@ use crate::upstream::Cluster;
 /// Runs klink until `shutdown` is cancelled, then drains in-flight requests
 /// for at most `shutdown_grace_ms`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
-    let listener = TcpListener::bind(config.proxy.listen).await.map_err(|e| {
+    let listener = listener::bind(config.proxy.listen).map_err(|e| {
         Error::klink(
             Kind::Config,
             format!("cannot listen on {}: {e}", config.proxy.listen),

@@ -23,7 +23,9 @@ use crate::rewrite::{BrokerView, Rewrite, needs_rewrite};
 use crate::split::{self, Context, Destination, FetchSessions, Merge, Plan};
 use crate::upstream::{Reply, UpstreamConn};
 use crate::versions::{api_versions_response, can_handle, unsupported_api_versions_response};
-use crate::wire::{FLUSH_AT, Frame, FrameCodec, FrameWriter, RequestHeader, produce_acks};
+use crate::wire::{
+    FLUSH_AT, Frame, FrameCodec, FrameError, FrameWriter, RequestHeader, produce_acks,
+};
 
 /// Requests one client may have in flight before klink stops reading from
 /// it; Kafka clients default to 5 per connection, so this only bounds abuse.
@@ -108,6 +110,10 @@ impl Session {
             let frame = match next {
                 None => break,
                 Some(Ok(frame)) => frame,
+                Some(Err(FrameError::Io(e))) if is_disconnect(&e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "client disconnected");
+                    break;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(peer = %self.peer, error = %e, "closing client connection: bad frame");
                     break;
@@ -478,4 +484,11 @@ impl Session {
             .apply(&view)
             .map_err(|e| Error::klink(Kind::Protocol, e.to_string()))
     }
+}
+
+/// A client going away: not worth a warning. (EOF in the middle of a frame
+/// is still one: the client broke off a request.)
+fn is_disconnect(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
