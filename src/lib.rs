@@ -20,13 +20,17 @@
 //! - [`route`]: the route table and what klink knows of each cluster.
 //! - [`split`]: requests routed by topic or group, split and merged.
 //! - [`control`]: the control socket and `klink ctl`.
+//! - [`client`]: klink's own Kafka client (metadata, producer, fetcher).
+//! - [`perf`]: `klink perf`, load generators speaking the Java perf tools' flags.
 //! - [`error`]: errors that know their origin and whether to retry.
 
 pub mod batch;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod perf;
 pub mod proxy;
 pub mod rewrite;
 pub mod route;

@@ -35,6 +35,12 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+    /// Load generators with kafka-producer-perf-test's and
+    /// kafka-consumer-perf-test's flags and output.
+    Perf {
+        #[command(subcommand)]
+        command: klink::perf::PerfCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Proxy { config } => proxy(config),
         Command::Ctl { config, command } => ctl(config, command),
+        Command::Perf { command } => klink::perf::run(command),
     }
 }
 
