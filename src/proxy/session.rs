@@ -368,8 +368,8 @@ impl Session {
                 }
                 Err(TryRecvError::Disconnected) => break,
             };
-            let bytes = match pending {
-                Pending::Ready(bytes) => bytes,
+            let segments = match pending {
+                Pending::Ready(bytes) => vec![bytes],
                 Pending::Merged {
                     replies,
                     api,
@@ -380,7 +380,7 @@ impl Session {
                         break;
                     }
                     match self.merge(replies, api, version, merge).await {
-                        Ok(bytes) => bytes,
+                        Ok(bytes) => vec![bytes],
                         Err(e) => {
                             tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
                             break;
@@ -410,7 +410,7 @@ impl Session {
                         }
                     };
                     match self.finish(answer, api, version, &cluster).await {
-                        Ok(bytes) => bytes,
+                        Ok(segments) => segments,
                         Err(e) => {
                             tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
                             break;
@@ -418,7 +418,9 @@ impl Session {
                     }
                 }
             };
-            out.push(bytes);
+            for segment in segments {
+                out.push(segment);
+            }
             if out.queued() >= FLUSH_AT && out.flush().await.is_err() {
                 break;
             }
@@ -444,7 +446,11 @@ impl Session {
                     "upstream connection dropped",
                 ))
             });
-            let bytes = self.finish(answer, api, version, &cluster).await?;
+            let segments = self.finish(answer, api, version, &cluster).await?;
+            let bytes = match <[Bytes; 1]>::try_from(segments) {
+                Ok([whole]) => whole,
+                Err(segments) => segments.concat().into(),
+            };
             frames.push(Frame::from_prefixed(bytes));
         }
         merge(frames)
@@ -457,10 +463,10 @@ impl Session {
         api: ApiKey,
         version: i16,
         cluster: &Arc<str>,
-    ) -> Result<Bytes> {
+    ) -> Result<Vec<Bytes>> {
         let frame = answer?;
         if !needs_rewrite(api, version) {
-            return Ok(frame.wire_bytes().clone());
+            return Ok(vec![frame.wire_bytes().clone()]);
         }
         let rewrite = Rewrite::decode(api, version, frame)
             .map_err(|e| Error::upstream(cluster, Kind::Protocol, e.to_string()))?;
@@ -481,7 +487,7 @@ impl Session {
             cluster_id: self.ctx.cluster_id(),
         };
         rewrite
-            .apply(&view)
+            .apply_segments(&view)
             .map_err(|e| Error::klink(Kind::Protocol, e.to_string()))
     }
 }

@@ -181,6 +181,19 @@ impl Rewrite {
         }
     }
 
+    /// Applies the rewrite and returns the frame for the client in pieces
+    /// that share the upstream frame's memory where they can (see
+    /// [`fetch::FetchScan::segments`]): write them one after the other.
+    pub fn apply_segments(self, view: &BrokerView<'_>) -> Result<Vec<Bytes>, RewriteError> {
+        if let Body::Fetch(scan) = &self.body {
+            let frame = self.original.wire_bytes();
+            return Ok(scan
+                .segments(frame, self.version, view)
+                .unwrap_or_else(|| vec![frame.clone()]));
+        }
+        self.apply(view).map(|frame| vec![frame])
+    }
+
     /// Applies the rewrite and returns the frame for the client.
     pub fn apply(mut self, view: &BrokerView<'_>) -> Result<Bytes, RewriteError> {
         let changed = match &mut self.body {
@@ -190,9 +203,10 @@ impl Rewrite {
             Body::Produce(r) => produce::rewrite(r, view),
             Body::Fetch(scan) => {
                 let frame = self.original.wire_bytes();
-                return Ok(scan
-                    .apply(frame, self.version, view)
-                    .unwrap_or_else(|| frame.clone()));
+                return Ok(match scan.segments(frame, self.version, view) {
+                    Some(segments) => segments.concat().into(),
+                    None => frame.clone(),
+                });
             }
         };
         if !changed {

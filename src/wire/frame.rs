@@ -51,6 +51,11 @@ pub enum FrameError {
 pub struct FrameCodec {
     max_payload: u32,
     min_payload: u32,
+    /// Reserve a whole frame as soon as its length is known. Upstream
+    /// responses (fetches of a megabyte and more) then land in one buffer
+    /// without being copied on every growth; client frames grow in bounded
+    /// steps so a client announcing a huge frame and stalling costs little.
+    reserve_whole: bool,
 }
 
 /// Large enough that bulk transfers need few reallocations, small enough that
@@ -65,6 +70,7 @@ impl FrameCodec {
         FrameCodec {
             max_payload,
             min_payload: Self::REQUEST_MIN_PAYLOAD,
+            reserve_whole: false,
         }
     }
 
@@ -72,6 +78,7 @@ impl FrameCodec {
         FrameCodec {
             max_payload,
             min_payload: Self::RESPONSE_MIN_PAYLOAD,
+            reserve_whole: true,
         }
     }
 }
@@ -99,7 +106,11 @@ impl Decoder for FrameCodec {
             // Grow toward the frame in bounded steps: the limit above was
             // checked, but a peer that never sends the rest costs us little.
             let missing = total - src.len();
-            src.reserve(missing.min(READ_RESERVE_STEP));
+            src.reserve(if self.reserve_whole {
+                missing
+            } else {
+                missing.min(READ_RESERVE_STEP)
+            });
             return Ok(None);
         }
         Ok(Some(Frame {
@@ -162,6 +173,14 @@ mod tests {
         let mut buf = BytesMut::from(&(100_000_000i32).to_be_bytes()[..]);
         assert!(codec.decode(&mut buf).expect("ok").is_none());
         assert!(buf.capacity() <= READ_RESERVE_STEP + 64);
+    }
+
+    #[test]
+    fn responses_reserve_the_whole_frame_at_once() {
+        let mut codec = FrameCodec::responses(1 << 30);
+        let mut buf = BytesMut::from(&(10_000_000i32).to_be_bytes()[..]);
+        assert!(codec.decode(&mut buf).expect("ok").is_none());
+        assert!(buf.capacity() >= 10_000_004);
     }
 
     #[test]
