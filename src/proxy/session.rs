@@ -199,7 +199,9 @@ impl Session {
                 version,
                 payload: &payload,
             };
-            let plan = self.plan(&cx, acks, fetch_sessions).await?;
+            // Boxed: planning's state is large and only crossing requests
+            // need it; an idle connection should not carry it.
+            let plan = Box::pin(self.plan(&cx, acks, fetch_sessions)).await?;
             if tracing::enabled!(tracing::Level::TRACE) {
                 let decision = match &plan {
                     Plan::Forward(d) => format!("forward to {d:?}"),
@@ -379,7 +381,7 @@ impl Session {
                     if out.flush().await.is_err() {
                         break;
                     }
-                    match self.merge(replies, api, version, merge).await {
+                    match Box::pin(self.merge(replies, api, version, merge)).await {
                         Ok(bytes) => vec![bytes],
                         Err(e) => {
                             tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
@@ -409,7 +411,7 @@ impl Session {
                             }
                         }
                     };
-                    match self.finish(answer, api, version, &cluster).await {
+                    match Box::pin(self.finish(answer, api, version, &cluster)).await {
                         Ok(segments) => segments,
                         Err(e) => {
                             tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
