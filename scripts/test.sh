@@ -9,4 +9,7 @@ scripts/deps.sh
 # shellcheck disable=SC1091
 source "${KLINK_CACHE:-$HOME/.cache/klink}/env.sh"
 
-cargo test --locked --all-targets "$@"
+# The micro benchmarks run once each as smoke tests (their fixtures must
+# still parse), then the unit and protocol tests, whose summary ends the run.
+cargo test --locked --benches "$@"
+cargo test --locked --lib --bins --tests "$@"
