@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::PartitionData;
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use uuid::Uuid;
 
 use super::{
-    Cluster, Context, Part, Plan, decode_response, encode_response, entry, group_by, last_entry,
+    Cluster, Context, Part, Plan, TopicKey, decode_response, encode_response, entry, group_by,
+    last_entry,
 };
 use crate::error::Result;
 
@@ -103,24 +103,8 @@ pub async fn plan_fetch<C: Cluster>(
                 (destination.cluster().to_string(), upstream_id),
                 name.clone(),
             );
-            let topic = entry(
-                &mut sub.topics,
-                |t| {
-                    if by_id {
-                        t.topic_id == upstream_id
-                    } else {
-                        t.topic.as_str() == name
-                    }
-                },
-                || {
-                    let topic = FetchTopic::default();
-                    if by_id {
-                        topic.with_topic_id(upstream_id)
-                    } else {
-                        topic.with_topic(TopicName(name.clone().into()))
-                    }
-                },
-            );
+            let key = TopicKey::new(by_id, &name, upstream_id);
+            let topic = entry(&mut sub.topics, &key);
             topic.partitions.push(partition);
         }
         parts.push(Part {
@@ -179,24 +163,8 @@ pub async fn plan_fetch<C: Cluster>(
                     .with_high_watermark(-1)
             });
             let client_id = client_ids.get(&name).copied().unwrap_or_default();
-            let topic = last_entry(
-                &mut merged.responses,
-                |t| {
-                    if by_id {
-                        t.topic_id == client_id
-                    } else {
-                        t.topic.as_str() == name
-                    }
-                },
-                || {
-                    let topic = FetchableTopicResponse::default();
-                    if by_id {
-                        topic.with_topic_id(client_id)
-                    } else {
-                        topic.with_topic(TopicName(name.clone().into()))
-                    }
-                },
-            );
+            let key = TopicKey::new(by_id, &name, client_id);
+            let topic = last_entry(&mut merged.responses, &key);
             topic.partitions.push(result);
         }
         encode_response(api, version, correlation_id, &merged)
@@ -220,6 +188,8 @@ mod tests {
     use super::*;
     use crate::split::Destination;
     use crate::split::test_support::*;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
 
     fn request(epoch: i32, topics: &[(&'static str, &[i32])]) -> Bytes {
         let body = FetchRequest::default()

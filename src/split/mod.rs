@@ -181,16 +181,94 @@ fn encode_frame(write: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> Resu
     Ok(buf.freeze())
 }
 
-/// The entry of `list` that `matches`, or a new one `make` appends.
-pub fn entry<T>(
-    list: &mut Vec<T>,
-    matches: impl Fn(&T) -> bool,
-    make: impl FnOnce() -> T,
-) -> &mut T {
-    let index = match list.iter().position(matches) {
+/// A topic as a request version names it: by name, or (Fetch and Produce
+/// v13+, KIP-516) by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicKey {
+    Name(String),
+    Id(uuid::Uuid),
+}
+
+impl TopicKey {
+    pub fn new(by_id: bool, name: &str, id: uuid::Uuid) -> TopicKey {
+        if by_id {
+            TopicKey::Id(id)
+        } else {
+            TopicKey::Name(name.to_string())
+        }
+    }
+}
+
+/// A per-topic entry of a request or response, found or made by its key.
+pub trait TopicEntry: Default {
+    fn is(&self, key: &TopicKey) -> bool;
+    fn named(key: &TopicKey) -> Self;
+}
+
+macro_rules! topic_entry {
+    ($type:ty, $field:ident, $with:ident, by_id) => {
+        impl TopicEntry for $type {
+            fn is(&self, key: &TopicKey) -> bool {
+                match key {
+                    TopicKey::Name(name) => self.$field.as_str() == name,
+                    TopicKey::Id(id) => self.topic_id == *id,
+                }
+            }
+            fn named(key: &TopicKey) -> Self {
+                match key {
+                    TopicKey::Name(name) => Self::default().$with(TopicName(name.clone().into())),
+                    TopicKey::Id(id) => Self::default().with_topic_id(*id),
+                }
+            }
+        }
+    };
+    ($type:ty, $field:ident, $with:ident) => {
+        impl TopicEntry for $type {
+            fn is(&self, key: &TopicKey) -> bool {
+                matches!(key, TopicKey::Name(name) if self.$field.as_str() == name)
+            }
+            fn named(key: &TopicKey) -> Self {
+                match key {
+                    TopicKey::Name(name) => Self::default().$with(TopicName(name.clone().into())),
+                    TopicKey::Id(_) => Self::default(),
+                }
+            }
+        }
+    };
+}
+
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::{
+    fetch_request, fetch_response, list_offsets_request, list_offsets_response,
+};
+use kafka_protocol::messages::{produce_request, produce_response};
+topic_entry!(fetch_request::FetchTopic, topic, with_topic, by_id);
+topic_entry!(
+    fetch_response::FetchableTopicResponse,
+    topic,
+    with_topic,
+    by_id
+);
+topic_entry!(produce_request::TopicProduceData, name, with_name, by_id);
+topic_entry!(
+    produce_response::TopicProduceResponse,
+    name,
+    with_name,
+    by_id
+);
+topic_entry!(list_offsets_request::ListOffsetsTopic, name, with_name);
+topic_entry!(
+    list_offsets_response::ListOffsetsTopicResponse,
+    name,
+    with_name
+);
+
+/// The entry of `list` for `key`, appended when missing.
+pub fn entry<'a, T: TopicEntry>(list: &'a mut Vec<T>, key: &TopicKey) -> &'a mut T {
+    let index = match list.iter().position(|t| t.is(key)) {
         Some(index) => index,
         None => {
-            list.push(make());
+            list.push(T::named(key));
             list.len() - 1
         }
     };
@@ -199,13 +277,9 @@ pub fn entry<T>(
 
 /// As [`entry`], looking at the last entry only: a merged answer lists a
 /// topic again where the request did, so partitions keep the request's order.
-pub fn last_entry<T>(
-    list: &mut Vec<T>,
-    matches: impl Fn(&T) -> bool,
-    make: impl FnOnce() -> T,
-) -> &mut T {
-    if !list.last().is_some_and(matches) {
-        list.push(make());
+pub fn last_entry<'a, T: TopicEntry>(list: &'a mut Vec<T>, key: &TopicKey) -> &'a mut T {
+    if !list.last().is_some_and(|t| t.is(key)) {
+        list.push(T::named(key));
     }
     let last = list.len() - 1;
     &mut list[last]

@@ -4,17 +4,14 @@
 use std::collections::HashMap;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::list_offsets_request::ListOffsetsTopic;
-use kafka_protocol::messages::list_offsets_response::{
-    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
-};
+use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::{
     DeleteRecordsRequest, ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
-    TopicName,
 };
 
 use super::{
-    Cluster, Context, Part, Plan, decode_response, encode_response, entry, group_by, last_entry,
+    Cluster, Context, Part, Plan, TopicKey, decode_response, encode_response, entry, group_by,
+    last_entry,
 };
 use crate::error::Result;
 
@@ -42,11 +39,7 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
     for (destination, partitions) in group_by(assigned) {
         let mut sub = request.clone().with_topics(Vec::new());
         for (name, partition) in partitions {
-            let topic = entry(
-                &mut sub.topics,
-                |t| t.name.as_str() == name,
-                || ListOffsetsTopic::default().with_name(TopicName(name.clone().into())),
-            );
+            let topic = entry(&mut sub.topics, &TopicKey::Name(name.clone()));
             topic.partitions.push(partition);
         }
         parts.push(Part {
@@ -76,11 +69,7 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
                     .with_offset(-1)
                     .with_timestamp(-1)
             });
-            let topic = last_entry(
-                &mut merged.topics,
-                |t| t.name.as_str() == name,
-                || ListOffsetsTopicResponse::default().with_name(TopicName(name.clone().into())),
-            );
+            let topic = last_entry(&mut merged.topics, &TopicKey::Name(name.clone()));
             topic.partitions.push(result);
         }
         encode_response(api, version, correlation_id, &merged)

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::produce_request::TopicProduceData;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use uuid::Uuid;
 
 use super::{
-    Cluster, Context, Part, Plan, decode_response, encode_response, entry, group_by, last_entry,
+    Cluster, Context, Part, Plan, TopicKey, decode_response, encode_response, entry, group_by,
+    last_entry,
 };
 use crate::error::Result;
 
@@ -62,24 +62,8 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                 .catalog
                 .upstream_id(destination.cluster(), &name)
                 .unwrap_or_default();
-            let topic = entry(
-                &mut sub.topic_data,
-                |t| {
-                    if by_id {
-                        t.topic_id == upstream_id
-                    } else {
-                        t.name.as_str() == name
-                    }
-                },
-                || {
-                    let topic = TopicProduceData::default();
-                    if by_id {
-                        topic.with_topic_id(upstream_id)
-                    } else {
-                        topic.with_name(TopicName(name.clone().into()))
-                    }
-                },
-            );
+            let key = TopicKey::new(by_id, &name, upstream_id);
+            let topic = entry(&mut sub.topic_data, &key);
             topic.partition_data.push(partition);
         }
         parts.push(Part {
@@ -141,24 +125,8 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                     .with_base_offset(-1)
             });
             let client_id = client_ids.get(&name).copied().unwrap_or_default();
-            let topic = last_entry(
-                &mut merged.responses,
-                |t| {
-                    if by_id {
-                        t.topic_id == client_id
-                    } else {
-                        t.name.as_str() == name
-                    }
-                },
-                || {
-                    let topic = TopicProduceResponse::default();
-                    if by_id {
-                        topic.with_topic_id(client_id)
-                    } else {
-                        topic.with_name(TopicName(name.clone().into()))
-                    }
-                },
-            );
+            let key = TopicKey::new(by_id, &name, client_id);
+            let topic = last_entry(&mut merged.responses, &key);
             topic.partition_responses.push(result);
         }
         encode_response(api, version, correlation_id, &merged)
@@ -182,6 +150,8 @@ mod tests {
     use super::*;
     use crate::split::Destination;
     use crate::split::test_support::*;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::messages::produce_response::TopicProduceResponse;
 
     fn request(topics: &[(&'static str, &[i32])]) -> Bytes {
         let body = ProduceRequest::default().with_acks(-1).with_topic_data(
