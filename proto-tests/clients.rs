@@ -6,13 +6,62 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{node_path, python_bin, repo_root, run_bounded};
+use crate::harness::{Broker, Klink, KlinkOptions, node_path, python_bin, repo_root, run_bounded};
 use crate::proxied;
 
 const RECORDS: u64 = 10_000;
 
-fn check_scenario(name: &str, mut command: Command) {
+fn check_scenario(name: &str, command: Command) {
     let (_broker, klink) = proxied(name);
+    check_scenario_through(&klink, name, command);
+}
+
+/// The scenario with its topic and group routed to the second of two
+/// clusters: every request crosses from the client's first broker to the
+/// other cluster (admin, produce, fetch, group coordination).
+fn check_scenario_on_target(name: &str, command: Command) {
+    let source = Broker::start(&format!("{name}-source"));
+    let target = Broker::start(&format!("{name}-target"));
+    let (topic, group) = (format!("{name}-topic"), format!("{name}-group"));
+    let klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            clusters: vec![("target".into(), target.addr)],
+            extra_config: format!(
+                "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\n\
+                 topics = [\"{topic}\"]\ngroups = [\"{group}\"]\n"
+            ),
+            ..Default::default()
+        },
+    );
+    klink.ctl_ok(&["route", &topic, "--writes", "target", "--reads", "target"]);
+    klink.ctl_ok(&["route-group", &group, "--to", "target"]);
+    check_scenario_through(&klink, name, command);
+    // The records live on the target only.
+    let count = |broker: &Broker| {
+        let mut c = Command::new(python_bin());
+        c.arg(repo_root().join("proto-tests/clients/routing.py"))
+            .args([
+                "count",
+                "--bootstrap",
+                &broker.addr.to_string(),
+                "--topic",
+                &topic,
+            ]);
+        let (_, stdout, _) = run_bounded(c, Duration::from_secs(60));
+        let report: Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_default();
+        report["count"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(
+        count(&target),
+        RECORDS,
+        "{name}: every record on the target"
+    );
+    assert_eq!(count(&source), 0, "{name}: nothing on the source");
+}
+
+fn check_scenario_through(klink: &Klink, name: &str, mut command: Command) {
     command.args([
         "--bootstrap",
         &klink.bootstrap_str(),
@@ -104,4 +153,13 @@ fn kafkajs_produces_consumes_commits_and_resumes() {
         .arg(repo_root().join("proto-tests/clients/scenario.js"))
         .env("NODE_PATH", node_path());
     check_scenario("kafkajs", command);
+}
+
+#[test]
+fn kafkajs_works_with_everything_routed_to_the_other_cluster() {
+    let mut command = Command::new("node");
+    command
+        .arg(repo_root().join("proto-tests/clients/scenario.js"))
+        .env("NODE_PATH", node_path());
+    check_scenario_on_target("js-routed", command);
 }

@@ -528,3 +528,47 @@ fn a_cluster_that_comes_up_late_gets_virtual_brokers_without_a_restart() {
     let start = i32::from(klink.broker_ports_start);
     assert_eq!(ports, vec![start, start + 1], "the next free port");
 }
+
+/// An idempotent producer gets its producer id from the cluster it asks
+/// (here the source); its batches for a topic routed to the target go there
+/// under an id the target issued klink, sequences rebased (DESIGN trap 8).
+#[test]
+fn idempotent_producers_write_to_a_topic_routed_to_the_other_cluster() {
+    let c = two_clusters("route-idempotent");
+    c.klink.ctl_ok(&[
+        "route", "payments", "--writes", "target", "--reads", "target",
+    ]);
+    create_through_klink(&c.klink, &["orders", "payments"], 1);
+    let report = py(&[
+        "produce",
+        "--bootstrap",
+        &c.klink.bootstrap_str(),
+        "--topic",
+        "orders,payments",
+        "--count",
+        "400",
+        "--idempotent",
+    ]);
+    assert_eq!(report["delivered"], 400, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    let expected = |parity: usize| -> Vec<String> {
+        (0..400)
+            .filter(|i| i % 2 == parity)
+            .map(|i| i.to_string())
+            .collect()
+    };
+    assert_eq!(
+        values_on(&c.source, "orders"),
+        expected(0),
+        "orders on the source, in order, once"
+    );
+    assert_eq!(
+        values_on(&c.target, "payments"),
+        expected(1),
+        "payments on the target, in order, once"
+    );
+    assert!(
+        c.klink.process.log_text().contains("producer id mapped"),
+        "klink asked the target for an id"
+    );
+}

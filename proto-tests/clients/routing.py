@@ -2,8 +2,8 @@
 
 Each subcommand prints one JSON line on stdout when done; logs go to stderr.
 
-  produce  --bootstrap B --topic T --count N [--prefix P] [--rate R]
-           Non-idempotent, acks=all. With --rate, records are spread over time so
+  produce  --bootstrap B --topic T --count N [--prefix P] [--rate R] [--idempotent]
+           acks=all, non-idempotent unless --idempotent. With --rate, records are spread over time so
            a route can change mid-stream. Reports delivered/failed counts.
   count    --bootstrap B --topic T
            Reads every partition from the beginning (no group) until idle;
@@ -38,7 +38,7 @@ def produce(a):
         "bootstrap.servers": a.bootstrap,
         "client.id": "routing-producer",
         "acks": "all",
-        "enable.idempotence": False,
+        "enable.idempotence": a.idempotent,
         "linger.ms": 0,
         "batch.num.messages": 1,
         "message.timeout.ms": 30000,
@@ -170,6 +170,7 @@ def main():
     ap.add_argument("--group", default="")
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--idempotent", action="store_true")
     a = ap.parse_args()
     {"produce": produce, "count": count, "group": group, "create": create, "groups": groups,
      "committed": committed}[a.command](a)

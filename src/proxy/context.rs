@@ -6,13 +6,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{
+    InitProducerIdRequest, MetadataRequest, MetadataResponse, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::{BrokerRegistry, UpstreamBroker, VirtualBroker};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
-use crate::route::{Catalog, RouteTable};
+use crate::route::{Catalog, Identity, ProducerIds, RouteTable};
 use crate::upstream::Cluster;
 use crate::versions::UpstreamVersions;
 
@@ -22,6 +24,7 @@ pub struct ProxyContext {
     pub registry: BrokerRegistry,
     pub routes: Arc<RouteTable>,
     pub catalog: Catalog,
+    pub producers: ProducerIds,
     pub(super) clusters: Vec<Cluster>,
     /// Each cluster's ApiVersions answer (same order as `clusters`), learned
     /// once it answers: versions do not change under a running broker in a
@@ -136,6 +139,57 @@ impl ProxyContext {
 }
 
 impl crate::split::Cluster for ProxyContext {
+    fn producer_issuer(&self, producer_id: i64) -> Option<Arc<str>> {
+        self.producers.issuer(producer_id)
+    }
+
+    async fn producer_on(&self, cluster: &Arc<str>, client: Identity) -> Option<Identity> {
+        if let Some(ours) = self.producers.mapped(client, cluster) {
+            return Some(ours);
+        }
+        let upstream = self.cluster(cluster)?;
+        let asked = async {
+            let conn = upstream.connect_any().await?;
+            // v3+: the first version that issues ids on every broker klink
+            // meets (tansu answers v0-v2 with UNKNOWN_SERVER_ERROR).
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000);
+            upstream.call(&conn, request, 4).await
+        };
+        match asked.await {
+            Ok(response) if response.error_code == 0 => {
+                let ours = Identity {
+                    producer_id: response.producer_id.0,
+                    epoch: response.producer_epoch,
+                };
+                tracing::info!(%cluster, client = client.producer_id, ours = ours.producer_id, "producer id mapped");
+                self.producers.set_mapped(client, cluster, ours);
+                self.producers.mapped(client, cluster)
+            }
+            Ok(response) => {
+                tracing::warn!(%cluster, error = response.error_code, "InitProducerId refused");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%cluster, error = %e, "InitProducerId failed");
+                None
+            }
+        }
+    }
+
+    fn rebase_sequence(
+        &self,
+        client: Identity,
+        cluster: &Arc<str>,
+        topic: &str,
+        partition: i32,
+        sequence: i32,
+    ) -> i32 {
+        self.producers
+            .rebase(client, cluster, topic, partition, sequence)
+    }
+
     async fn leader(&self, cluster: &Arc<str>, topic: &str, partition: i32) -> Option<i32> {
         if let Some(leader) = self.catalog.leader(cluster, topic, partition) {
             return Some(leader);

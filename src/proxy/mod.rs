@@ -69,6 +69,7 @@ pub async fn run_with_listener(
         registry,
         routes: routes.clone(),
         catalog,
+        producers: crate::route::ProducerIds::default(),
         clusters,
         upstream_versions,
         tasks: tasks.clone(),

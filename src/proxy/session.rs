@@ -431,6 +431,20 @@ impl Session {
         let _ = out.shutdown().await;
     }
 
+    /// Remembers which cluster issued a client's producer id, so its batches
+    /// can be re-identified if its topics' writes move (DESIGN trap 8).
+    fn note_producer_id(&self, frame: &Frame, version: i16, cluster: &Arc<str>) {
+        let decoded: Result<kafka_protocol::messages::InitProducerIdResponse> =
+            split::decode_response(ApiKey::InitProducerId, version, frame);
+        if let Ok(response) = decoded
+            && response.error_code == 0
+        {
+            self.ctx
+                .producers
+                .note_issued(response.producer_id.0, cluster);
+        }
+    }
+
     /// Waits for every part of a split request and merges the answers.
     async fn merge(
         &self,
@@ -467,6 +481,9 @@ impl Session {
         cluster: &Arc<str>,
     ) -> Result<Vec<Bytes>> {
         let frame = answer?;
+        if api == ApiKey::InitProducerId {
+            self.note_producer_id(&frame, version, cluster);
+        }
         if !needs_rewrite(api, version) {
             return Ok(vec![frame.wire_bytes().clone()]);
         }

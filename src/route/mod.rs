@@ -7,11 +7,13 @@
 //! under a route that is not yet durable.
 
 mod catalog;
+mod producers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 pub use catalog::{Catalog, TopicLayout};
+pub use producers::{Identity, ProducerIds};
 
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};

@@ -27,7 +27,7 @@ pub use offsets::{plan_list_offsets, plan_read_side};
 pub use produce::plan_produce;
 
 use crate::error::{Error, Kind, Result};
-use crate::route::{Catalog, Routes};
+use crate::route::{Catalog, Identity, Routes};
 use crate::wire::Frame;
 
 /// Where (part of) a request goes.
@@ -80,6 +80,33 @@ pub trait Cluster {
         topic: &str,
         partition: i32,
     ) -> impl Future<Output = Option<i32>> + Send;
+
+    /// The cluster that issued a client's producer id, when klink saw it.
+    fn producer_issuer(&self, _producer_id: i64) -> Option<Arc<str>> {
+        None
+    }
+
+    /// The producer identity `cluster` issued klink for a client identity,
+    /// asking the cluster for one the first time.
+    fn producer_on(
+        &self,
+        _cluster: &Arc<str>,
+        _client: Identity,
+    ) -> impl Future<Output = Option<Identity>> + Send {
+        async { None }
+    }
+
+    /// A batch's sequence as it goes to `cluster` under klink's identity.
+    fn rebase_sequence(
+        &self,
+        _client: Identity,
+        _cluster: &Arc<str>,
+        _topic: &str,
+        _partition: i32,
+        sequence: i32,
+    ) -> i32 {
+        sequence
+    }
 }
 
 /// Everything a planner looks at for one request.

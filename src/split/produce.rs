@@ -11,7 +11,12 @@ use super::{
     Cluster, Context, Part, Plan, TopicKey, decode_response, encode_response, entry, group_by,
     last_entry,
 };
+use bytes::{Bytes, BytesMut};
+
+use crate::batch;
 use crate::error::Result;
+use crate::route::Identity;
+use crate::split::Destination;
 
 /// Produce v13 names topics by id (KIP-516).
 const TOPIC_IDS_SINCE: i16 = 13;
@@ -45,7 +50,16 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
         for p in &topic.partition_data {
             order.push((name.clone(), p.index));
             match cx.partition_destination(&cluster, &name, p.index).await {
-                Some(destination) => assigned.push((destination, (name.clone(), p.clone()))),
+                Some(destination) => {
+                    let mut partition = p.clone();
+                    if let Some(records) =
+                        reidentify(cx, &destination, &name, p.index, p.records.as_ref()).await
+                    {
+                        partition.records = Some(records);
+                        needs_translation = true;
+                    }
+                    assigned.push((destination, (name.clone(), partition)));
+                }
                 None => unroutable.push((name.clone(), p.index)),
             }
         }
@@ -137,6 +151,56 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
     })
 }
 
+/// Idempotent batches going to a cluster other than the one that issued
+/// their producer id, rewritten under the identity that cluster issued
+/// klink (DESIGN trap 8); `None` when the records can go as they are.
+async fn reidentify<C: Cluster>(
+    cx: &Context<'_, C>,
+    destination: &Destination,
+    topic: &str,
+    partition: i32,
+    records: Option<&Bytes>,
+) -> Option<Bytes> {
+    let records = records?;
+    let first = batch::BatchHeader::parse(records).ok()??;
+    // Transactions stay on the cluster their id is pinned to; plain
+    // batches carry no identity to translate.
+    if first.producer_id < 0 || first.is_transactional() {
+        return None;
+    }
+    let cluster = destination.cluster();
+    let issuer = cx
+        .cluster
+        .producer_issuer(first.producer_id)
+        .unwrap_or_else(|| cx.routes.default_cluster().clone());
+    if issuer == *cluster {
+        return None;
+    }
+    let client = Identity {
+        producer_id: first.producer_id,
+        epoch: first.producer_epoch,
+    };
+    let Some(ours) = cx.cluster.producer_on(cluster, client).await else {
+        tracing::warn!(%cluster, producer_id = client.producer_id, "no producer id from the routed cluster; batches go as they are");
+        return None;
+    };
+    let mut rewritten = BytesMut::from(&records[..]);
+    for range in batch::batches(records).ok()? {
+        let header = batch::header(&records[range.clone()]).ok()?;
+        let sequence =
+            cx.cluster
+                .rebase_sequence(client, cluster, topic, partition, header.base_sequence);
+        batch::rewrite_producer(
+            &mut rewritten[range],
+            ours.producer_id,
+            ours.epoch,
+            sequence,
+        )
+        .ok()?;
+    }
+    Some(rewritten.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -148,7 +212,6 @@ mod tests {
     use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
     use super::*;
-    use crate::split::Destination;
     use crate::split::test_support::*;
     use kafka_protocol::messages::TopicName;
     use kafka_protocol::messages::produce_response::TopicProduceResponse;
