@@ -41,22 +41,11 @@ pub async fn plan_fetch<C: Cluster>(
     let mut order: Vec<(String, i32)> = Vec::new();
     let mut needs_translation = false;
     for topic in &request.topics {
-        let name = if by_id {
-            cx.catalog
-                .name_by_client_id(&topic.topic_id)
-                .unwrap_or_default()
-        } else {
-            topic.topic.to_string()
-        };
-        let cluster = cx.routes.reads(&name).clone();
-        if by_id
-            && cx
-                .catalog
-                .upstream_id(&cluster, &name)
-                .is_some_and(|id| id != topic.topic_id)
-        {
-            needs_translation = true;
-        }
+        let (name, cluster, translate) =
+            cx.topic_name(by_id, topic.topic.as_str(), topic.topic_id, |n| {
+                cx.routes.reads(n).clone()
+            });
+        needs_translation |= translate;
         for p in &topic.partitions {
             order.push((name.clone(), p.partition));
             match cx.partition_destination(&cluster, &name, p.partition).await {

@@ -137,6 +137,30 @@ impl<C: Cluster> Context<'_, C> {
         Ok((header, body))
     }
 
+    /// The name of a topic a request names by name or (v13+) by the id
+    /// clients see, and whether `cluster` knows it by another id (then the
+    /// request must be re-encoded with that cluster's id).
+    pub fn topic_name(
+        &self,
+        by_id: bool,
+        name: &str,
+        id: uuid::Uuid,
+        cluster: impl Fn(&str) -> Arc<str>,
+    ) -> (String, Arc<str>, bool) {
+        let name = if by_id {
+            self.catalog.name_by_client_id(&id).unwrap_or_default()
+        } else {
+            name.to_string()
+        };
+        let cluster = cluster(&name);
+        let translate = by_id
+            && self
+                .catalog
+                .upstream_id(&cluster, &name)
+                .is_some_and(|known| known != id);
+        (name, cluster, translate)
+    }
+
     /// Where a partition of `topic` routed to `cluster` goes: the broker
     /// the client chose when the route stays on its cluster, otherwise the
     /// partition's leader on the routed cluster.

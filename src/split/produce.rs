@@ -31,22 +31,11 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
     let mut order = Vec::new();
     let mut needs_translation = false;
     for topic in &request.topic_data {
-        let name = if by_id {
-            cx.catalog
-                .name_by_client_id(&topic.topic_id)
-                .unwrap_or_default()
-        } else {
-            topic.name.to_string()
-        };
-        let cluster = cx.routes.writes(&name).clone();
-        if by_id
-            && cx
-                .catalog
-                .upstream_id(&cluster, &name)
-                .is_some_and(|id| id != topic.topic_id)
-        {
-            needs_translation = true;
-        }
+        let (name, cluster, translate) =
+            cx.topic_name(by_id, topic.name.as_str(), topic.topic_id, |n| {
+                cx.routes.writes(n).clone()
+            });
+        needs_translation |= translate;
         for p in &topic.partition_data {
             order.push((name.clone(), p.index));
             match cx.partition_destination(&cluster, &name, p.index).await {
