@@ -2,8 +2,11 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# The manifest names these targets and the patched kafka-protocol.
+COPY vendor ./vendor
 COPY src ./src
 COPY proto-tests ./proto-tests
+COPY benches ./benches
 RUN cargo build --release --locked --bin klink
 
 # Runtime stage: just the binary. Mount the config at /etc/klink/klink.toml
