@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::ProxyContext;
 use crate::broker::VirtualBroker;
 use crate::error::{Error, Kind, Result};
-use crate::rewrite::{BrokerView, Rewrite, needs_rewrite};
+use crate::rewrite::{BrokerView, Rewrite, Segments, needs_rewrite};
 use crate::split::{self, Context, Destination, FetchSessions, Merge, Plan};
 use crate::upstream::{Reply, UpstreamConn};
 use crate::versions::{api_versions_response, can_handle, unsupported_api_versions_response};
@@ -371,7 +371,7 @@ impl Session {
                 Err(TryRecvError::Disconnected) => break,
             };
             let segments = match pending {
-                Pending::Ready(bytes) => vec![bytes],
+                Pending::Ready(bytes) => Segments::One(bytes),
                 Pending::Merged {
                     replies,
                     api,
@@ -382,7 +382,7 @@ impl Session {
                         break;
                     }
                     match Box::pin(self.merge(replies, api, version, merge)).await {
-                        Ok(bytes) => vec![bytes],
+                        Ok(bytes) => Segments::One(bytes),
                         Err(e) => {
                             tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
                             break;
@@ -420,8 +420,9 @@ impl Session {
                     }
                 }
             };
-            for segment in segments {
-                out.push(segment);
+            match segments {
+                Segments::One(bytes) => out.push(bytes),
+                Segments::Many(parts) => parts.into_iter().for_each(|part| out.push(part)),
             }
             if out.queued() >= FLUSH_AT && out.flush().await.is_err() {
                 break;
@@ -463,9 +464,9 @@ impl Session {
                 ))
             });
             let segments = self.finish(answer, api, version, &cluster).await?;
-            let bytes = match <[Bytes; 1]>::try_from(segments) {
-                Ok([whole]) => whole,
-                Err(segments) => segments.concat().into(),
+            let bytes = match segments {
+                Segments::One(whole) => whole,
+                Segments::Many(parts) => parts.concat().into(),
             };
             frames.push(Frame::from_prefixed(bytes));
         }
@@ -479,13 +480,13 @@ impl Session {
         api: ApiKey,
         version: i16,
         cluster: &Arc<str>,
-    ) -> Result<Vec<Bytes>> {
+    ) -> Result<Segments> {
         let frame = answer?;
         if api == ApiKey::InitProducerId {
             self.note_producer_id(&frame, version, cluster);
         }
         if !needs_rewrite(api, version) {
-            return Ok(vec![frame.wire_bytes().clone()]);
+            return Ok(Segments::One(frame.wire_bytes().clone()));
         }
         let rewrite = Rewrite::decode(api, version, frame)
             .map_err(|e| Error::upstream(cluster, Kind::Protocol, e.to_string()))?;

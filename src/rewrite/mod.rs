@@ -25,6 +25,14 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::broker::{BrokerRegistry, UpstreamBroker, VirtualBroker};
 use crate::wire::Frame;
 
+/// A response for the client: usually one frame; a rewritten fetch is
+/// several slices of the upstream frame. The common case allocates nothing.
+#[derive(Debug)]
+pub enum Segments {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
 /// The first Produce version whose responses may carry `node_endpoints`.
 pub const PRODUCE_ENDPOINTS_SINCE: i16 = 10;
 /// The first Fetch version with `preferred_read_replica` (KIP-392); Fetch
@@ -184,14 +192,15 @@ impl Rewrite {
     /// Applies the rewrite and returns the frame for the client in pieces
     /// that share the upstream frame's memory where they can (see
     /// [`fetch::FetchScan::segments`]): write them one after the other.
-    pub fn apply_segments(self, view: &BrokerView<'_>) -> Result<Vec<Bytes>, RewriteError> {
+    pub fn apply_segments(self, view: &BrokerView<'_>) -> Result<Segments, RewriteError> {
         if let Body::Fetch(scan) = &self.body {
             let frame = self.original.wire_bytes();
-            return Ok(scan
-                .segments(frame, self.version, view)
-                .unwrap_or_else(|| vec![frame.clone()]));
+            return Ok(match scan.segments(frame, self.version, view) {
+                Some(parts) => Segments::Many(parts),
+                None => Segments::One(frame.clone()),
+            });
         }
-        self.apply(view).map(|frame| vec![frame])
+        self.apply(view).map(Segments::One)
     }
 
     /// Applies the rewrite and returns the frame for the client.
