@@ -49,7 +49,7 @@ impl split::Cluster for Leaders {
 struct World {
     _dir: tempfile::TempDir,
     routes: RouteTable,
-    catalog: Catalog,
+    catalog: Arc<Catalog>,
     registry: BrokerRegistry,
 }
 
@@ -64,7 +64,7 @@ fn world() -> World {
     .expect("config");
     let state = Arc::new(StateStore::open(dir.path()).expect("state"));
     let routes = RouteTable::load(&config, state.clone()).expect("routes");
-    let catalog = Catalog::load(state.clone());
+    let catalog = Arc::new(Catalog::load(state.clone()));
     let registry = BrokerRegistry::load(state, "127.0.0.1".into(), 9100);
     let source: Arc<str> = Arc::from("source");
     let brokers = [UpstreamBroker {
@@ -72,7 +72,11 @@ fn world() -> World {
         host: "127.0.0.1".into(),
         port: 19092,
     }];
-    registry.observe(&source, &brokers).expect("observe");
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(registry.observe(&source, &brokers))
+        .expect("observe");
     World {
         _dir: dir,
         routes,
@@ -146,7 +150,10 @@ fn routing(c: &mut Criterion) {
             else {
                 panic!("mixed routes split");
             };
-            let answers = parts.iter().map(answer).collect();
+            let answers = parts
+                .iter()
+                .map(|part| split::PartAnswer::Answered(answer(part)))
+                .collect();
             (merge.expect("merge"))(answers).expect("merged")
         })
     });
@@ -183,7 +190,7 @@ fn rewrites(c: &mut Criterion) {
     let view = BrokerView {
         registry: &world.registry,
         cluster: "source",
-        catalog: Some(&world.catalog),
+        catalog: Some(&*world.catalog),
         cluster_id: Some("bench"),
     };
     let metadata = Frame::from_prefixed(fixture("metadata-v12-response.bin"));

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use klink::config::Config;
+use klink::control::Reply;
 
 #[derive(Parser)]
 #[command(
@@ -109,7 +110,15 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
         ),
         CtlCommand::RouteGroup { group, to } => (Request::RouteGroup { group, to }, false),
     };
-    match control::client::send(&config.proxy.control_socket, &request) {
+    let reply = control::client::send(&config.proxy.control_socket, &request);
+    if let Ok(Reply {
+        warning: Some(warning),
+        ..
+    }) = &reply
+    {
+        eprintln!("klink ctl: warning: {warning}");
+    }
+    match reply {
         Ok(reply) if json => {
             println!(
                 "{}",

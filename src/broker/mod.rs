@@ -62,6 +62,8 @@ pub struct BrokerRegistry {
     /// A std lock: reads are map lookups on the response path and writes are
     /// rare (a broker appearing); nothing awaits while holding it.
     inner: RwLock<Inner>,
+    /// Held while new brokers are given ids and persisted.
+    allocating: tokio::sync::Mutex<()>,
 }
 
 impl BrokerRegistry {
@@ -85,6 +87,7 @@ impl BrokerRegistry {
             ports_start,
             state,
             inner: RwLock::new(inner),
+            allocating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -121,13 +124,85 @@ impl BrokerRegistry {
     }
 
     /// Records the brokers a cluster announced. Brokers seen for the first
-    /// time get an id and a port, persisted before this returns; they are
-    /// returned so their listeners can start before any client learns them.
-    pub fn observe(
+    /// time get an id and a port, persisted (off the async workers) before
+    /// anyone can look them up; they are returned so their listeners can
+    /// start before any client learns them.
+    pub async fn observe(
         &self,
         cluster: &Arc<str>,
         brokers: &[UpstreamBroker],
     ) -> Result<Vec<VirtualBroker>> {
+        if !self.note_addresses(cluster, brokers) {
+            return Ok(Vec::new());
+        }
+        // New brokers: one allocation at a time, so two sessions seeing the
+        // same new broker agree on its id.
+        let _turn = self.allocating.lock().await;
+        let fresh = {
+            let inner = self.read();
+            let mut used_ports: std::collections::HashSet<u16> =
+                inner.by_virtual.values().map(|b| b.port).collect();
+            let mut next_id = inner.by_virtual.keys().max().copied().unwrap_or(0) + 1;
+            let mut fresh = Vec::new();
+            for b in brokers {
+                if inner
+                    .by_upstream
+                    .contains_key(&(cluster.clone(), b.node_id))
+                    || fresh
+                        .iter()
+                        .any(|f: &VirtualBroker| f.upstream_id == b.node_id)
+                {
+                    continue;
+                }
+                let port = (self.ports_start..=u16::MAX)
+                    .find(|p| !used_ports.contains(p))
+                    .ok_or_else(|| {
+                        Error::klink(Kind::Config, "no free virtual broker port left")
+                    })?;
+                used_ports.insert(port);
+                fresh.push(VirtualBroker {
+                    id: next_id,
+                    port,
+                    cluster: cluster.clone(),
+                    upstream_id: b.node_id,
+                });
+                next_id += 1;
+            }
+            fresh
+        };
+        if fresh.is_empty() {
+            return Ok(fresh);
+        }
+        let records: Vec<VirtualBrokerRecord> = fresh
+            .iter()
+            .map(|b| VirtualBrokerRecord {
+                cluster: b.cluster.to_string(),
+                upstream_node_id: b.upstream_id,
+                virtual_id: b.id,
+                port: b.port,
+            })
+            .collect();
+        // Not durable means not real: nothing is inserted before this.
+        self.state
+            .update_async(move |s| s.virtual_brokers.extend(records))
+            .await?;
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        for b in &fresh {
+            inner
+                .by_upstream
+                .insert((b.cluster.clone(), b.upstream_id), b.clone());
+            inner.by_virtual.insert(b.id, b.clone());
+            tracing::info!(
+                cluster = %b.cluster, upstream_id = b.upstream_id, virtual_id = b.id,
+                port = b.port, "new virtual broker"
+            );
+        }
+        Ok(fresh)
+    }
+
+    /// Remembers where each announced broker is now; whether some broker
+    /// has no virtual broker yet.
+    fn note_addresses(&self, cluster: &Arc<str>, brokers: &[UpstreamBroker]) -> bool {
         {
             let inner = self.read();
             let all_known = brokers.iter().all(|b| {
@@ -136,66 +211,20 @@ impl BrokerRegistry {
                     && inner.addresses.get(&key).is_some_and(|a| *a == b.address())
             });
             if all_known {
-                return Ok(Vec::new());
+                return false;
             }
         }
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let mut fresh = Vec::new();
         for b in brokers {
-            let key = (cluster.clone(), b.node_id);
-            inner.addresses.insert(key.clone(), b.address());
-            if inner.by_upstream.contains_key(&key) {
-                continue;
-            }
-            let id = inner.by_virtual.keys().max().copied().unwrap_or(0) + 1;
-            let port = self.next_free_port(&inner)?;
-            let broker = VirtualBroker {
-                id,
-                port,
-                cluster: cluster.clone(),
-                upstream_id: b.node_id,
-            };
-            inner.by_upstream.insert(key, broker.clone());
-            inner.by_virtual.insert(id, broker.clone());
-            fresh.push(broker);
+            inner
+                .addresses
+                .insert((cluster.clone(), b.node_id), b.address());
         }
-        if !fresh.is_empty() {
-            let records: Vec<VirtualBrokerRecord> = fresh
-                .iter()
-                .map(|b| VirtualBrokerRecord {
-                    cluster: b.cluster.to_string(),
-                    upstream_node_id: b.upstream_id,
-                    virtual_id: b.id,
-                    port: b.port,
-                })
-                .collect();
-            if let Err(e) = self.state.update(|s| s.virtual_brokers.extend(records)) {
-                // Not durable means not real: forget them so a later attempt
-                // allocates (and persists) again.
-                for b in &fresh {
-                    inner
-                        .by_upstream
-                        .remove(&(b.cluster.clone(), b.upstream_id));
-                    inner.by_virtual.remove(&b.id);
-                }
-                return Err(e);
-            }
-            for b in &fresh {
-                tracing::info!(
-                    cluster = %b.cluster, upstream_id = b.upstream_id, virtual_id = b.id,
-                    port = b.port, "new virtual broker"
-                );
-            }
-        }
-        Ok(fresh)
-    }
-
-    fn next_free_port(&self, inner: &Inner) -> Result<u16> {
-        let used: std::collections::HashSet<u16> =
-            inner.by_virtual.values().map(|b| b.port).collect();
-        (self.ports_start..=u16::MAX)
-            .find(|p| !used.contains(p))
-            .ok_or_else(|| Error::klink(Kind::Config, "no free virtual broker port left"))
+        brokers.iter().any(|b| {
+            !inner
+                .by_upstream
+                .contains_key(&(cluster.clone(), b.node_id))
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -215,8 +244,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ids_and_ports_are_allocated_once_and_survive_reload() {
+    #[tokio::test]
+    async fn ids_and_ports_are_allocated_once_and_survive_reload() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = Arc::new(StateStore::open(dir.path()).expect("state"));
         let registry = BrokerRegistry::load(state, "127.0.0.1".into(), 9100);
@@ -224,6 +253,7 @@ mod tests {
         let target: Arc<str> = Arc::from("target");
         let fresh = registry
             .observe(&source, &[upstream(1, 19092), upstream(2, 19093)])
+            .await
             .expect("observe");
         assert_eq!(
             fresh.iter().map(|b| (b.id, b.port)).collect::<Vec<_>>(),
@@ -232,12 +262,14 @@ mod tests {
         // Same node ids in another cluster are other brokers.
         let fresh = registry
             .observe(&target, &[upstream(1, 29092)])
+            .await
             .expect("observe");
         assert_eq!((fresh[0].id, fresh[0].port), (3, 9102));
         // Seen again: nothing new, but a moved address is remembered.
         assert!(
             registry
                 .observe(&source, &[upstream(1, 19999)])
+                .await
                 .expect("observe")
                 .is_empty()
         );
@@ -252,6 +284,7 @@ mod tests {
         assert_eq!(reloaded.all(), registry.all());
         let fresh = reloaded
             .observe(&source, &[upstream(7, 19094)])
+            .await
             .expect("observe");
         assert_eq!((fresh[0].id, fresh[0].port), (4, 9103));
     }

@@ -68,6 +68,11 @@ pub struct ProxyConfig {
     /// How long in-flight requests may take to finish on SIGTERM.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// How long an upstream broker may take to answer a forwarded request
+    /// before klink answers the client with a retriable error and drops
+    /// that upstream connection. Keep it above clients' `fetch.max.wait.ms`.
+    #[serde(default = "default_upstream_request_timeout_ms")]
+    pub upstream_request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +96,10 @@ fn default_cluster() -> String {
 }
 fn default_shutdown_grace_ms() -> u64 {
     10_000
+}
+fn default_upstream_request_timeout_ms() -> u64 {
+    // Kafka clients' default request.timeout.ms.
+    30_000
 }
 
 impl ClusterConfig {
@@ -193,6 +202,16 @@ impl Config {
                 "proxy",
                 "max_frame_bytes",
                 "must fit in a Kafka int32".into(),
+            );
+        }
+        if self.proxy.upstream_request_timeout_ms < 100 {
+            return err(
+                "proxy",
+                "upstream_request_timeout_ms",
+                format!(
+                    "{} is too small: at least 100",
+                    self.proxy.upstream_request_timeout_ms
+                ),
             );
         }
         if self.clusters.is_empty() {

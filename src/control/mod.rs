@@ -68,6 +68,10 @@ pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Done, with something the operator should know (a state change
+    /// whose directory fsync failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
 }
@@ -77,6 +81,7 @@ impl Reply {
         Reply {
             ok: false,
             error: Some(error.into()),
+            warning: None,
             status: None,
         }
     }
@@ -140,6 +145,7 @@ pub fn handle(routes: &RouteTable, line: &str) -> Reply {
         Ok(()) => Reply {
             ok: true,
             error: None,
+            warning: routes.take_warning(),
             status: Some(status(&routes.snapshot())),
         },
         Err(e) => Reply::failed(e.context),

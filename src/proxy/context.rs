@@ -1,35 +1,54 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    InitProducerIdRequest, MetadataRequest, MetadataResponse, TopicName,
+    ApiKey, InitProducerIdRequest, MetadataRequest, MetadataResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::{BrokerRegistry, UpstreamBroker, VirtualBroker};
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
-use crate::route::{Catalog, Identity, ProducerIds, RouteTable};
+use crate::route::{Catalog, ClientProducer, Identity, ProducerIds, RouteTable};
 use crate::upstream::Cluster;
+use crate::upstream::UpstreamConn;
 use crate::versions::UpstreamVersions;
+
+use super::versions_cache::VersionsCache;
+
+/// How long klink trusts what it learned of a topic's leaders on a cluster
+/// clients do not ask for it (writes routed elsewhere than reads).
+const METADATA_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+/// After a failed leader lookup, how long requests use what klink knew
+/// instead of asking again (a cluster that is down is not asked per request).
+const METADATA_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// klink's own Metadata connection to one cluster.
+#[derive(Default)]
+pub struct MetadataAsker {
+    conn: Option<UpstreamConn>,
+    failed_at: Option<std::time::Instant>,
+}
 
 /// What every session shares.
 pub struct ProxyContext {
     pub config: Config,
     pub registry: BrokerRegistry,
     pub routes: Arc<RouteTable>,
-    pub catalog: Catalog,
-    pub producers: ProducerIds,
+    pub catalog: Arc<Catalog>,
+    pub producers: Arc<ProducerIds>,
     pub(super) clusters: Vec<Cluster>,
-    /// Each cluster's ApiVersions answer (same order as `clusters`), learned
-    /// once it answers: versions do not change under a running broker in a
-    /// way klink could act on.
-    pub(super) upstream_versions: Vec<OnceCell<UpstreamVersions>>,
+    /// Per cluster (same order as `clusters`): klink's own connection for
+    /// the Metadata requests that find partition leaders, behind a lock so
+    /// that concurrent askers wait for one answer instead of each asking.
+    pub(super) metadata_askers: Vec<tokio::sync::Mutex<MetadataAsker>>,
+    /// Each cluster's ApiVersions answer (same order as `clusters`).
+    pub(super) upstream_versions: Vec<VersionsCache>,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
     pub(super) new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
@@ -57,15 +76,17 @@ impl ProxyContext {
         self.config.proxy.max_frame_bytes
     }
 
-    /// The API versions of every cluster that has answered, asked on first
-    /// need. A cluster that is down is left out (with a warning) rather than
-    /// keeping every client from connecting; it counts once it answers.
+    /// The API versions of every cluster that has answered. A cluster that
+    /// is down is left out (with a warning) rather than keeping every
+    /// client from connecting, and asked again a little later; answers are
+    /// renewed now and then (see [`VersionsCache`]).
     pub async fn upstream_versions(&self) -> Result<Vec<UpstreamVersions>> {
         let mut known = Vec::with_capacity(self.clusters.len());
         let mut last_error = None;
-        for (cluster, cell) in self.clusters.iter().zip(&self.upstream_versions) {
-            match cell.get_or_try_init(|| cluster.api_versions()).await {
-                Ok(versions) => known.push(versions.clone()),
+        for (cluster, cache) in self.clusters.iter().zip(&self.upstream_versions) {
+            match cache.get(|| cluster.api_versions()).await {
+                Ok(Some(versions)) => known.push(versions),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(cluster = %cluster.name, error = %e, "API versions unknown: cluster left out of the ApiVersions answer");
                     last_error = Some(e);
@@ -76,6 +97,25 @@ impl ProxyContext {
             (true, Some(e)) => Err(e),
             _ => Ok(known),
         }
+    }
+
+    /// Whether `cluster` takes `version` of `api`, as far as klink knows: a
+    /// client may have negotiated its versions while that cluster was down.
+    pub fn supports(&self, cluster: &str, api: ApiKey, version: i16) -> bool {
+        let Some(cache) = self
+            .clusters
+            .iter()
+            .zip(&self.upstream_versions)
+            .find_map(|(c, cache)| (&*c.name == cluster).then_some(cache))
+        else {
+            return true;
+        };
+        cache.known().is_none_or(|known| {
+            known
+                .apis
+                .get(&(api as i16))
+                .is_some_and(|range| range.min <= version && version <= range.max)
+        })
     }
 
     /// Asks a cluster for its brokers and registers them.
@@ -104,7 +144,7 @@ impl ProxyContext {
     /// Makes sure every broker in `brokers` has a virtual broker that is
     /// listening, before a client can learn its address.
     pub async fn announce(&self, cluster: &Arc<str>, brokers: &[UpstreamBroker]) -> Result<()> {
-        for broker in self.registry.observe(cluster, brokers)? {
+        for broker in self.registry.observe(cluster, brokers).await? {
             self.listen_virtual(broker).await?;
         }
         Ok(())
@@ -138,12 +178,73 @@ impl ProxyContext {
     }
 }
 
+impl ProxyContext {
+    /// Asks `cluster`, in one Metadata request, for the topics klink does
+    /// not know there or knows from too long ago.
+    async fn ask_leaders(&self, cluster: &Arc<str>, topics: &[String]) {
+        let stale = self
+            .catalog
+            .missing_or_stale(cluster, topics, METADATA_MAX_AGE);
+        if stale.is_empty() {
+            return;
+        }
+        let Some((upstream, asker)) = self
+            .clusters
+            .iter()
+            .zip(&self.metadata_askers)
+            .find(|(c, _)| c.name == *cluster)
+        else {
+            return;
+        };
+        let mut asker = asker.lock().await;
+        // Someone else may have asked while this one waited.
+        let stale = self
+            .catalog
+            .missing_or_stale(cluster, topics, METADATA_MAX_AGE);
+        if stale.is_empty()
+            || asker
+                .failed_at
+                .is_some_and(|at| at.elapsed() < METADATA_RETRY_AFTER)
+        {
+            return;
+        }
+        let asked = async {
+            let conn = match asker.conn.as_ref().filter(|c| !c.is_closed()) {
+                Some(conn) => conn.clone(),
+                None => upstream.connect_any().await?,
+            };
+            asker.conn = Some(conn.clone());
+            let request = MetadataRequest::default().with_topics(Some(
+                stale
+                    .iter()
+                    .map(|topic| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(topic.clone()))))
+                    })
+                    .collect(),
+            ));
+            let response: MetadataResponse = upstream.call(&conn, request, 9).await?;
+            let brokers = UpstreamBroker::all_in(&response);
+            self.announce(cluster, &brokers).await?;
+            self.catalog.learn(cluster, &response).await
+        };
+        match asked.await {
+            Ok(()) => asker.failed_at = None,
+            Err(e) => {
+                tracing::warn!(%cluster, topics = ?stale, error = %e, "cannot learn partition leaders; using what klink knew");
+                asker.conn = None;
+                asker.failed_at = Some(std::time::Instant::now());
+            }
+        }
+    }
+}
+
 impl crate::split::Cluster for ProxyContext {
-    fn producer_issuer(&self, producer_id: i64) -> Option<Arc<str>> {
-        self.producers.issuer(producer_id)
+    fn producers(&self) -> Option<&Arc<ProducerIds>> {
+        Some(&self.producers)
     }
 
-    async fn producer_on(&self, cluster: &Arc<str>, client: Identity) -> Option<Identity> {
+    async fn producer_on(&self, cluster: &Arc<str>, client: &ClientProducer) -> Option<Identity> {
         if let Some(ours) = self.producers.mapped(client, cluster) {
             return Some(ours);
         }
@@ -159,13 +260,13 @@ impl crate::split::Cluster for ProxyContext {
         };
         match asked.await {
             Ok(response) if response.error_code == 0 => {
-                let ours = Identity {
+                let issued = Identity {
                     producer_id: response.producer_id.0,
                     epoch: response.producer_epoch,
                 };
-                tracing::info!(%cluster, client = client.producer_id, ours = ours.producer_id, "producer id mapped");
-                self.producers.set_mapped(client, cluster, ours);
-                self.producers.mapped(client, cluster)
+                let ours = self.producers.set_mapped(client, cluster, issued);
+                tracing::info!(%cluster, client = client.identity.producer_id, client_epoch = client.identity.epoch, ours = ours.producer_id, "producer id mapped");
+                Some(ours)
             }
             Ok(response) => {
                 tracing::warn!(%cluster, error = response.error_code, "InitProducerId refused");
@@ -178,39 +279,14 @@ impl crate::split::Cluster for ProxyContext {
         }
     }
 
-    fn rebase_sequence(
-        &self,
-        client: Identity,
-        cluster: &Arc<str>,
-        topic: &str,
-        partition: i32,
-        sequence: i32,
-    ) -> i32 {
-        self.producers
-            .rebase(client, cluster, topic, partition, sequence)
+    async fn refresh_leaders(&self, cluster: &Arc<str>, topics: Vec<String>) {
+        self.ask_leaders(cluster, &topics).await;
     }
 
     async fn leader(&self, cluster: &Arc<str>, topic: &str, partition: i32) -> Option<i32> {
-        if let Some(leader) = self.catalog.leader(cluster, topic, partition) {
-            return Some(leader);
-        }
-        // Not seen yet (or forgotten after a leader change): ask the cluster.
-        let upstream = self.cluster(cluster)?;
-        let refreshed = async {
-            let conn = upstream.connect_any().await?;
-            let request = MetadataRequest::default()
-                .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                    TopicName(StrBytes::from_string(topic.to_string())),
-                ))]));
-            let response: MetadataResponse = upstream.call(&conn, request, 9).await?;
-            let brokers = UpstreamBroker::all_in(&response);
-            self.announce(cluster, &brokers).await?;
-            self.catalog.learn(cluster, &response)
-        };
-        if let Err(e) = refreshed.await {
-            tracing::warn!(%cluster, topic, error = %e, "cannot learn partition leaders");
-            return None;
-        }
+        // Planners ask for the leaders they need first, once per cluster
+        // (`refresh_leaders`); asking here, per partition, would send one
+        // Metadata request per partition of a topic the cluster lacks.
         self.catalog.leader(cluster, topic, partition)
     }
 }

@@ -8,6 +8,7 @@
 mod context;
 mod listener;
 mod session;
+mod versions_cache;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,21 +56,24 @@ pub async fn run_with_listener(
     let clusters: Vec<Cluster> = config
         .clusters
         .iter()
-        .map(|(name, c)| Cluster::new(name, c.bootstrap_addrs(), config.proxy.max_frame_bytes))
+        .map(|(name, c)| {
+            Cluster::new(name, c.bootstrap_addrs(), config.proxy.max_frame_bytes)
+                .with_request_timeout(Duration::from_millis(
+                    config.proxy.upstream_request_timeout_ms,
+                ))
+        })
         .collect();
     let tasks = TaskTracker::new();
     let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
     let (new_listeners, mut listeners) = tokio::sync::mpsc::unbounded_channel();
-    let upstream_versions = clusters
-        .iter()
-        .map(|_| tokio::sync::OnceCell::new())
-        .collect();
+    let upstream_versions = clusters.iter().map(|_| Default::default()).collect();
     let ctx = Arc::new(ProxyContext {
         config,
         registry,
         routes: routes.clone(),
-        catalog,
-        producers: crate::route::ProducerIds::default(),
+        catalog: Arc::new(catalog),
+        producers: Arc::default(),
+        metadata_askers: clusters.iter().map(|_| Default::default()).collect(),
         clusters,
         upstream_versions,
         tasks: tasks.clone(),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::Decodable;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -20,7 +21,9 @@ use super::ProxyContext;
 use crate::broker::VirtualBroker;
 use crate::error::{Error, Kind, Result};
 use crate::rewrite::{BrokerView, Rewrite, Segments, needs_rewrite};
-use crate::split::{self, Context, Destination, FetchSessions, Merge, Plan};
+use crate::split::{
+    self, Context, Destination, FetchSessions, Merge, PartAnswer, PartFailure, Plan, error_response,
+};
 use crate::upstream::{Reply, UpstreamConn};
 use crate::versions::{api_versions_response, can_handle, unsupported_api_versions_response};
 use crate::wire::{
@@ -44,14 +47,23 @@ enum Pending {
         api: ApiKey,
         version: i16,
         cluster: Arc<str>,
+        /// The request's payload (shared bytes, not a copy): if the answer
+        /// never comes, klink answers it with a retriable error.
+        request: Bytes,
     },
     /// Answers to the parts of a split request, merged into one.
     Merged {
-        replies: Vec<(Reply, Arc<str>)>,
+        replies: Vec<PartReply>,
         api: ApiKey,
         version: i16,
         merge: Merge,
     },
+}
+
+/// One part of a split request, as the writer finds it.
+enum PartReply {
+    Waiting(Reply, Arc<str>),
+    Failed(PartFailure),
 }
 
 /// A session's upstream connections, opened on first use.
@@ -184,10 +196,14 @@ impl Session {
         // Topic ids (Fetch, Produce v13+) are the clients' own only where the
         // topic was first seen; elsewhere even the fast path must translate.
         let by_topic_id = matches!(api, ApiKey::Fetch | ApiKey::Produce) && version >= 13;
-        let plan = if routes.all_default()
+        // A producer whose partition's writes have been elsewhere may need
+        // its sequences moved even back on its own cluster.
+        let remapped = api == ApiKey::Produce && self.ctx.producers.any_remapped();
+        let fast = routes.all_default()
             && self.home.cluster() == routes.default_cluster()
-            && !(by_topic_id && self.ctx.catalog.ids_differ_on(self.home.cluster()))
-        {
+            && !remapped
+            && !(by_topic_id && self.ctx.catalog.ids_differ_on(self.home.cluster()));
+        let plan = if fast {
             Plan::Forward(self.home.clone())
         } else {
             let cx = Context {
@@ -215,21 +231,63 @@ impl Session {
         match plan {
             Plan::Answer(bytes) => Ok(Some(Pending::Ready(bytes))),
             Plan::Forward(destination) => {
-                let conn = self.upstream(upstreams, &destination).await?;
-                let reply = conn.send(frame.wire_bytes().clone(), acks != 0).await?;
-                Ok(reply.map(|reply| Pending::Upstream {
-                    reply,
-                    api,
-                    version,
-                    cluster: destination.cluster().clone(),
-                }))
+                let expects_response = acks != 0;
+                let cluster = destination.cluster().clone();
+                // On the fast path the request goes to the cluster the
+                // client's ApiVersions answer was made from.
+                if !fast && !self.ctx.supports(&cluster, api, version) {
+                    tracing::warn!(peer = %self.peer, ?api, version, %cluster, "the routed cluster lacks this version");
+                    return self.refuse(&header, &payload, PartFailure::Unsupported, acks);
+                }
+                let extra = extra_wait(api, version, &payload);
+                let sent = async {
+                    let conn = self.upstream(upstreams, &destination).await?;
+                    conn.send_within(frame.wire_bytes().clone(), expects_response, extra)
+                        .await
+                };
+                match sent.await {
+                    Ok(reply) => Ok(reply.map(|reply| Pending::Upstream {
+                        reply,
+                        api,
+                        version,
+                        cluster,
+                        request: payload,
+                    })),
+                    Err(e) => {
+                        tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "request not sent upstream");
+                        self.refuse(&header, &payload, PartFailure::NotSent, acks)
+                            .map_err(|_| e)
+                    }
+                }
             }
             Plan::Split { parts, merge } => {
+                let extra = extra_wait(api, version, &payload);
                 let mut replies = Vec::with_capacity(parts.len());
                 for part in parts {
-                    let conn = self.upstream(upstreams, &part.destination).await?;
-                    if let Some(reply) = conn.send(part.frame, part.expects_response).await? {
-                        replies.push((reply, part.destination.cluster().clone()));
+                    let cluster = part.destination.cluster().clone();
+                    if !self.ctx.supports(&cluster, api, version) {
+                        tracing::warn!(peer = %self.peer, ?api, version, %cluster, "the routed cluster lacks this version");
+                        replies.push(PartReply::Failed(PartFailure::Unsupported));
+                        continue;
+                    }
+                    // A part that cannot go out is answered with an error
+                    // for its partitions alone: the parts already written
+                    // keep their answers, so a client's retry resends only
+                    // what was not written.
+                    let sent = async {
+                        let conn = self.upstream(upstreams, &part.destination).await?;
+                        conn.send_within(part.frame, part.expects_response, extra)
+                            .await
+                    };
+                    match sent.await {
+                        Ok(Some(reply)) => replies.push(PartReply::Waiting(reply, cluster)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "part of a split request not sent upstream");
+                            if part.expects_response {
+                                replies.push(PartReply::Failed(PartFailure::NotSent));
+                            }
+                        }
                     }
                 }
                 Ok(merge.map(|merge| Pending::Merged {
@@ -239,6 +297,33 @@ impl Session {
                     merge,
                 }))
             }
+        }
+    }
+
+    /// klink's own error answer to a request that cannot be carried out,
+    /// or an error (closing the connection) where the API has no room for
+    /// one. acks=0 Produce is owed nothing either way.
+    fn refuse(
+        &self,
+        header: &RequestHeader,
+        payload: &Bytes,
+        failure: PartFailure,
+        acks: i16,
+    ) -> Result<Option<Pending>> {
+        if acks == 0 {
+            return Ok(None);
+        }
+        let Some(api) = header.known_api else {
+            return Err(Error::client(Kind::Unsupported, "unknown API"));
+        };
+        match error_response(api, header.api_version, payload, failure) {
+            Some(answer) => Ok(Some(Pending::Ready(answer))),
+            None => Err(Error::klink(
+                Kind::Closed,
+                format!(
+                    "{api:?} could not be carried out ({failure:?}) and has no error to answer with"
+                ),
+            )),
         }
     }
 
@@ -273,9 +358,19 @@ impl Session {
             | DescribeConfigs
             | AlterConfigs
             | IncrementalAlterConfigs => split::plan_admin(cx).await,
-            // Transactions stay on the cluster their id is pinned to (the
-            // default cluster until cutover work moves them); everything
-            // else goes where the client sent it.
+            // Producer ids come from one cluster, so a client's id is only
+            // ever compared with that cluster's (DESIGN trap 8), and
+            // transactions stay on the cluster their id is pinned to: both
+            // the default cluster, the one the bootstrap address names.
+            InitProducerId | AddPartitionsToTxn | AddOffsetsToTxn | EndTxn | TxnOffsetCommit => {
+                let pinned = cx.routes.default_cluster();
+                Ok(Plan::Forward(if cx.home.cluster() == pinned {
+                    cx.home.clone()
+                } else {
+                    Destination::Any(pinned.clone())
+                }))
+            }
+            // Everything else goes where the client sent it.
             _ => Ok(Plan::Forward(cx.home.clone())),
         }
     }
@@ -339,8 +434,13 @@ impl Session {
                         })?
                     }
                 };
-                UpstreamConn::connect(cluster.name.clone(), &addr, self.ctx.max_frame_bytes())
-                    .await?
+                UpstreamConn::connect_timed(
+                    cluster.name.clone(),
+                    &addr,
+                    self.ctx.max_frame_bytes(),
+                    cluster.request_timeout(),
+                )
+                .await?
             }
         };
         upstreams.insert(destination.clone(), conn.clone());
@@ -394,6 +494,7 @@ impl Session {
                     api,
                     version,
                     cluster,
+                    request,
                 } => {
                     let answer = match reply.try_recv() {
                         Ok(answer) => answer,
@@ -411,7 +512,19 @@ impl Session {
                             }
                         }
                     };
-                    match Box::pin(self.finish(answer, api, version, &cluster)).await {
+                    let finished = match answer {
+                        Ok(frame) => Box::pin(self.finish(frame, api, version, &cluster)).await,
+                        Err(e) => {
+                            // Sent, and no answer: the client gets a
+                            // retriable error where its API has room for
+                            // one, and the connection stays up.
+                            tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "no answer from upstream");
+                            error_response(api, version, &request, PartFailure::Lost)
+                                .map(Segments::One)
+                                .ok_or(e)
+                        }
+                    };
+                    match finished {
                         Ok(segments) => segments,
                         Err(e) => {
                             tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
@@ -432,30 +545,24 @@ impl Session {
         let _ = out.shutdown().await;
     }
 
-    /// Remembers which cluster issued a client's producer id, so its batches
-    /// can be re-identified if its topics' writes move (DESIGN trap 8).
-    fn note_producer_id(&self, frame: &Frame, version: i16, cluster: &Arc<str>) {
-        let decoded: Result<kafka_protocol::messages::InitProducerIdResponse> =
-            split::decode_response(ApiKey::InitProducerId, version, frame);
-        if let Ok(response) = decoded
-            && response.error_code == 0
-        {
-            self.ctx
-                .producers
-                .note_issued(response.producer_id.0, cluster);
-        }
-    }
-
-    /// Waits for every part of a split request and merges the answers.
+    /// Waits for every part of a split request and merges the answers; a
+    /// part without an answer is handed to the merge as failed.
     async fn merge(
         &self,
-        replies: Vec<(Reply, Arc<str>)>,
+        replies: Vec<PartReply>,
         api: ApiKey,
         version: i16,
         merge: Merge,
     ) -> Result<Bytes> {
-        let mut frames = Vec::with_capacity(replies.len());
-        for (reply, cluster) in replies {
+        let mut answers = Vec::with_capacity(replies.len());
+        for part in replies {
+            let (reply, cluster) = match part {
+                PartReply::Waiting(reply, cluster) => (reply, cluster),
+                PartReply::Failed(failure) => {
+                    answers.push(PartAnswer::Failed(failure));
+                    continue;
+                }
+            };
             let answer = reply.await.unwrap_or_else(|_| {
                 Err(Error::upstream(
                     &cluster,
@@ -463,28 +570,36 @@ impl Session {
                     "upstream connection dropped",
                 ))
             });
-            let segments = self.finish(answer, api, version, &cluster).await?;
-            let bytes = match segments {
-                Segments::One(whole) => whole,
-                Segments::Many(parts) => parts.concat().into(),
+            let finished = match answer {
+                Ok(frame) => self.finish(frame, api, version, &cluster).await,
+                Err(e) => Err(e),
             };
-            frames.push(Frame::from_prefixed(bytes));
+            match finished {
+                Ok(Segments::One(whole)) => {
+                    answers.push(PartAnswer::Answered(Frame::from_prefixed(whole)));
+                }
+                Ok(Segments::Many(parts)) => {
+                    answers.push(PartAnswer::Answered(Frame::from_prefixed(
+                        parts.concat().into(),
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "no answer from upstream for part of a split request");
+                    answers.push(PartAnswer::Failed(PartFailure::Lost));
+                }
+            }
         }
-        merge(frames)
+        merge(answers)
     }
 
     /// Turns an upstream answer into the bytes the client gets.
     async fn finish(
         &self,
-        answer: Result<Frame>,
+        frame: Frame,
         api: ApiKey,
         version: i16,
         cluster: &Arc<str>,
     ) -> Result<Segments> {
-        let frame = answer?;
-        if api == ApiKey::InitProducerId {
-            self.note_producer_id(&frame, version, cluster);
-        }
         if !needs_rewrite(api, version) {
             return Ok(Segments::One(frame.wire_bytes().clone()));
         }
@@ -494,7 +609,7 @@ impl Session {
             return Err(Error::klink(Kind::Protocol, "rewrite expected"));
         };
         if let Some(metadata) = rewrite.metadata() {
-            self.ctx.catalog.learn(cluster, metadata)?;
+            self.ctx.catalog.learn(cluster, metadata).await?;
             if let Some(id) = &metadata.cluster_id {
                 self.ctx.note_cluster_id(cluster, id);
             }
@@ -503,7 +618,7 @@ impl Session {
         let view = BrokerView {
             registry: &self.ctx.registry,
             cluster,
-            catalog: Some(&self.ctx.catalog),
+            catalog: Some(&*self.ctx.catalog),
             cluster_id: self.ctx.cluster_id(),
         };
         rewrite
@@ -517,4 +632,25 @@ impl Session {
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+/// How much longer than the request timeout an upstream may rightly hold a
+/// request: a JoinGroup waits for the whole group, up to its rebalance
+/// timeout (v1+; the session timeout before).
+fn extra_wait(api: ApiKey, version: i16, payload: &Bytes) -> std::time::Duration {
+    if api != ApiKey::JoinGroup {
+        return std::time::Duration::ZERO;
+    }
+    let mut body = payload.clone();
+    let decoded = kafka_protocol::messages::RequestHeader::decode(
+        &mut body,
+        api.request_header_version(version),
+    )
+    .and_then(|_| kafka_protocol::messages::JoinGroupRequest::decode(&mut body, version));
+    let waits_ms = match decoded {
+        Ok(join) if version >= 1 => join.rebalance_timeout_ms,
+        Ok(join) => join.session_timeout_ms,
+        Err(_) => 0,
+    };
+    std::time::Duration::from_millis(u64::try_from(waits_ms).unwrap_or(0))
 }

@@ -272,23 +272,32 @@ pub(crate) mod test_support {
         let state = Arc::new(StateStore::open(dir.path()).expect("state"));
         let registry = BrokerRegistry::load(state, "127.0.0.1".into(), 9100);
         let cluster: Arc<str> = Arc::from("source");
-        registry
-            .observe(
-                &cluster,
-                &[
-                    UpstreamBroker {
-                        node_id: 1,
-                        host: "10.9.9.1".into(),
-                        port: 19092,
-                    },
-                    UpstreamBroker {
-                        node_id: 2,
-                        host: "10.9.9.2".into(),
-                        port: 19092,
-                    },
-                ],
-            )
-            .expect("observe");
+        // Its own thread and runtime: callers may be inside a runtime.
+        let brokers = [
+            UpstreamBroker {
+                node_id: 1,
+                host: "10.9.9.1".into(),
+                port: 19092,
+            },
+            UpstreamBroker {
+                node_id: 2,
+                host: "10.9.9.2".into(),
+                port: 19092,
+            },
+        ];
+        let observe = registry.observe(&cluster, &brokers);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime")
+                        .block_on(observe)
+                })
+                .join()
+                .expect("thread")
+        })
+        .expect("observe");
         (dir, registry)
     }
 

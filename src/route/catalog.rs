@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::MetadataResponse;
 use uuid::Uuid;
@@ -20,9 +21,18 @@ pub struct TopicLayout {
     pub leaders: Vec<i32>,
 }
 
+/// A layout and when klink learned it; `None` once marked stale (a broker
+/// said the leader moved), so the next lookup asks again while requests
+/// keep using what klink knew.
+#[derive(Debug, Clone)]
+struct Known {
+    layout: TopicLayout,
+    learned: Option<Instant>,
+}
+
 #[derive(Default)]
 struct Inner {
-    by_cluster: HashMap<Arc<str>, HashMap<String, TopicLayout>>,
+    by_cluster: HashMap<Arc<str>, HashMap<String, Known>>,
     client_ids: HashMap<String, Uuid>,
     names_by_client_id: HashMap<Uuid, String>,
 }
@@ -53,77 +63,138 @@ impl Catalog {
     pub fn ids_differ_on(&self, cluster: &str) -> bool {
         let inner = self.read();
         inner.by_cluster.get(cluster).is_some_and(|topics| {
-            topics.iter().any(|(name, layout)| {
+            topics.iter().any(|(name, known)| {
                 inner
                     .client_ids
                     .get(name)
-                    .is_some_and(|id| *id != layout.id)
+                    .is_some_and(|id| *id != known.layout.id)
             })
         })
     }
 
     /// Records what an upstream Metadata response (upstream ids) says. A
     /// topic seen for the first time keeps this cluster's id as the id
-    /// clients see for its whole life through klink; it is persisted first.
-    pub fn learn(&self, cluster: &Arc<str>, response: &MetadataResponse) -> Result<()> {
-        let mut fresh = Vec::new();
-        {
-            let mut guard = self.write();
-            let inner = &mut *guard;
-            let topics = inner.by_cluster.entry(cluster.clone()).or_default();
-            for topic in &response.topics {
-                let Some(name) = topic.name.as_ref() else {
-                    continue;
-                };
-                if topic.error_code != 0 {
-                    continue;
-                }
-                let mut leaders = vec![-1; topic.partitions.len()];
-                for p in &topic.partitions {
-                    if let Some(slot) = usize::try_from(p.partition_index)
-                        .ok()
-                        .and_then(|i| leaders.get_mut(i))
-                    {
-                        *slot = p.leader_id.0;
-                    }
-                }
-                let layout = TopicLayout {
-                    id: topic.topic_id,
-                    leaders,
-                };
-                topics.insert(name.to_string(), layout);
-                if !topic.topic_id.is_nil() && !inner.client_ids.contains_key(name.as_str()) {
-                    fresh.push((name.to_string(), topic.topic_id));
-                }
-            }
+    /// clients see for its whole life through klink; it is persisted (off
+    /// the async workers) before anyone can see it.
+    pub async fn learn(&self, cluster: &Arc<str>, response: &MetadataResponse) -> Result<()> {
+        let fresh = self.note_layouts(cluster, response);
+        if fresh.is_empty() {
+            return Ok(());
         }
-        if !fresh.is_empty() {
-            self.state.update(|s| {
-                for (name, id) in &fresh {
-                    s.topic_ids.entry(name.clone()).or_insert(*id);
-                }
-            })?;
-            let mut inner = self.write();
-            for (name, id) in fresh {
-                if !inner.client_ids.contains_key(&name) {
-                    inner.names_by_client_id.insert(id, name.clone());
-                    inner.client_ids.insert(name, id);
-                }
-            }
-        }
+        let winners = self
+            .state
+            .update_async(move |s| {
+                fresh
+                    .into_iter()
+                    .map(|(name, id)| {
+                        let winner = *s.topic_ids.entry(name.clone()).or_insert(id);
+                        (name, winner)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        self.adopt_client_ids(winners);
         Ok(())
     }
 
-    /// Forgets a topic on a cluster (deleted, or a leader moved) so the next
-    /// lookup asks again.
+    /// Stores the layouts a Metadata response gives and returns the topics
+    /// whose client id is not known yet, with this cluster's id for them.
+    fn note_layouts(&self, cluster: &Arc<str>, response: &MetadataResponse) -> Vec<(String, Uuid)> {
+        let mut fresh = Vec::new();
+        let mut guard = self.write();
+        let inner = &mut *guard;
+        let topics = inner.by_cluster.entry(cluster.clone()).or_default();
+        let now = Instant::now();
+        for topic in &response.topics {
+            let Some(name) = topic.name.as_ref() else {
+                continue;
+            };
+            if topic.error_code != 0 {
+                continue;
+            }
+            let mut leaders = vec![-1; topic.partitions.len()];
+            for p in &topic.partitions {
+                if let Some(slot) = usize::try_from(p.partition_index)
+                    .ok()
+                    .and_then(|i| leaders.get_mut(i))
+                {
+                    *slot = p.leader_id.0;
+                }
+            }
+            let layout = TopicLayout {
+                id: topic.topic_id,
+                leaders,
+            };
+            let known = Known {
+                layout,
+                learned: Some(now),
+            };
+            topics.insert(name.to_string(), known);
+            if !topic.topic_id.is_nil() && !inner.client_ids.contains_key(name.as_str()) {
+                fresh.push((name.to_string(), topic.topic_id));
+            }
+        }
+        fresh
+    }
+
+    /// Takes the client ids the state file holds: whichever cluster's
+    /// answer was persisted first is the id, in memory as on disk.
+    fn adopt_client_ids(&self, persisted: Vec<(String, Uuid)>) {
+        let mut inner = self.write();
+        for (name, id) in persisted {
+            inner.names_by_client_id.insert(id, name.clone());
+            inner.client_ids.insert(name, id);
+        }
+    }
+
+    /// Forgets a topic on a cluster (deleted) so the next lookup asks again.
     pub fn forget(&self, cluster: &str, topic: &str) {
         if let Some(topics) = self.write().by_cluster.get_mut(cluster) {
             topics.remove(topic);
         }
     }
 
+    /// Makes the next freshness check for a topic fail (a broker said its
+    /// leader moved) while its layout stays usable until klink learns anew.
+    pub fn mark_stale(&self, cluster: &str, topic: &str) {
+        if let Some(known) = self
+            .write()
+            .by_cluster
+            .get_mut(cluster)
+            .and_then(|topics| topics.get_mut(topic))
+        {
+            known.learned = None;
+        }
+    }
+
+    /// Whether klink learned the topic's layout on `cluster` within `max_age`
+    /// and nothing has said it moved since.
+    pub fn is_fresh(&self, cluster: &str, topic: &str, max_age: Duration) -> bool {
+        self.read()
+            .by_cluster
+            .get(cluster)
+            .and_then(|topics| topics.get(topic))
+            .and_then(|known| known.learned)
+            .is_some_and(|at| at.elapsed() <= max_age)
+    }
+
+    /// The topics among `topics` that klink must ask `cluster` about.
+    pub fn missing_or_stale(
+        &self,
+        cluster: &str,
+        topics: &[String],
+        max_age: Duration,
+    ) -> Vec<String> {
+        topics
+            .iter()
+            .filter(|topic| !self.is_fresh(cluster, topic, max_age))
+            .cloned()
+            .collect()
+    }
+
     pub fn layout(&self, cluster: &str, topic: &str) -> Option<TopicLayout> {
-        self.read().by_cluster.get(cluster)?.get(topic).cloned()
+        let inner = self.read();
+        Some(inner.by_cluster.get(cluster)?.get(topic)?.layout.clone())
     }
 
     pub fn leader(&self, cluster: &str, topic: &str, partition: i32) -> Option<i32> {
@@ -132,6 +203,7 @@ impl Catalog {
             .by_cluster
             .get(cluster)?
             .get(topic)?
+            .layout
             .leaders
             .get(usize::try_from(partition).ok()?)?;
         (leader >= 0).then_some(leader)
@@ -148,7 +220,7 @@ impl Catalog {
 
     /// The id `cluster` knows `topic` by.
     pub fn upstream_id(&self, cluster: &str, topic: &str) -> Option<Uuid> {
-        Some(self.read().by_cluster.get(cluster)?.get(topic)?.id)
+        Some(self.read().by_cluster.get(cluster)?.get(topic)?.layout.id)
     }
 
     pub fn name_by_upstream_id(&self, cluster: &str, id: &Uuid) -> Option<String> {
@@ -157,7 +229,7 @@ impl Catalog {
             .by_cluster
             .get(cluster)?
             .iter()
-            .find(|(_, layout)| layout.id == *id)
+            .find(|(_, known)| known.layout.id == *id)
             .map(|(name, _)| name.clone())
     }
 
@@ -199,8 +271,8 @@ mod tests {
         ])
     }
 
-    #[test]
-    fn the_first_id_seen_is_the_clients_for_good() {
+    #[tokio::test]
+    async fn the_first_id_seen_is_the_clients_for_good() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = Arc::new(StateStore::open(dir.path()).expect("state"));
         let catalog = Catalog::load(state.clone());
@@ -208,9 +280,11 @@ mod tests {
         let target: Arc<str> = Arc::from("target");
         catalog
             .learn(&source, &metadata("orders", 1, &[5, 6]))
+            .await
             .expect("learn");
         catalog
             .learn(&target, &metadata("orders", 2, &[9]))
+            .await
             .expect("learn");
         assert_eq!(catalog.client_id("orders"), Some(Uuid::from_u128(1)));
         assert!(!catalog.ids_differ_on("source"));
@@ -234,5 +308,75 @@ mod tests {
             reloaded.name_by_client_id(&Uuid::from_u128(1)).as_deref(),
             Some("orders")
         );
+    }
+
+    #[tokio::test]
+    async fn two_clusters_racing_on_a_new_topic_agree_with_the_state_file() {
+        // The old code persisted with or_insert and then inserted in memory
+        // whichever writer got the lock first: source's id on disk, target's
+        // in memory. Drive that interleaving by hand.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let catalog = Catalog::load(state.clone());
+        let source: Arc<str> = Arc::from("source");
+        let target: Arc<str> = Arc::from("target");
+        let from_source = catalog.note_layouts(&source, &metadata("orders", 1, &[5]));
+        let from_target = catalog.note_layouts(&target, &metadata("orders", 2, &[9]));
+        assert_eq!(from_source.len(), 1);
+        assert_eq!(from_target.len(), 1);
+        let persist = |fresh: Vec<(String, Uuid)>| {
+            state
+                .update(move |s| {
+                    fresh
+                        .into_iter()
+                        .map(|(name, id)| {
+                            let winner = *s.topic_ids.entry(name.clone()).or_insert(id);
+                            (name, winner)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .expect("persist")
+        };
+        let source_won = persist(from_source);
+        let target_saw = persist(from_target);
+        // The target's learner reaches memory first.
+        catalog.adopt_client_ids(target_saw);
+        catalog.adopt_client_ids(source_won);
+        let on_disk = state.snapshot().topic_ids.get("orders").copied();
+        assert_eq!(on_disk, Some(Uuid::from_u128(1)));
+        assert_eq!(
+            catalog.client_id("orders"),
+            on_disk,
+            "memory agrees with disk"
+        );
+        let reloaded = Catalog::load(Arc::new(StateStore::open(dir.path()).expect("state")));
+        assert_eq!(reloaded.client_id("orders"), on_disk, "and a restart too");
+    }
+
+    #[tokio::test]
+    async fn a_layout_marked_stale_is_asked_again_but_still_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::load(Arc::new(StateStore::open(dir.path()).expect("state")));
+        let target: Arc<str> = Arc::from("target");
+        let max_age = Duration::from_secs(60);
+        let wanted = vec!["orders".to_string(), "payments".to_string()];
+        assert_eq!(catalog.missing_or_stale("target", &wanted, max_age), wanted);
+        catalog
+            .learn(&target, &metadata("orders", 2, &[9]))
+            .await
+            .expect("learn");
+        assert_eq!(
+            catalog.missing_or_stale("target", &wanted, max_age),
+            vec!["payments".to_string()]
+        );
+        catalog.mark_stale("target", "orders");
+        assert!(!catalog.is_fresh("target", "orders", max_age));
+        assert_eq!(catalog.leader("target", "orders", 0), Some(9), "still used");
+        catalog
+            .learn(&target, &metadata("orders", 2, &[10]))
+            .await
+            .expect("learn");
+        assert!(catalog.is_fresh("target", "orders", max_age));
+        assert_eq!(catalog.leader("target", "orders", 0), Some(10));
     }
 }

@@ -10,10 +10,10 @@ mod catalog;
 mod producers;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 pub use catalog::{Catalog, TopicLayout};
-pub use producers::{Identity, ProducerIds};
+pub use producers::{ClientProducer, Identity, Outcome, Placement, ProducerIds, outcome_of};
 
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
@@ -111,7 +111,11 @@ impl Routes {
 
 /// The live route table.
 pub struct RouteTable {
+    /// Readers (every request) take a snapshot under this lock for the
+    /// time of one Arc clone; no writer holds it while touching the disk.
     current: RwLock<Arc<Routes>>,
+    /// Serializes writers: each builds on the table the last one left.
+    changing: Mutex<()>,
     state: Arc<StateStore>,
     clusters: Vec<Arc<str>>,
 }
@@ -183,6 +187,7 @@ impl RouteTable {
         routes.refresh_all_default();
         let table = RouteTable {
             current: RwLock::new(Arc::new(routes.clone())),
+            changing: Mutex::new(()),
             state,
             clusters,
         };
@@ -246,16 +251,21 @@ impl RouteTable {
         })
     }
 
+    /// A warning about the last change's durability, for the operator.
+    pub fn take_warning(&self) -> Option<String> {
+        self.state.take_warning()
+    }
+
     fn change<T>(&self, edit: impl FnOnce(&mut Routes) -> Result<T>) -> Result<T> {
-        // Writers serialize on the write lock; readers keep using the old
-        // snapshot until the new one is durable and swapped in.
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
-        let mut next = (**current).clone();
+        // Writers take turns; readers keep the old snapshot, unblocked,
+        // until the new table is durable and swapped in.
+        let _turn = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = (*self.snapshot()).clone();
         let out = edit(&mut next)?;
         next.generation += 1;
         next.refresh_all_default();
         self.persist(&next)?;
-        *current = Arc::new(next);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(out)
     }
 
@@ -376,5 +386,39 @@ groups = ["billing"]
             .expect("update");
         let err = RouteTable::load(&config(), state).err().expect("refused");
         assert!(err.to_string().contains("gone"), "{err}");
+    }
+
+    #[test]
+    fn readers_never_wait_for_a_change_being_written() {
+        // The old change held the readers' lock through the fsync.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let table = Arc::new(RouteTable::load(&config(), state.clone()).expect("load"));
+        state.inject(Some(crate::state::Fault::Slow(
+            std::time::Duration::from_millis(600),
+        )));
+        let writer = {
+            let table = table.clone();
+            std::thread::spawn(move || {
+                table
+                    .route_topic("orders", Some("target"), None)
+                    .expect("route");
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let during = table.snapshot();
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(200),
+            "snapshot waited {:?} for the disk",
+            started.elapsed()
+        );
+        assert_eq!(
+            during.generation, 0,
+            "the old table until the new is durable"
+        );
+        writer.join().expect("writer");
+        assert_eq!(table.snapshot().generation, 1);
+        assert_eq!(&**table.snapshot().writes("orders"), "target");
     }
 }

@@ -113,7 +113,8 @@ where
         });
     }
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
-    let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
+    let merge = Box::new(move |answers: Vec<super::PartAnswer>| {
+        let frames = super::all_answered(answers)?;
         let mut merged = Resp::default();
         for frame in &frames {
             let mut response: Resp = decode_response(api, version, frame)?;

@@ -12,16 +12,18 @@ use std::collections::HashMap;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
-use uuid::Uuid;
 
 use super::{
-    Cluster, Context, Part, Plan, TopicKey, decode_response, encode_response, entry, group_by,
-    last_entry,
+    Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, UpstreamKeys, decode_response,
+    encode_response, entry, group_by, last_entry, leader_moved,
 };
 use crate::error::Result;
 
 /// Fetch v13 names topics by id (KIP-516).
 const TOPIC_IDS_SINCE: i16 = 13;
+
+const NOT_LEADER: i16 = ResponseError::NotLeaderOrFollower.code();
+const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
 
 /// What one client connection's fetch sessions were set up under.
 #[derive(Debug, Default)]
@@ -36,26 +38,61 @@ pub async fn plan_fetch<C: Cluster>(
 ) -> Result<Plan> {
     let (header, request): (_, FetchRequest) = cx.decode()?;
     let by_id = cx.version >= TOPIC_IDS_SINCE;
-    let mut assigned = Vec::new();
-    let mut unroutable = Vec::new();
-    let mut order: Vec<(String, i32)> = Vec::new();
-    let mut needs_translation = false;
+    let mut resolved = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
-        let (name, cluster, translate) =
-            cx.topic_name(by_id, topic.topic.as_str(), topic.topic_id, |n| {
-                cx.routes.reads(n).clone()
-            });
-        needs_translation |= translate;
-        for p in &topic.partitions {
-            order.push((name.clone(), p.partition));
-            match cx.partition_destination(&cluster, &name, p.partition).await {
-                Some(destination) => assigned.push((destination, (name.clone(), p.clone()))),
-                None => unroutable.push((name.clone(), p.partition)),
+        let client_key = TopicKey::new(by_id, topic.topic.as_str(), topic.topic_id);
+        let name = cx.topic_name(by_id, topic.topic.as_str(), topic.topic_id);
+        let cluster = name.as_deref().map(|n| cx.routes.reads(n).clone());
+        resolved.push((client_key, name, cluster));
+    }
+    cx.prepare_leaders(
+        resolved
+            .iter()
+            .filter_map(|(_, name, cluster)| Some((cluster.clone()?, name.clone()?))),
+    )
+    .await;
+    let mut assigned = Vec::new();
+    let mut answered: HashMap<(TopicKey, i32), i16> = HashMap::new();
+    let mut order: Vec<(TopicKey, i32)> = Vec::new();
+    let mut needs_translation = false;
+    for (topic, (client_key, name, cluster)) in request.topics.iter().zip(resolved) {
+        let known = match (&name, &cluster) {
+            (Some(name), Some(cluster)) if by_id => {
+                let upstream = cx.catalog.upstream_id(cluster, name);
+                needs_translation |= upstream.is_some_and(|id| id != topic.topic_id);
+                upstream.is_some() || cluster == cx.home.cluster()
             }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        };
+        let (Some(name), Some(cluster), true) = (name, cluster, known) else {
+            for p in &topic.partitions {
+                order.push((client_key.clone(), p.partition));
+                answered.insert((client_key.clone(), p.partition), UNKNOWN_TOPIC_ID);
+            }
+            continue;
+        };
+        for p in &topic.partitions {
+            order.push((client_key.clone(), p.partition));
+            let Some(destination) = cx.partition_destination(&cluster, &name, p.partition).await
+            else {
+                answered.insert((client_key.clone(), p.partition), NOT_LEADER);
+                continue;
+            };
+            let mut partition = p.clone();
+            if destination.cluster() != cx.home.cluster() {
+                // The client's epochs came from the cluster it talks to;
+                // another cluster would fence them, or worse, take the last
+                // fetched epoch for a divergence and truncate the client.
+                partition.current_leader_epoch = -1;
+                partition.last_fetched_epoch = -1;
+            }
+            let routed = (client_key.clone(), name.clone(), partition);
+            assigned.push((destination, routed));
         }
     }
     let stays_home =
-        unroutable.is_empty() && !needs_translation && assigned.iter().all(|(d, _)| d == cx.home);
+        answered.is_empty() && !needs_translation && assigned.iter().all(|(d, _)| d == cx.home);
     if request.session_epoch > 0 {
         // Incremental: the session may hold partitions this request does
         // not list, so it is only safe under the routes it began with.
@@ -75,7 +112,8 @@ pub async fn plan_fetch<C: Cluster>(
     }
     sessions.generation = None;
     let mut parts = Vec::new();
-    let mut upstream_names: HashMap<(String, Uuid), String> = HashMap::new();
+    let mut part_partitions: Vec<Vec<(TopicKey, i32)>> = Vec::new();
+    let mut part_topics: Vec<UpstreamKeys> = Vec::new();
     for (destination, partitions) in group_by(assigned) {
         let mut sub = request
             .clone()
@@ -83,39 +121,58 @@ pub async fn plan_fetch<C: Cluster>(
             .with_session_epoch(-1)
             .with_topics(Vec::new())
             .with_forgotten_topics_data(Vec::new());
-        for (name, partition) in partitions {
-            let upstream_id = cx
-                .catalog
-                .upstream_id(destination.cluster(), &name)
-                .unwrap_or_default();
-            upstream_names.insert(
-                (destination.cluster().to_string(), upstream_id),
-                name.clone(),
-            );
-            let key = TopicKey::new(by_id, &name, upstream_id);
-            let topic = entry(&mut sub.topics, &key);
-            topic.partitions.push(partition);
+        let mut keys = HashMap::new();
+        let mut listed = Vec::new();
+        for (client_key, name, partition) in partitions {
+            let upstream_key = if by_id {
+                // Known (checked above) or, at the client's own cluster,
+                // the id the client sent.
+                let id = cx.catalog.upstream_id(destination.cluster(), &name);
+                TopicKey::Id(id.unwrap_or(match &client_key {
+                    TopicKey::Id(id) => *id,
+                    TopicKey::Name(_) => uuid::Uuid::nil(),
+                }))
+            } else {
+                TopicKey::Name(name.clone())
+            };
+            keys.insert(upstream_key.clone(), (client_key.clone(), name));
+            listed.push((client_key, partition.partition));
+            entry(&mut sub.topics, &upstream_key)
+                .partitions
+                .push(partition);
         }
         parts.push(Part {
-            destination,
             frame: cx.encode_request(&header, &sub)?,
             expects_response: true,
+            destination: destination.clone(),
         });
+        part_partitions.push(listed);
+        part_topics.push((destination.cluster().clone(), keys));
     }
-    let clusters: Vec<String> = parts
-        .iter()
-        .map(|p| p.destination.cluster().to_string())
-        .collect();
-    let client_ids: HashMap<String, Uuid> = order
-        .iter()
-        .map(|(name, _)| (name.clone(), cx.catalog.client_id(name).unwrap_or_default()))
-        .collect();
+    let catalog = cx.catalog.clone();
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
-    let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
-        let mut results: HashMap<(String, i32), PartitionData> = HashMap::new();
+    let merge = Box::new(move |answers: Vec<PartAnswer>| {
+        let mut results: HashMap<(TopicKey, i32), PartitionData> = HashMap::new();
         let mut merged = FetchResponse::default().with_session_id(0);
-        for (frame, cluster) in frames.iter().zip(&clusters) {
-            let response: FetchResponse = decode_response(api, version, frame)?;
+        for ((answer, listed), (cluster, keys)) in
+            answers.into_iter().zip(part_partitions).zip(part_topics)
+        {
+            let frame = match answer {
+                PartAnswer::Answered(frame) => frame,
+                PartAnswer::Failed(failure) => {
+                    // Consumers retry a partition whose leader moved; an
+                    // error they do not expect would stop them.
+                    let code = match failure {
+                        PartFailure::Unsupported => ResponseError::UnsupportedVersion.code(),
+                        PartFailure::NotSent | PartFailure::Lost => NOT_LEADER,
+                    };
+                    for (client_key, index) in listed {
+                        results.insert((client_key, index), failed_partition(index, code));
+                    }
+                    continue;
+                }
+            };
+            let response: FetchResponse = decode_response(api, version, &frame)?;
             merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
             let failed = response.error_code;
             for endpoint in response.node_endpoints {
@@ -128,33 +185,32 @@ pub async fn plan_fetch<C: Cluster>(
                 }
             }
             for topic in response.responses {
-                let name = if by_id {
-                    upstream_names
-                        .get(&(cluster.clone(), topic.topic_id))
-                        .cloned()
-                        .unwrap_or_default()
-                } else {
-                    topic.topic.to_string()
+                let upstream_key = TopicKey::new(by_id, topic.topic.as_str(), topic.topic_id);
+                let Some((client_key, name)) = keys.get(&upstream_key) else {
+                    tracing::error!(%cluster, topic = ?upstream_key, "Fetch answer names a topic klink did not ask there; dropped");
+                    continue;
                 };
                 for mut p in topic.partitions {
                     if failed != 0 && p.error_code == 0 {
                         p.error_code = failed;
                     }
-                    results.insert((name.clone(), p.partition_index), p);
+                    if leader_moved(p.error_code) {
+                        catalog.mark_stale(&cluster, name);
+                    }
+                    results.insert((client_key.clone(), p.partition_index), p);
                 }
             }
         }
-        for (name, index) in order {
-            let result = results.remove(&(name.clone(), index)).unwrap_or_else(|| {
-                PartitionData::default()
-                    .with_partition_index(index)
-                    .with_error_code(ResponseError::NotLeaderOrFollower.code())
-                    .with_high_watermark(-1)
-            });
-            let client_id = client_ids.get(&name).copied().unwrap_or_default();
-            let key = TopicKey::new(by_id, &name, client_id);
-            let topic = last_entry(&mut merged.responses, &key);
-            topic.partitions.push(result);
+        for (client_key, index) in order {
+            let result = results
+                .remove(&(client_key.clone(), index))
+                .unwrap_or_else(|| {
+                    let code = answered.get(&(client_key.clone(), index)).copied();
+                    failed_partition(index, code.unwrap_or(NOT_LEADER))
+                });
+            last_entry(&mut merged.responses, &client_key)
+                .partitions
+                .push(result);
         }
         encode_response(api, version, correlation_id, &merged)
     });
@@ -162,6 +218,13 @@ pub async fn plan_fetch<C: Cluster>(
         parts,
         merge: Some(merge),
     })
+}
+
+fn failed_partition(index: i32, code: i16) -> PartitionData {
+    PartitionData::default()
+        .with_partition_index(index)
+        .with_error_code(code)
+        .with_high_watermark(-1)
 }
 
 #[cfg(test)]
@@ -192,7 +255,12 @@ mod tests {
                             .with_topic(TopicName(StrBytes::from_static_str(t)))
                             .with_partitions(
                                 ps.iter()
-                                    .map(|p| FetchPartition::default().with_partition(*p))
+                                    .map(|p| {
+                                        FetchPartition::default()
+                                            .with_partition(*p)
+                                            .with_current_leader_epoch(7)
+                                            .with_last_fetched_epoch(6)
+                                    })
                                     .collect(),
                             )
                     })
@@ -212,7 +280,7 @@ mod tests {
     struct Setup {
         _dir: tempfile::TempDir,
         table: crate::route::RouteTable,
-        catalog: crate::route::Catalog,
+        catalog: Arc<crate::route::Catalog>,
         leaders: FixedLeaders,
         home: Destination,
     }
@@ -220,9 +288,9 @@ mod tests {
     fn setup() -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let table = routes(dir.path());
-        let catalog = crate::route::Catalog::load(Arc::new(
+        let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
             crate::state::StateStore::open(dir.path()).expect("state"),
-        ));
+        )));
         Setup {
             _dir: dir,
             table,
@@ -309,6 +377,20 @@ mod tests {
             .expect("header");
         let sub = FetchRequest::decode(&mut payload, 12).expect("sub");
         assert_eq!((sub.session_id, sub.session_epoch), (0, -1));
+        let moved = &sub.topics[0].partitions[0];
+        assert_eq!(
+            (moved.current_leader_epoch, moved.last_fetched_epoch),
+            (-1, -1),
+            "the source's epochs never reach the target"
+        );
+        let mut payload = parts[1].frame.slice(4..);
+        RequestHeader::decode(&mut payload, ApiKey::Fetch.request_header_version(12))
+            .expect("header");
+        let stayed = FetchRequest::decode(&mut payload, 12).expect("sub");
+        assert_eq!(
+            stayed.topics[0].partitions[0].current_leader_epoch, 7,
+            "epochs stay where they came from"
+        );
         let answer = |topic: &'static str, p: i32| {
             let response = FetchResponse::default()
                 .with_session_id(5)
@@ -324,8 +406,11 @@ mod tests {
                 ]);
             frame_of(encode_response(ApiKey::Fetch, 12, 3, &response).expect("encode"))
         };
-        let merged =
-            (merge.expect("merge"))(vec![answer("orders", 2), answer("other", 0)]).expect("merge");
+        let merged = (merge.expect("merge"))(vec![
+            PartAnswer::Answered(answer("orders", 2)),
+            PartAnswer::Answered(answer("other", 0)),
+        ])
+        .expect("merge");
         let response: FetchResponse =
             decode_response(ApiKey::Fetch, 12, &frame_of(merged)).expect("decode");
         assert_eq!(response.session_id, 0);
@@ -339,5 +424,54 @@ mod tests {
             })
             .collect();
         assert_eq!(got, vec![("orders".into(), 2, 42), ("other".into(), 0, 42)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_leaves_the_others_answered() {
+        let s = setup();
+        s.table
+            .route_topic("orders", None, Some("target"))
+            .expect("route");
+        let mut sessions = FetchSessions::default();
+        let Plan::Split { parts, merge } = plan(
+            &s,
+            &request(0, &[("orders", &[0]), ("other", &[0])]),
+            &mut sessions,
+        )
+        .await
+        else {
+            panic!("split");
+        };
+        assert_eq!(parts.len(), 2);
+        let other = FetchResponse::default().with_responses(vec![
+            FetchableTopicResponse::default()
+                .with_topic(TopicName(StrBytes::from_static_str("other")))
+                .with_partitions(vec![
+                    PartitionData::default()
+                        .with_partition_index(0)
+                        .with_high_watermark(9),
+                ]),
+        ]);
+        let other = frame_of(encode_response(ApiKey::Fetch, 12, 3, &other).expect("encode"));
+        let merged = (merge.expect("merge"))(vec![
+            PartAnswer::Failed(PartFailure::Lost),
+            PartAnswer::Answered(other),
+        ])
+        .expect("merge");
+        let response: FetchResponse =
+            decode_response(ApiKey::Fetch, 12, &frame_of(merged)).expect("decode");
+        let got: Vec<(String, i16, i64)> = response
+            .responses
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| (t.topic.to_string(), p.error_code, p.high_watermark))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("orders".into(), NOT_LEADER, -1), ("other".into(), 0, 9)]
+        );
     }
 }

@@ -74,7 +74,8 @@ pub async fn plan_find_coordinator<C: Cluster>(cx: &Context<'_, C>) -> Result<Pl
     }
     let order = request.coordinator_keys.clone();
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
-    let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
+    let merge = Box::new(move |answers: Vec<super::PartAnswer>| {
+        let frames = super::all_answered(answers)?;
         let mut found: Vec<Coordinator> = Vec::new();
         let mut merged = FindCoordinatorResponse::default();
         for frame in &frames {
@@ -105,8 +106,8 @@ pub async fn plan_group<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         return Ok(Plan::Forward(cx.home.clone()));
     }
     tracing::debug!(api = ?cx.api, ?groups, "group routed elsewhere: NOT_COORDINATOR");
-    let correlation_id =
-        crate::wire::RequestHeader::correlation_id_of(cx.payload).unwrap_or_default();
+    let correlation_id = crate::wire::RequestHeader::correlation_id_of(cx.payload)
+        .ok_or_else(|| crate::error::Error::client(crate::error::Kind::Protocol, "no header"))?;
     Ok(Plan::Answer(not_coordinator(cx, correlation_id, &groups)?))
 }
 
@@ -267,7 +268,8 @@ pub async fn plan_list_groups<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     let routes = cx.routes.clone();
     let cluster = cx.home.cluster().clone();
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
-    let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
+    let merge = Box::new(move |answers: Vec<super::PartAnswer>| {
+        let frames = super::all_answered(answers)?;
         let mut response = ListGroupsResponse::default();
         for frame in &frames {
             response = decode_response(api, version, frame)?;

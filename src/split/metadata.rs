@@ -25,12 +25,17 @@ pub async fn plan_metadata<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         Some(topics) => {
             asks.push((home_cluster.clone(), Some(Vec::new())));
             for topic in topics {
-                let name = topic
-                    .name
-                    .as_ref()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default();
-                let cluster = cx.routes.reads(&name).clone();
+                // A topic asked by id (v10+) is routed by the name klink
+                // knows for it; an id klink never showed a client is the
+                // client's own cluster's business.
+                let name = match &topic.name {
+                    Some(name) => Some(name.to_string()),
+                    None => cx.catalog.name_by_client_id(&topic.topic_id),
+                };
+                let cluster = name.map_or_else(
+                    || home_cluster.clone(),
+                    |name| cx.routes.reads(&name).clone(),
+                );
                 match asks.iter_mut().find(|(c, _)| *c == cluster) {
                     Some((_, Some(list))) => list.push(topic.clone()),
                     _ => asks.push((cluster, Some(vec![topic.clone()]))),
@@ -66,7 +71,8 @@ pub async fn plan_metadata<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     }
     let routes = cx.routes.clone();
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
-    let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
+    let merge = Box::new(move |answers: Vec<super::PartAnswer>| {
+        let frames = super::all_answered(answers)?;
         let mut merged: Option<MetadataResponse> = None;
         for (frame, cluster) in frames.iter().zip(&clusters) {
             let mut response: MetadataResponse = decode_response(api, version, frame)?;
@@ -91,7 +97,12 @@ pub async fn plan_metadata<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
                 }
             }
         }
-        let merged = merged.unwrap_or_default();
+        let merged = merged.ok_or_else(|| {
+            crate::error::Error::klink(
+                crate::error::Kind::Protocol,
+                "Metadata merge without answers",
+            )
+        })?;
         encode_response(api, version, correlation_id, &merged)
     });
     Ok(Plan::Split {

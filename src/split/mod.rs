@@ -7,6 +7,7 @@
 //! Only requests that cross clusters are decoded, re-encoded and merged.
 
 mod admin;
+mod errors;
 mod fetch;
 mod groups;
 mod metadata;
@@ -20,6 +21,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 pub use admin::plan_admin;
+pub use errors::error_response;
 pub use fetch::{FetchSessions, plan_fetch};
 pub use groups::{plan_find_coordinator, plan_group, plan_list_groups};
 pub use metadata::plan_metadata;
@@ -27,8 +29,15 @@ pub use offsets::{plan_list_offsets, plan_read_side};
 pub use produce::plan_produce;
 
 use crate::error::{Error, Kind, Result};
-use crate::route::{Catalog, Identity, Routes};
+use crate::route::{Catalog, ClientProducer, Identity, ProducerIds, Routes};
 use crate::wire::Frame;
+
+/// For one part of a split request: the cluster it went to, and each topic
+/// as that cluster names it, back to the client's key and the topic name.
+pub type UpstreamKeys = (
+    Arc<str>,
+    std::collections::HashMap<TopicKey, (TopicKey, String)>,
+);
 
 /// Where (part of) a request goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,9 +63,45 @@ pub struct Part {
     pub expects_response: bool,
 }
 
-/// Combines the parts' answers (already address-rewritten, in part order;
-/// `None` for parts that get no answer) into the client's response frame.
-pub type Merge = Box<dyn FnOnce(Vec<Frame>) -> Result<Bytes> + Send>;
+/// Why a part of a split request has no upstream answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartFailure {
+    /// It never left klink (no connection): certainly not applied.
+    NotSent,
+    /// It was sent, and the answer never came (connection lost, timeout):
+    /// it may or may not have been applied.
+    Lost,
+    /// The cluster it goes to lacks the request's version.
+    Unsupported,
+}
+
+/// What one part of a split request came back with.
+pub enum PartAnswer {
+    /// The upstream's answer, already address-rewritten.
+    Answered(Frame),
+    Failed(PartFailure),
+}
+
+/// Combines the parts' answers (in part order) into the client's response
+/// frame. A merge answers the partitions of a failed part with an error the
+/// client retries where the API has per-partition errors, and fails (which
+/// closes the client connection) where it has none.
+pub type Merge = Box<dyn FnOnce(Vec<PartAnswer>) -> Result<Bytes> + Send>;
+
+/// The answered frames of every part, or an error naming the first part
+/// that has none: for merges whose API has no per-part error to give.
+pub fn all_answered(answers: Vec<PartAnswer>) -> Result<Vec<Frame>> {
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            PartAnswer::Answered(frame) => Ok(frame),
+            PartAnswer::Failed(failure) => Err(Error::klink(
+                Kind::Closed,
+                format!("a part of a split request failed ({failure:?})"),
+            )),
+        })
+        .collect()
+}
 
 pub enum Plan {
     /// Send the original bytes to one destination.
@@ -72,8 +117,8 @@ pub enum Plan {
 
 /// What planning needs from the running proxy.
 pub trait Cluster {
-    /// The upstream leader of a partition on `cluster`, asking the cluster
-    /// when klink has not seen it yet.
+    /// The upstream leader of a partition on `cluster`, as klink knows it
+    /// (planners call [`Cluster::refresh_leaders`] first).
     fn leader(
         &self,
         cluster: &Arc<str>,
@@ -81,8 +126,19 @@ pub trait Cluster {
         partition: i32,
     ) -> impl Future<Output = Option<i32>> + Send;
 
-    /// The cluster that issued a client's producer id, when klink saw it.
-    fn producer_issuer(&self, _producer_id: i64) -> Option<Arc<str>> {
+    /// Makes sure klink knows, and not from too long ago, the layout of
+    /// these topics on `cluster`: one Metadata request for all of them,
+    /// shared with whoever asks for the same meanwhile.
+    fn refresh_leaders(
+        &self,
+        _cluster: &Arc<str>,
+        _topics: Vec<String>,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Producer identities and sequence spaces across clusters.
+    fn producers(&self) -> Option<&Arc<ProducerIds>> {
         None
     }
 
@@ -91,29 +147,31 @@ pub trait Cluster {
     fn producer_on(
         &self,
         _cluster: &Arc<str>,
-        _client: Identity,
+        _client: &ClientProducer,
     ) -> impl Future<Output = Option<Identity>> + Send {
         async { None }
     }
+}
 
-    /// A batch's sequence as it goes to `cluster` under klink's identity.
-    fn rebase_sequence(
-        &self,
-        _client: Identity,
-        _cluster: &Arc<str>,
-        _topic: &str,
-        _partition: i32,
-        sequence: i32,
-    ) -> i32 {
-        sequence
-    }
+/// Partition error codes after which klink asks the cluster for the
+/// partition's leader again before routing to it.
+pub fn leader_moved(error_code: i16) -> bool {
+    use kafka_protocol::ResponseError as E;
+    [
+        E::NotLeaderOrFollower.code(),
+        E::UnknownTopicOrPartition.code(),
+        E::FencedLeaderEpoch.code(),
+        E::LeaderNotAvailable.code(),
+        E::UnknownTopicId.code(),
+    ]
+    .contains(&error_code)
 }
 
 /// Everything a planner looks at for one request.
 pub struct Context<'a, C: Cluster> {
     pub cluster: &'a C,
     pub routes: &'a Arc<Routes>,
-    pub catalog: &'a Catalog,
+    pub catalog: &'a Arc<Catalog>,
     /// Where the client sent the request.
     pub home: &'a Destination,
     pub api: ApiKey,
@@ -138,27 +196,40 @@ impl<C: Cluster> Context<'_, C> {
     }
 
     /// The name of a topic a request names by name or (v13+) by the id
-    /// clients see, and whether `cluster` knows it by another id (then the
-    /// request must be re-encoded with that cluster's id).
-    pub fn topic_name(
-        &self,
-        by_id: bool,
-        name: &str,
-        id: uuid::Uuid,
-        cluster: impl Fn(&str) -> Arc<str>,
-    ) -> (String, Arc<str>, bool) {
-        let name = if by_id {
-            self.catalog.name_by_client_id(&id).unwrap_or_default()
+    /// clients see; `None` for an id klink has never shown a client.
+    pub fn topic_name(&self, by_id: bool, name: &str, id: uuid::Uuid) -> Option<String> {
+        if by_id {
+            let known = self.catalog.name_by_client_id(&id);
+            if known.is_none() {
+                tracing::warn!(api = ?self.api, %id, "request names a topic id klink does not know");
+            }
+            known
         } else {
-            name.to_string()
-        };
-        let cluster = cluster(&name);
-        let translate = by_id
-            && self
-                .catalog
-                .upstream_id(&cluster, &name)
-                .is_some_and(|known| known != id);
-        (name, cluster, translate)
+            Some(name.to_string())
+        }
+    }
+
+    /// Asks each cluster other than the client's own, once, for the
+    /// layout of the topics routed to it that klink does not know or knows
+    /// from too long ago.
+    pub async fn prepare_leaders(&self, wanted: impl IntoIterator<Item = (Arc<str>, String)>) {
+        let mut by_cluster: Vec<(Arc<str>, Vec<String>)> = Vec::new();
+        for (cluster, topic) in wanted {
+            if cluster == *self.home.cluster() {
+                continue;
+            }
+            match by_cluster.iter_mut().find(|(c, _)| *c == cluster) {
+                Some((_, topics)) => {
+                    if !topics.contains(&topic) {
+                        topics.push(topic);
+                    }
+                }
+                None => by_cluster.push((cluster, vec![topic])),
+            }
+        }
+        for (cluster, topics) in by_cluster {
+            self.cluster.refresh_leaders(&cluster, topics).await;
+        }
     }
 
     /// Where a partition of `topic` routed to `cluster` goes: the broker
@@ -234,7 +305,7 @@ fn encode_frame(write: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>) -> Resu
 
 /// A topic as a request version names it: by name, or (Fetch and Produce
 /// v13+, KIP-516) by id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TopicKey {
     Name(String),
     Id(uuid::Uuid),

@@ -6,17 +6,25 @@ use std::collections::HashMap;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::{
-    DeleteRecordsRequest, ListOffsetsRequest, ListOffsetsResponse, OffsetForLeaderEpochRequest,
+    ApiKey, DeleteRecordsRequest, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest,
 };
 
 use super::{
-    Cluster, Context, Part, Plan, TopicKey, decode_response, encode_response, entry, group_by,
-    last_entry,
+    Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, decode_response,
+    encode_response, entry, group_by, last_entry, leader_moved,
 };
 use crate::error::Result;
 
 pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     let (header, request): (_, ListOffsetsRequest) = cx.decode()?;
+    cx.prepare_leaders(
+        request
+            .topics
+            .iter()
+            .map(|t| (cx.routes.reads(t.name.as_str()).clone(), t.name.to_string())),
+    )
+    .await;
     let mut assigned = Vec::new();
     let mut order = Vec::new();
     for topic in &request.topics {
@@ -28,7 +36,12 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
                 .partition_destination(&cluster, &name, p.partition_index)
                 .await
             {
-                assigned.push((destination, (name.clone(), p.clone())));
+                let mut partition = p.clone();
+                if destination.cluster() != cx.home.cluster() {
+                    // An epoch from the client's cluster means nothing here.
+                    partition.current_leader_epoch = -1;
+                }
+                assigned.push((destination, (name.clone(), partition)));
             }
         }
     }
@@ -36,40 +49,60 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
         return Ok(Plan::Forward(cx.home.clone()));
     }
     let mut parts = Vec::new();
+    // Per part: its cluster and its (topic, partition) list.
+    let mut part_partitions = Vec::new();
     for (destination, partitions) in group_by(assigned) {
         let mut sub = request.clone().with_topics(Vec::new());
+        let mut listed = Vec::new();
         for (name, partition) in partitions {
-            let topic = entry(&mut sub.topics, &TopicKey::Name(name.clone()));
+            listed.push((name.clone(), partition.partition_index));
+            let topic = entry(&mut sub.topics, &TopicKey::Name(name));
             topic.partitions.push(partition);
         }
         parts.push(Part {
-            destination,
             frame: cx.encode_request(&header, &sub)?,
             expects_response: true,
+            destination: destination.clone(),
         });
+        part_partitions.push((destination.cluster().clone(), listed as Vec<(String, i32)>));
     }
+    let catalog = cx.catalog.clone();
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
-    let merge = Box::new(move |frames: Vec<crate::wire::Frame>| {
+    let merge = Box::new(move |answers: Vec<PartAnswer>| {
         let mut results: HashMap<(String, i32), ListOffsetsPartitionResponse> = HashMap::new();
         let mut merged = ListOffsetsResponse::default();
-        for frame in &frames {
-            let response: ListOffsetsResponse = decode_response(api, version, frame)?;
+        for (answer, (cluster, listed)) in answers.into_iter().zip(part_partitions) {
+            let frame = match answer {
+                PartAnswer::Answered(frame) => frame,
+                PartAnswer::Failed(failure) => {
+                    let code = match failure {
+                        PartFailure::Unsupported => ResponseError::UnsupportedVersion.code(),
+                        PartFailure::NotSent | PartFailure::Lost => {
+                            ResponseError::NotLeaderOrFollower.code()
+                        }
+                    };
+                    for (name, index) in listed {
+                        results.insert((name, index), failed_partition(index, code));
+                    }
+                    continue;
+                }
+            };
+            let response: ListOffsetsResponse = decode_response(api, version, &frame)?;
             merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
             for topic in response.topics {
                 for p in topic.partitions {
+                    if leader_moved(p.error_code) {
+                        catalog.mark_stale(&cluster, topic.name.as_str());
+                    }
                     results.insert((topic.name.to_string(), p.partition_index), p);
                 }
             }
         }
         for (name, index) in order {
             let result = results.remove(&(name.clone(), index)).unwrap_or_else(|| {
-                ListOffsetsPartitionResponse::default()
-                    .with_partition_index(index)
-                    .with_error_code(ResponseError::NotLeaderOrFollower.code())
-                    .with_offset(-1)
-                    .with_timestamp(-1)
+                failed_partition(index, ResponseError::NotLeaderOrFollower.code())
             });
-            let topic = last_entry(&mut merged.topics, &TopicKey::Name(name.clone()));
+            let topic = last_entry(&mut merged.topics, &TopicKey::Name(name));
             topic.partitions.push(result);
         }
         encode_response(api, version, correlation_id, &merged)
@@ -80,14 +113,24 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
     })
 }
 
+fn failed_partition(index: i32, code: i16) -> ListOffsetsPartitionResponse {
+    ListOffsetsPartitionResponse::default()
+        .with_partition_index(index)
+        .with_error_code(code)
+        .with_offset(-1)
+        .with_timestamp(-1)
+}
+
 /// OffsetForLeaderEpoch and DeleteRecords: clients send them to each
 /// partition's leader as klink's metadata names it, so they cross clusters
 /// only on stale metadata; then the whole request follows its first
 /// partition's route and any partition led elsewhere is told
 /// NOT_LEADER_OR_FOLLOWER by the broker, which makes the client refresh.
+/// Sent to a cluster other than the client's, OffsetForLeaderEpoch carries
+/// no current leader epoch: the client's came from its own cluster.
 pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     let first: Option<(String, i32)> = match cx.api {
-        kafka_protocol::messages::ApiKey::OffsetForLeaderEpoch => {
+        ApiKey::OffsetForLeaderEpoch => {
             let (_, request): (_, OffsetForLeaderEpochRequest) = cx.decode()?;
             request
                 .topics
@@ -106,9 +149,34 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         return Ok(Plan::Forward(cx.home.clone()));
     };
     let cluster = cx.routes.reads(&topic).clone();
-    Ok(Plan::Forward(
-        cx.partition_destination(&cluster, &topic, partition)
-            .await
-            .unwrap_or_else(|| cx.home.clone()),
-    ))
+    cx.prepare_leaders([(cluster.clone(), topic.clone())]).await;
+    let destination = cx
+        .partition_destination(&cluster, &topic, partition)
+        .await
+        .unwrap_or_else(|| cx.home.clone());
+    if cx.api != ApiKey::OffsetForLeaderEpoch || destination.cluster() == cx.home.cluster() {
+        return Ok(Plan::Forward(destination));
+    }
+    let (header, mut request): (_, OffsetForLeaderEpochRequest) = cx.decode()?;
+    for topic in &mut request.topics {
+        for p in &mut topic.partitions {
+            p.current_leader_epoch = -1;
+        }
+    }
+    // The one part keeps the client's correlation id: its answer goes
+    // back as it came.
+    let merge = Box::new(move |answers: Vec<PartAnswer>| {
+        let frame = super::all_answered(answers)?
+            .pop()
+            .ok_or_else(|| crate::error::Error::klink(crate::error::Kind::Protocol, "no answer"))?;
+        Ok(frame.wire_bytes().clone())
+    });
+    Ok(Plan::Split {
+        parts: vec![Part {
+            destination,
+            frame: cx.encode_request(&header, &request)?,
+            expects_response: true,
+        }],
+        merge: Some(merge),
+    })
 }

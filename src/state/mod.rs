@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -90,6 +90,23 @@ pub struct StateStore {
     /// A std mutex: held only while a small file is written, never across an
     /// await, and updates must be serialized so no write is lost.
     current: Mutex<PersistedState>,
+    /// Set when the last change was applied but its directory fsync failed;
+    /// taken by whoever reports the change to the operator.
+    warning: Mutex<Option<String>>,
+    #[cfg(test)]
+    faults: Mutex<Option<Fault>>,
+}
+
+/// A failure to inject into the next state write (tests only).
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Writing the temp file fails: nothing changes.
+    BeforeRename,
+    /// The rename succeeds, the directory fsync fails.
+    DirectorySync,
+    /// Each write takes this long (to show who waits on it).
+    Slow(std::time::Duration),
 }
 
 impl StateStore {
@@ -119,6 +136,9 @@ impl StateStore {
         Ok(StateStore {
             path,
             current: Mutex::new(state),
+            warning: Mutex::new(None),
+            #[cfg(test)]
+            faults: Mutex::new(None),
         })
     }
 
@@ -130,17 +150,66 @@ impl StateStore {
         self.lock().clone()
     }
 
-    /// Applies `change` and makes it durable before returning. On a write
-    /// failure the in-memory state is left as it was.
+    /// Applies `change` and makes it durable before returning.
+    ///
+    /// The rename of the new file over the old one is the commit point, so
+    /// the outcome is always one or the other: a failure before it leaves
+    /// the old state in memory and on disk and returns the error; after it
+    /// (only the directory fsync can fail there) the new state is what a
+    /// restart reads, so it is applied in memory too, the call succeeds and
+    /// [`StateStore::take_warning`] says that a power loss could undo it.
     pub fn update<T>(&self, change: impl FnOnce(&mut PersistedState) -> T) -> Result<T> {
         let mut current = self.lock();
         let mut next = current.clone();
         let out = change(&mut next);
         if next != *current {
-            write_atomically(&self.path, &next)?;
+            match self.write_atomically(&next)? {
+                Durable::Yes => {}
+                Durable::UnlessPowerLoss(why) => {
+                    tracing::error!(file = %self.path.display(), error = %why, "state change applied, but its directory fsync failed: a power loss could undo it");
+                    *self.warning.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                        "change applied and written, but fsync of the directory of {} failed ({why}): a power loss could undo it",
+                        self.path.display()
+                    ));
+                }
+            }
             *current = next;
         }
         Ok(out)
+    }
+
+    /// As [`StateStore::update`], with the write and fsync on tokio's
+    /// blocking pool: callers on the request path must not stall a worker
+    /// on the disk.
+    pub async fn update_async<T: Send + 'static>(
+        self: &Arc<Self>,
+        change: impl FnOnce(&mut PersistedState) -> T + Send + 'static,
+    ) -> Result<T> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.update(change))
+            .await
+            .map_err(|e| Error::klink(Kind::Io, format!("state write task failed: {e}")))?
+    }
+
+    /// The warning left by the last change whose durability is in doubt.
+    pub fn take_warning(&self) -> Option<String> {
+        self.warning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    #[cfg(test)]
+    pub fn inject(&self, fault: Option<Fault>) {
+        *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+    }
+
+    fn write_atomically(&self, state: &PersistedState) -> Result<Durable> {
+        #[cfg(test)]
+        let fault = *self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(not(test))]
+        let fault: Option<()> = None;
+        write_atomically(&self.path, state, fault)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, PersistedState> {
@@ -176,24 +245,60 @@ fn parse_state(path: &Path, bytes: &[u8]) -> Result<PersistedState> {
     Ok(state)
 }
 
-fn write_atomically(path: &Path, state: &PersistedState) -> Result<()> {
+/// Whether a written state will survive a power loss.
+enum Durable {
+    Yes,
+    /// Renamed into place (a process crash keeps it) but the directory
+    /// entry may not be on disk.
+    UnlessPowerLoss(String),
+}
+
+#[cfg(test)]
+type MaybeFault = Option<Fault>;
+#[cfg(not(test))]
+type MaybeFault = Option<()>;
+
+fn write_atomically(path: &Path, state: &PersistedState, fault: MaybeFault) -> Result<Durable> {
     let io = |what: &str, e: std::io::Error| {
         Error::klink(Kind::Io, format!("{what} {}: {e}", path.display()))
     };
     let bytes = serde_json::to_vec_pretty(state)
         .map_err(|e| Error::klink(Kind::Config, format!("serializing state: {e}")))?;
     let tmp = path.with_extension("json.tmp");
-    let mut file = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
-    file.write_all(&bytes).map_err(|e| io("writing", e))?;
-    file.sync_all().map_err(|e| io("fsyncing", e))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|e| io("renaming temp file onto", e))?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("fsyncing directory of", e))?;
+    let before_rename = || -> Result<()> {
+        #[cfg(test)]
+        match fault {
+            Some(Fault::BeforeRename) => {
+                return Err(io("writing", std::io::Error::other("injected fault")));
+            }
+            Some(Fault::Slow(pause)) => std::thread::sleep(pause),
+            _ => {}
+        }
+        let mut file = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
+        file.write_all(&bytes).map_err(|e| io("writing", e))?;
+        file.sync_all().map_err(|e| io("fsyncing", e))?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(|e| io("renaming temp file onto", e))
+    };
+    if let Err(e) = before_rename() {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    Ok(())
+    let synced = match path.parent() {
+        Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
+    };
+    #[cfg(test)]
+    let synced = match fault {
+        Some(Fault::DirectorySync) => Err(std::io::Error::other("injected fault")),
+        _ => synced,
+    };
+    #[cfg(not(test))]
+    let _ = fault;
+    Ok(match synced {
+        Ok(()) => Durable::Yes,
+        Err(e) => Durable::UnlessPowerLoss(e.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -238,5 +343,39 @@ mod tests {
         .expect("write");
         let err = StateStore::open(dir.path()).err().expect("refused");
         assert!(err.to_string().contains("format version 7"), "{err}");
+    }
+
+    #[test]
+    fn a_write_that_fails_before_the_rename_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("open");
+        store
+            .update(|s| s.virtual_brokers.push(record(1)))
+            .expect("update");
+        store.inject(Some(Fault::BeforeRename));
+        assert!(store.update(|s| s.virtual_brokers.push(record(2))).is_err());
+        assert_eq!(store.snapshot().virtual_brokers, vec![record(1)]);
+        let reopened = StateStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.snapshot().virtual_brokers, vec![record(1)]);
+        assert!(!dir.path().join("klink-state.json.tmp").exists());
+        assert_eq!(store.take_warning(), None);
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_after_the_rename_applies_the_change_and_says_so() {
+        // The old code returned an error and kept the old state in memory
+        // while a restart would load the new file.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("open");
+        store.inject(Some(Fault::DirectorySync));
+        store
+            .update(|s| s.virtual_brokers.push(record(1)))
+            .expect("applied");
+        assert_eq!(store.snapshot().virtual_brokers, vec![record(1)]);
+        let reopened = StateStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.snapshot().virtual_brokers, vec![record(1)]);
+        let warning = store.take_warning().expect("a warning for the operator");
+        assert!(warning.contains("power loss"), "{warning}");
+        assert_eq!(store.take_warning(), None, "reported once");
     }
 }

@@ -21,6 +21,7 @@ pub struct Cluster {
     pub name: Arc<str>,
     pub bootstrap: Vec<String>,
     max_frame_bytes: u32,
+    request_timeout: Duration,
 }
 
 impl Cluster {
@@ -29,14 +30,35 @@ impl Cluster {
             name: Arc::from(name),
             bootstrap,
             max_frame_bytes,
+            request_timeout: super::DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+
+    /// How long a request forwarded to this cluster may wait for its answer.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Cluster {
+        self.request_timeout = timeout;
+        self
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub fn max_frame_bytes(&self) -> u32 {
+        self.max_frame_bytes
     }
 
     /// Connects to the first bootstrap broker that answers.
     pub async fn connect_any(&self) -> Result<UpstreamConn> {
         let mut last = None;
         for addr in &self.bootstrap {
-            match UpstreamConn::connect(self.name.clone(), addr, self.max_frame_bytes).await {
+            let connected = UpstreamConn::connect_timed(
+                self.name.clone(),
+                addr,
+                self.max_frame_bytes,
+                self.request_timeout,
+            );
+            match connected.await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => last = Some(e),
             }

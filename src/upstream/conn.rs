@@ -7,7 +7,9 @@ use futures::StreamExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Kind, Result};
 use crate::wire::{FLUSH_AT, Frame, FrameCodec, FrameWriter, RequestHeader};
@@ -26,9 +28,16 @@ pub struct UpstreamConn {
     tx: mpsc::Sender<Outbound>,
     cluster: Arc<str>,
     addr: Arc<str>,
+    /// Cancelled when the connection is gone (closed, broken or hung), so
+    /// its owner opens a new one instead of queueing into a dead one.
+    dead: CancellationToken,
+    request_timeout: Duration,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an upstream may take to answer a request before klink gives up
+/// on the connection, as a Kafka client's `request.timeout.ms` does.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests queued toward one broker before the sender waits; the client
 /// session has its own bound on requests in flight.
 const QUEUE_DEPTH: usize = 256;
@@ -41,6 +50,16 @@ impl UpstreamConn {
         cluster: Arc<str>,
         addr: &str,
         max_frame_bytes: u32,
+    ) -> Result<UpstreamConn> {
+        UpstreamConn::connect_timed(cluster, addr, max_frame_bytes, DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// As [`UpstreamConn::connect`], with the time an answer may take.
+    pub async fn connect_timed(
+        cluster: Arc<str>,
+        addr: &str,
+        max_frame_bytes: u32,
+        request_timeout: Duration,
     ) -> Result<UpstreamConn> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -58,15 +77,25 @@ impl UpstreamConn {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let addr: Arc<str> = Arc::from(addr);
-        tokio::spawn(write_requests(write, rx, inflight_tx));
+        let dead = CancellationToken::new();
+        tokio::spawn(write_requests(write, rx, inflight_tx, dead.clone()));
         tokio::spawn(read_responses(
             read,
             inflight_rx,
-            cluster.clone(),
-            addr.clone(),
+            Peer {
+                cluster: cluster.clone(),
+                addr: addr.clone(),
+            },
             max_frame_bytes,
+            dead.clone(),
         ));
-        Ok(UpstreamConn { tx, cluster, addr })
+        Ok(UpstreamConn {
+            tx,
+            cluster,
+            addr,
+            dead,
+            request_timeout,
+        })
     }
 
     pub fn address(&self) -> &str {
@@ -74,14 +103,34 @@ impl UpstreamConn {
     }
 
     /// Queues a whole request frame. Returns the reply to await, or `None`
-    /// when the request gets no response (Produce with acks=0).
+    /// when the request gets no response (Produce with acks=0). An answer
+    /// that takes longer than the connection's request timeout fails this
+    /// request and every other one waiting on the connection, and closes
+    /// it: a broker that stops answering one request answers none after it.
     pub async fn send(&self, frame: Bytes, expects_response: bool) -> Result<Option<Reply>> {
+        self.send_within(frame, expects_response, Duration::ZERO)
+            .await
+    }
+
+    /// As [`UpstreamConn::send`], for a request the broker may rightly hold
+    /// for `extra` beyond the request timeout (JoinGroup waits for the
+    /// whole group up to its rebalance timeout).
+    pub async fn send_within(
+        &self,
+        frame: Bytes,
+        expects_response: bool,
+        extra: Duration,
+    ) -> Result<Option<Reply>> {
+        if self.is_closed() {
+            return Err(self.closed());
+        }
         let correlation_id =
             RequestHeader::correlation_id_of(frame.get(4..).unwrap_or_default())
                 .ok_or_else(|| Error::klink(Kind::Protocol, "forwarding a frame without header"))?;
         let (awaited, reply) = if expects_response {
             let (tx, rx) = oneshot::channel();
-            (Awaited::Response(correlation_id, tx), Some(rx))
+            let budget = self.request_timeout.saturating_add(extra);
+            (Awaited::Response(correlation_id, tx, budget), Some(rx))
         } else {
             (Awaited::MaybeResponse(correlation_id), None)
         };
@@ -93,7 +142,12 @@ impl UpstreamConn {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.dead.is_cancelled() || self.tx.is_closed()
+    }
+
+    /// Drops the connection: every request waiting on it fails.
+    pub fn close(&self) {
+        self.dead.cancel();
     }
 
     fn closed(&self) -> Error {
@@ -107,8 +161,9 @@ impl UpstreamConn {
 
 /// What the reader should expect for one request written upstream.
 enum Awaited {
-    /// A response the session waits for.
-    Response(i32, oneshot::Sender<Result<Frame>>),
+    /// A response the session waits for, and how long it may take once
+    /// it is the oldest one outstanding.
+    Response(i32, oneshot::Sender<Result<Frame>>, Duration),
     /// Produce with acks=0: Kafka sends nothing, but some Kafka-compatible
     /// brokers (tansu 0.6) answer anyway. An answer is swallowed; a later
     /// response proves none is coming.
@@ -123,9 +178,17 @@ async fn write_requests(
     write: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Outbound>,
     inflight: mpsc::UnboundedSender<Awaited>,
+    dead: CancellationToken,
 ) {
     let mut out = FrameWriter::new(write);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            _ = dead.cancelled() => break,
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => break,
+            },
+        };
         let mut next = Some(first);
         while let Some(outbound) = next {
             // Register what to expect before the bytes leave, so the reader
@@ -143,28 +206,58 @@ async fn write_requests(
             return;
         }
     }
+    // Requests still queued get their waiters' senders dropped, which the
+    // waiters see as a closed connection.
+    rx.close();
     let _ = out.shutdown().await;
+}
+
+/// The broker at the other end, for errors and logs.
+struct Peer {
+    cluster: Arc<str>,
+    addr: Arc<str>,
 }
 
 async fn read_responses(
     read: OwnedReadHalf,
     mut inflight: mpsc::UnboundedReceiver<Awaited>,
-    cluster: Arc<str>,
-    addr: Arc<str>,
+    peer: Peer,
     max_frame_bytes: u32,
+    dead: CancellationToken,
 ) {
+    let Peer { cluster, addr } = peer;
     let mut frames =
         FramedRead::with_capacity(read, FrameCodec::responses(max_frame_bytes), READ_BUFFER);
     let mut awaited: VecDeque<Awaited> = VecDeque::new();
     let mut unsettled_acks0 = 0usize;
+    // When the oldest awaited response must have arrived by. Brokers answer
+    // in order, so only the oldest one's clock runs; the next one's starts
+    // when it becomes the oldest.
+    let mut deadline: Option<Instant> = None;
     // The writer closes its side when the session is done sending; answers
     // to what it already sent are still owed to the session.
     let mut writer_done = false;
     let failure = loop {
         if writer_done && !awaited.iter().any(|a| matches!(a, Awaited::Response(..))) {
+            dead.cancel();
             return;
         }
+        if deadline.is_none() {
+            deadline = oldest_budget(&awaited).map(|budget| Instant::now() + budget);
+        }
         let frame = tokio::select! {
+            _ = dead.cancelled() => {
+                break Error::upstream(&cluster, Kind::Closed, format!("connection to {addr} dropped"));
+            }
+            _ = sleep_until(deadline) => {
+                let error = Error::upstream(
+                    &cluster,
+                    Kind::Timeout,
+                    format!("{addr} did not answer in time; dropping the connection"),
+                );
+                tracing::warn!(%cluster, %addr, "upstream request timed out: connection dropped, waiting requests failed");
+                break error;
+            }
             next = frames.next() => match next {
                 Some(Ok(frame)) => frame,
                 Some(Err(e)) => break Error::upstream(&cluster, Kind::Protocol, format!("{addr}: {e}")),
@@ -200,7 +293,11 @@ async fn read_responses(
             .get(4..8)
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
         match settle(&mut awaited, &mut unsettled_acks0, got, frame) {
-            Ok(()) => {}
+            Ok(answered) => {
+                if answered {
+                    deadline = None;
+                }
+            }
             Err(expected) => {
                 break Error::upstream(
                     &cluster,
@@ -211,39 +308,57 @@ async fn read_responses(
         }
     };
     tracing::debug!(%failure, "upstream connection ended");
+    dead.cancel();
     inflight.close();
     while let Ok(entry) = inflight.try_recv() {
         awaited.push_back(entry);
     }
     for entry in awaited {
-        if let Awaited::Response(_, waiter) = entry {
+        if let Awaited::Response(_, waiter, _) = entry {
             let _ = waiter.send(Err(failure.clone()));
         }
     }
 }
 
+/// The time the oldest awaited response may take; acks=0 entries wait for
+/// nothing.
+fn oldest_budget(awaited: &VecDeque<Awaited>) -> Option<Duration> {
+    awaited.iter().find_map(|a| match a {
+        Awaited::Response(_, _, budget) => Some(*budget),
+        Awaited::MaybeResponse(_) => None,
+    })
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Hands a response to its waiter. Brokers answer in request order, so the
-/// response settles every acks=0 entry before its own. Returns the expected
+/// response settles every acks=0 entry before its own. Returns whether a
+/// waiter was answered (not an acks=0 answer swallowed), or the expected
 /// correlation id when the response belongs to nobody.
 fn settle(
     awaited: &mut VecDeque<Awaited>,
     unsettled_acks0: &mut usize,
     got: Option<i32>,
     frame: Frame,
-) -> std::result::Result<(), Option<i32>> {
+) -> std::result::Result<bool, Option<i32>> {
     loop {
         match awaited.pop_front() {
             Some(Awaited::MaybeResponse(id)) => {
                 *unsettled_acks0 -= 1;
                 if Some(id) == got {
                     tracing::trace!(correlation_id = id, "dropped a broker's answer to acks=0");
-                    return Ok(());
+                    return Ok(false);
                 }
             }
-            Some(Awaited::Response(id, waiter)) => {
+            Some(Awaited::Response(id, waiter, _)) => {
                 if Some(id) == got {
                     let _ = waiter.send(Ok(frame));
-                    return Ok(());
+                    return Ok(true);
                 }
                 let _ = waiter.send(Err(Error::klink(
                     Kind::Protocol,
@@ -260,6 +375,8 @@ fn settle(
 mod tests {
     use super::*;
 
+    const BUDGET: Duration = Duration::from_secs(30);
+
     fn response(id: i32) -> Frame {
         let mut bytes = vec![0, 0, 0, 4];
         bytes.extend_from_slice(&id.to_be_bytes());
@@ -271,24 +388,24 @@ mod tests {
         let (tx1, mut rx1) = oneshot::channel();
         let (tx4, mut rx4) = oneshot::channel();
         let mut awaited = VecDeque::from([
-            Awaited::Response(1, tx1),
+            Awaited::Response(1, tx1, BUDGET),
             Awaited::MaybeResponse(2), // this broker stays silent (Kafka)
             Awaited::MaybeResponse(3), // this one answers (tansu)
-            Awaited::Response(4, tx4),
+            Awaited::Response(4, tx4, BUDGET),
         ]);
         let mut unsettled = 2;
         assert_eq!(
             settle(&mut awaited, &mut unsettled, Some(1), response(1)),
-            Ok(())
+            Ok(true)
         );
         assert!(rx1.try_recv().is_ok());
         assert_eq!(
             settle(&mut awaited, &mut unsettled, Some(3), response(3)),
-            Ok(())
+            Ok(false)
         );
         assert_eq!(
             settle(&mut awaited, &mut unsettled, Some(4), response(4)),
-            Ok(())
+            Ok(true)
         );
         assert!(rx4.try_recv().is_ok());
         assert_eq!(unsettled, 0);
@@ -298,7 +415,7 @@ mod tests {
     #[test]
     fn a_response_nobody_asked_for_is_an_error() {
         let (tx, _rx) = oneshot::channel();
-        let mut awaited = VecDeque::from([Awaited::Response(5, tx)]);
+        let mut awaited = VecDeque::from([Awaited::Response(5, tx, BUDGET)]);
         let mut unsettled = 0;
         assert_eq!(
             settle(&mut awaited, &mut unsettled, Some(9), response(9)),
@@ -308,5 +425,92 @@ mod tests {
             settle(&mut awaited, &mut unsettled, Some(9), response(9)),
             Err(None)
         );
+    }
+
+    fn request(correlation_id: i32) -> Bytes {
+        // Length, api key 18 (ApiVersions) v0, correlation id, no client id.
+        let mut bytes = vec![0, 0, 0, 10, 0, 18, 0, 0];
+        bytes.extend_from_slice(&correlation_id.to_be_bytes());
+        bytes.extend_from_slice(&[0xff, 0xff]);
+        Bytes::from(bytes)
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_never_answers_fails_every_waiter_and_closes() {
+        // Accepts and reads, never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = silent.accept().await.expect("accept");
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+        });
+        let timeout = Duration::from_millis(200);
+        let conn = UpstreamConn::connect_timed(Arc::from("target"), &addr, 1 << 20, timeout)
+            .await
+            .expect("connect");
+        let started = std::time::Instant::now();
+        let first = conn
+            .send(request(1), true)
+            .await
+            .expect("sent")
+            .expect("reply");
+        let second = conn
+            .send(request(2), true)
+            .await
+            .expect("sent")
+            .expect("reply");
+        for reply in [first, second] {
+            let error = reply.await.expect("answered").expect_err("failed");
+            assert_eq!(error.kind, Kind::Timeout, "{error}");
+            assert!(error.retriable);
+        }
+        let waited = started.elapsed();
+        assert!(waited >= timeout, "{waited:?}");
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert!(conn.is_closed(), "a hung connection is dropped");
+        assert!(conn.send(request(3), true).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_request_allowed_longer_is_not_cut_short() {
+        let (server, addr) = {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            (listener, addr)
+        };
+        // Answers correlation id 7 after 400 ms.
+        tokio::spawn(async move {
+            let (mut stream, _) = server.accept().await.expect("accept");
+            let mut request = [0u8; 14];
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut request)
+                .await
+                .expect("read");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let answer = [0, 0, 0, 4, 0, 0, 0, 7];
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &answer)
+                .await
+                .expect("write");
+            std::future::pending::<()>().await;
+        });
+        let conn = UpstreamConn::connect_timed(
+            Arc::from("source"),
+            &addr,
+            1 << 20,
+            Duration::from_millis(100),
+        )
+        .await
+        .expect("connect");
+        let reply = conn
+            .send_within(request(7), true, Duration::from_secs(2))
+            .await
+            .expect("sent")
+            .expect("reply");
+        assert!(reply.await.expect("answered").is_ok());
+        assert!(!conn.is_closed());
     }
 }

@@ -9,4 +9,4 @@ mod cluster;
 mod conn;
 
 pub use cluster::Cluster;
-pub use conn::{Reply, UpstreamConn};
+pub use conn::{DEFAULT_REQUEST_TIMEOUT, Reply, UpstreamConn};
