@@ -96,6 +96,16 @@ fn check_scenario_through(klink: &Klink, name: &str, mut command: Command) {
         serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}: bad JSON {line:?}: {e}"));
     assert_eq!(report["produced"], RECORDS, "{name}: {report}");
     assert_eq!(report["delivery_errors"], 0, "{name}: {report}");
+    // Each script counts these while consuming; a number other than 0 is
+    // a record seen twice, a record whose key/value do not match, or a
+    // record read at another partition/offset than its delivery report.
+    for counted in ["duplicates", "bad_records", "delivery_mismatch"] {
+        assert_eq!(
+            report[counted].as_u64(),
+            Some(0),
+            "{name}: {counted}: {report}"
+        );
+    }
     assert_eq!(
         report["distinct_values"], RECORDS,
         "{name}: every record consumed: {report}"

@@ -7,6 +7,7 @@ mod raw;
 
 mod bad_input;
 mod clients;
+mod flips;
 mod lifecycle;
 mod perf;
 mod rewrites;

@@ -16,13 +16,13 @@ use crate::raw::RawConn;
 const LINK: &str = "[[links]]\nid = \"orders-move\"\nsource = \"source\"\ntarget = \"target\"\n\
                     start = \"earliest\"\ntopics = [\"orders\", \"payments\"]\ngroups = [\"billing\"]\n";
 
-struct TwoClusters {
-    source: Broker,
-    target: Broker,
-    klink: Klink,
+pub struct TwoClusters {
+    pub source: Broker,
+    pub target: Broker,
+    pub klink: Klink,
 }
 
-fn two_clusters(name: &str) -> TwoClusters {
+pub fn two_clusters(name: &str) -> TwoClusters {
     let source = Broker::start(&format!("{name}-source"));
     let target = Broker::start(&format!("{name}-target"));
     let klink = Klink::start_with(
@@ -41,7 +41,7 @@ fn two_clusters(name: &str) -> TwoClusters {
 }
 
 /// Runs proto-tests/clients/routing.py and returns its JSON line.
-fn py(args: &[&str]) -> Value {
+pub fn py(args: &[&str]) -> Value {
     let mut command = Command::new(python_bin());
     command
         .arg(repo_root().join("proto-tests/clients/routing.py"))
@@ -72,7 +72,7 @@ fn values_on_addr(bootstrap: &str, topic: &str) -> Vec<String> {
 
 /// Creates topics through klink in ONE CreateTopics request, which klink
 /// splits by each topic's write route.
-fn create_through_klink(klink: &Klink, topics: &[&str], partitions: i32) {
+pub fn create_through_klink(klink: &Klink, topics: &[&str], partitions: i32) {
     let mut conn = RawConn::connect(klink.bootstrap);
     let request = CreateTopicsRequest::default()
         .with_timeout_ms(10_000)
@@ -352,7 +352,7 @@ fn flipping_a_group_moves_its_coordinator_without_a_client_restart() {
 }
 
 /// A client process that must not outlive its test, even a failed one.
-struct KillOnDrop(std::process::Child);
+pub struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -529,28 +529,75 @@ fn a_cluster_that_comes_up_late_gets_virtual_brokers_without_a_restart() {
     assert_eq!(ports, vec![start, start + 1], "the next free port");
 }
 
-/// An idempotent producer gets its producer id from the cluster it asks
-/// (here the source); its batches for a topic routed to the target go there
-/// under an id the target issued klink, sequences rebased (DESIGN trap 8).
+/// Ids the broker at `broker` issues to `count` fresh producers.
+fn issue_producer_ids(broker: &Broker, count: usize) -> Vec<i64> {
+    use kafka_protocol::messages::InitProducerIdRequest;
+    let mut conn = RawConn::connect(broker.addr);
+    (0..count)
+        .map(|_| {
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000);
+            let response = conn.call(&request, 4);
+            assert_eq!(response.error_code, 0, "{response:?}");
+            response.producer_id.0
+        })
+        .collect()
+}
+
+/// An idempotent producer gets its producer id from the default cluster;
+/// when its partition's writes flip to the target mid-stream, its batches
+/// go there under an id the target issued klink, sequences in a space of
+/// their own (DESIGN trap 8). Made hard on purpose: the client's id differs
+/// from the first id the target issues, the id the target issues klink is
+/// the same number as the client's, and the first batch the target sees
+/// has a client sequence far from 0.
 #[test]
-fn idempotent_producers_write_to_a_topic_routed_to_the_other_cluster() {
+fn idempotent_producers_keep_going_across_a_flip_with_colliding_ids() {
     let c = two_clusters("route-idempotent");
-    c.klink.ctl_ok(&[
-        "route", "payments", "--writes", "target", "--reads", "target",
-    ]);
     create_through_klink(&c.klink, &["orders", "payments"], 1);
-    let report = py(&[
-        "produce",
+    py(&[
+        "create",
         "--bootstrap",
-        &c.klink.bootstrap_str(),
+        &c.target.addr.to_string(),
         "--topic",
-        "orders,payments",
-        "--count",
-        "400",
-        "--idempotent",
+        "payments",
+        "--partitions",
+        "1",
     ]);
-    assert_eq!(report["delivered"], 400, "{report}");
+    let on_source = issue_producer_ids(&c.source, 3);
+    let on_target = issue_producer_ids(&c.target, 3);
+    let mut producer = Command::new(python_bin());
+    producer
+        .arg(repo_root().join("proto-tests/clients/routing.py"))
+        .args(["produce", "--bootstrap", &c.klink.bootstrap_str()])
+        .args([
+            "--topic",
+            "orders,payments",
+            "--count",
+            "400",
+            "--rate",
+            "200",
+        ])
+        .arg("--idempotent")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = producer.spawn().expect("start producer");
+    std::thread::sleep(Duration::from_millis(1000));
+    c.klink.ctl_ok(&["route", "payments", "--writes", "target"]);
+    let output = child.wait_with_output().expect("producer finishes");
+    assert!(
+        output.status.success(),
+        "producer: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json");
+    let log = c.klink.process.log_text();
+    assert_eq!(report["delivered"], 400, "{report}\nklink log:\n{log}");
     assert_eq!(report["failed"], 0, "{report}");
+
     let expected = |parity: usize| -> Vec<String> {
         (0..400)
             .filter(|i| i % 2 == parity)
@@ -562,13 +609,36 @@ fn idempotent_producers_write_to_a_topic_routed_to_the_other_cluster() {
         expected(0),
         "orders on the source, in order, once"
     );
-    assert_eq!(
-        values_on(&c.target, "payments"),
-        expected(1),
-        "payments on the target, in order, once"
-    );
+    let before = values_on(&c.source, "payments");
+    let after = values_on(&c.target, "payments");
     assert!(
-        c.klink.process.log_text().contains("producer id mapped"),
-        "klink asked the target for an id"
+        before.len() > 10 && !after.is_empty(),
+        "the flip happened mid-stream: {} / {}",
+        before.len(),
+        after.len()
     );
+    let both: Vec<String> = before.into_iter().chain(after).collect();
+    assert_eq!(both, expected(1), "payments once each, in order");
+
+    // The ids were as hard as intended.
+    let mapped = log
+        .lines()
+        .find(|l| l.contains("producer id mapped"))
+        .unwrap_or_else(|| panic!("klink asked the target for an id:\n{log}"));
+    let field = |name: &str| -> i64 {
+        mapped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {mapped}"))
+    };
+    let (client, ours) = (field("client"), field("ours"));
+    eprintln!(
+        "ids: source pre-issued {on_source:?}, target pre-issued {on_target:?}, client {client}, klink's on the target {ours}"
+    );
+    assert_ne!(
+        client, on_target[0],
+        "the client's id is not the target's first"
+    );
+    assert_eq!(client, ours, "the target issued klink the client's number");
 }
