@@ -180,13 +180,20 @@ impl Broker {
 
     /// A broker on a port chosen beforehand (a cluster that comes up late).
     pub fn start_on(port: u16, cluster_id: &str) -> Broker {
+        Broker::start_advertising(port, port, cluster_id)
+    }
+
+    /// A broker that tells clients to reach it at `advertised` (a relay in
+    /// front of it) while it listens on `port`.
+    pub fn start_advertising(port: u16, advertised: u16, cluster_id: &str) -> Broker {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let mut command = Command::new(tansu_bin());
         command
             .current_dir(dir.path())
             .args(["broker", "--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--cluster-id", cluster_id])
             .env("RUST_LOG", "warn");
         let process = Process::spawn("tansu", command, dir.path().join("tansu.log"));

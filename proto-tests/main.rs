@@ -8,6 +8,7 @@ mod raw;
 mod bad_input;
 mod clients;
 mod flips;
+mod hung;
 mod lifecycle;
 mod perf;
 mod rewrites;
