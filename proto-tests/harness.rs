@@ -193,7 +193,12 @@ impl Broker {
         command
             .current_dir(dir.path())
             .args(["broker", "--storage-engine", "memory://tansu/"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &advertised])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .args(["--cluster-id", cluster_id])
             .env("RUST_LOG", "warn");
         let process = Process::spawn("tansu", command, dir.path().join("tansu.log"));

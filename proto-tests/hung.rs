@@ -137,7 +137,11 @@ fn a_hung_upstream_times_out_retriably_and_klink_recovers_by_itself() {
     // answers at once.
     let asked = Instant::now();
     assert_eq!(produce_one(&mut client, "orders", "healthy"), 0);
-    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
 
     relay.go_silent(false);
     // klink dropped the hung connection and opens a new one by itself.
@@ -147,7 +151,10 @@ fn a_hung_upstream_times_out_retriably_and_klink_recovers_by_itself() {
         if code == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "payments never recovered: {code}");
+        assert!(
+            Instant::now() < deadline,
+            "payments never recovered: {code}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(target);

@@ -54,7 +54,7 @@ pub fn py(args: &[&str]) -> Value {
 }
 
 /// Values in a topic, read from one cluster directly (not through klink).
-fn values_on(broker: &Broker, topic: &str) -> Vec<String> {
+pub fn values_on(broker: &Broker, topic: &str) -> Vec<String> {
     values_on_addr(&broker.addr.to_string(), topic)
 }
 
@@ -527,118 +527,4 @@ fn a_cluster_that_comes_up_late_gets_virtual_brokers_without_a_restart() {
     let ports: Vec<i32> = brokers.iter().map(|b| b.2).collect();
     let start = i32::from(klink.broker_ports_start);
     assert_eq!(ports, vec![start, start + 1], "the next free port");
-}
-
-/// Ids the broker at `broker` issues to `count` fresh producers.
-fn issue_producer_ids(broker: &Broker, count: usize) -> Vec<i64> {
-    use kafka_protocol::messages::InitProducerIdRequest;
-    let mut conn = RawConn::connect(broker.addr);
-    (0..count)
-        .map(|_| {
-            let request = InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000);
-            let response = conn.call(&request, 4);
-            assert_eq!(response.error_code, 0, "{response:?}");
-            response.producer_id.0
-        })
-        .collect()
-}
-
-/// An idempotent producer gets its producer id from the default cluster;
-/// when its partition's writes flip to the target mid-stream, its batches
-/// go there under an id the target issued klink, sequences in a space of
-/// their own (DESIGN trap 8). Made hard on purpose: the client's id differs
-/// from the first id the target issues, the id the target issues klink is
-/// the same number as the client's, and the first batch the target sees
-/// has a client sequence far from 0.
-#[test]
-fn idempotent_producers_keep_going_across_a_flip_with_colliding_ids() {
-    let c = two_clusters("route-idempotent");
-    create_through_klink(&c.klink, &["orders", "payments"], 1);
-    py(&[
-        "create",
-        "--bootstrap",
-        &c.target.addr.to_string(),
-        "--topic",
-        "payments",
-        "--partitions",
-        "1",
-    ]);
-    let on_source = issue_producer_ids(&c.source, 3);
-    let on_target = issue_producer_ids(&c.target, 3);
-    let mut producer = Command::new(python_bin());
-    producer
-        .arg(repo_root().join("proto-tests/clients/routing.py"))
-        .args(["produce", "--bootstrap", &c.klink.bootstrap_str()])
-        .args([
-            "--topic",
-            "orders,payments",
-            "--count",
-            "400",
-            "--rate",
-            "200",
-        ])
-        .arg("--idempotent")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = producer.spawn().expect("start producer");
-    std::thread::sleep(Duration::from_millis(1000));
-    c.klink.ctl_ok(&["route", "payments", "--writes", "target"]);
-    let output = child.wait_with_output().expect("producer finishes");
-    assert!(
-        output.status.success(),
-        "producer: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json");
-    let log = c.klink.process.log_text();
-    assert_eq!(report["delivered"], 400, "{report}\nklink log:\n{log}");
-    assert_eq!(report["failed"], 0, "{report}");
-
-    let expected = |parity: usize| -> Vec<String> {
-        (0..400)
-            .filter(|i| i % 2 == parity)
-            .map(|i| i.to_string())
-            .collect()
-    };
-    assert_eq!(
-        values_on(&c.source, "orders"),
-        expected(0),
-        "orders on the source, in order, once"
-    );
-    let before = values_on(&c.source, "payments");
-    let after = values_on(&c.target, "payments");
-    assert!(
-        before.len() > 10 && !after.is_empty(),
-        "the flip happened mid-stream: {} / {}",
-        before.len(),
-        after.len()
-    );
-    let both: Vec<String> = before.into_iter().chain(after).collect();
-    assert_eq!(both, expected(1), "payments once each, in order");
-
-    // The ids were as hard as intended.
-    let mapped = log
-        .lines()
-        .find(|l| l.contains("producer id mapped"))
-        .unwrap_or_else(|| panic!("klink asked the target for an id:\n{log}"));
-    let field = |name: &str| -> i64 {
-        mapped
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in {mapped}"))
-    };
-    let (client, ours) = (field("client"), field("ours"));
-    eprintln!(
-        "ids: source pre-issued {on_source:?}, target pre-issued {on_target:?}, client {client}, klink's on the target {ours}"
-    );
-    assert_ne!(
-        client, on_target[0],
-        "the client's id is not the target's first"
-    );
-    assert_eq!(client, ours, "the target issued klink the client's number");
 }

@@ -1,6 +1,11 @@
 //! One client connection: requests are read and forwarded as they arrive
 //! (many in flight), and responses are written back strictly in request
 //! order, whichever upstream answers first.
+//!
+//! Longer than most files here (~650 lines) on purpose: the reader, the
+//! writer and what each does when an upstream fails are one pipeline, and
+//! reading them together is how one checks that every request gets exactly
+//! one answer, in order.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -180,3 +180,105 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         merge: Some(merge),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::list_offsets_response::ListOffsetsTopicResponse;
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{BrokerId, MetadataResponse, RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    use super::*;
+    use crate::split::Destination;
+    use crate::split::test_support::*;
+
+    fn request() -> Bytes {
+        let body = ListOffsetsRequest::default().with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_current_leader_epoch(12)
+                        .with_timestamp(-1),
+                ]),
+        ]);
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::ListOffsets as i16)
+            .with_request_api_version(7)
+            .with_correlation_id(5)
+            .encode(&mut buf, ApiKey::ListOffsets.request_header_version(7))
+            .expect("header");
+        body.encode(&mut buf, 7).expect("body");
+        buf.freeze()
+    }
+
+    #[tokio::test]
+    async fn another_clusters_offsets_are_asked_without_the_clients_epoch_and_leader_errors_refresh()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = routes(dir.path());
+        table
+            .route_topic("orders", None, Some("target"))
+            .expect("route");
+        let routes = table.snapshot();
+        let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+            crate::state::StateStore::open(dir.path()).expect("state"),
+        )));
+        let target: Arc<str> = Arc::from("target");
+        let layout = MetadataResponse::default().with_topics(vec![
+            MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str("orders"))))
+                .with_partitions(vec![
+                    MetadataResponsePartition::default().with_leader_id(BrokerId(10)),
+                ]),
+        ]);
+        catalog.learn(&target, &layout).await.expect("learn");
+        let max_age = std::time::Duration::from_secs(60);
+        assert!(catalog.is_fresh("target", "orders", max_age));
+        let leaders = FixedLeaders(HashMap::from([("orders".to_string(), 1)]));
+        let home = Destination::Any(Arc::from("source"));
+        let payload = request();
+        let cx = Context {
+            cluster: &leaders,
+            routes: &routes,
+            catalog: &catalog,
+            home: &home,
+            api: ApiKey::ListOffsets,
+            version: 7,
+            payload: &payload,
+        };
+        let Plan::Split { parts, merge } = plan_list_offsets(&cx).await.expect("plan") else {
+            panic!("routed to the target");
+        };
+        let mut sent = parts[0].frame.slice(4..);
+        RequestHeader::decode(&mut sent, ApiKey::ListOffsets.request_header_version(7))
+            .expect("header");
+        let sub = ListOffsetsRequest::decode(&mut sent, 7).expect("sub");
+        assert_eq!(sub.topics[0].partitions[0].current_leader_epoch, -1);
+
+        let answer = ListOffsetsResponse::default().with_topics(vec![
+            ListOffsetsTopicResponse::default()
+                .with_name(TopicName(StrBytes::from_static_str("orders")))
+                .with_partitions(vec![
+                    ListOffsetsPartitionResponse::default()
+                        .with_partition_index(0)
+                        .with_error_code(ResponseError::NotLeaderOrFollower.code()),
+                ]),
+        ]);
+        let frame = frame_of(encode_response(ApiKey::ListOffsets, 7, 5, &answer).expect("encode"));
+        (merge.expect("merge"))(vec![PartAnswer::Answered(frame)]).expect("merge");
+        assert!(
+            !catalog.is_fresh("target", "orders", max_age),
+            "the leader moved: klink asks the target again"
+        );
+    }
+}

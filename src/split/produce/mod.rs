@@ -1,0 +1,366 @@
+//! Produce, routed per partition by each topic's write route.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+
+use super::{
+    Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, UpstreamKeys, decode_response,
+    encode_response, entry, group_by, last_entry, leader_moved,
+};
+use crate::batch;
+use crate::error::Result;
+use crate::route::{ClientProducer, Identity, Outcome, Placement, ProducerIds, outcome_of};
+use crate::split::Destination;
+
+/// Produce v13 names topics by id (KIP-516).
+const TOPIC_IDS_SINCE: i16 = 13;
+
+const NOT_LEADER: i16 = ResponseError::NotLeaderOrFollower.code();
+const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
+
+/// One partition of a split request: how the client named its topic, the
+/// topic's name, and the batches klink placed in a sequence space.
+struct Routed {
+    client_key: TopicKey,
+    name: String,
+    data: PartitionProduceData,
+    placements: Vec<Placement>,
+}
+
+pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<Plan> {
+    let (header, request): (_, ProduceRequest) = cx.decode()?;
+    let by_id = cx.version >= TOPIC_IDS_SINCE;
+    let mut resolved = Vec::with_capacity(request.topic_data.len());
+    for topic in &request.topic_data {
+        let client_key = TopicKey::new(by_id, topic.name.as_str(), topic.topic_id);
+        let name = cx.topic_name(by_id, topic.name.as_str(), topic.topic_id);
+        let cluster = name.as_deref().map(|n| cx.routes.writes(n).clone());
+        resolved.push((client_key, name, cluster));
+    }
+    cx.prepare_leaders(
+        resolved
+            .iter()
+            .filter_map(|(_, name, cluster)| Some((cluster.clone()?, name.clone()?))),
+    )
+    .await;
+    // Every partition in request order, with where it goes or the error
+    // klink answers it with itself.
+    let mut order: Vec<(TopicKey, i32)> = Vec::new();
+    let mut assigned: Vec<(Destination, Routed)> = Vec::new();
+    let mut answered: HashMap<(TopicKey, i32), i16> = HashMap::new();
+    let mut needs_translation = false;
+    for (topic, (client_key, name, cluster)) in request.topic_data.iter().zip(resolved) {
+        let (Some(name), Some(cluster)) = (name, cluster) else {
+            for p in &topic.partition_data {
+                order.push((client_key.clone(), p.index));
+                answered.insert((client_key.clone(), p.index), UNKNOWN_TOPIC_ID);
+            }
+            continue;
+        };
+        if by_id {
+            match upstream_id_of(cx, &cluster, &name).await {
+                Some(id) => needs_translation |= id != topic.topic_id,
+                None => {
+                    for p in &topic.partition_data {
+                        order.push((client_key.clone(), p.index));
+                        answered.insert((client_key.clone(), p.index), UNKNOWN_TOPIC_ID);
+                    }
+                    continue;
+                }
+            }
+        }
+        for p in &topic.partition_data {
+            order.push((client_key.clone(), p.index));
+            let Some(destination) = cx.partition_destination(&cluster, &name, p.index).await else {
+                // No leader klink could reach: the client refreshes its
+                // metadata and retries, as after a leader change.
+                answered.insert((client_key.clone(), p.index), NOT_LEADER);
+                continue;
+            };
+            let mut data = p.clone();
+            let mut placements = Vec::new();
+            match reidentify(cx, &cluster, &name, p.index, p.records.as_ref()).await {
+                Reidentified::AsTheyAre => {}
+                Reidentified::Rewritten(records, placed) => {
+                    data.records = Some(records);
+                    placements = placed;
+                    needs_translation = true;
+                }
+                Reidentified::Refused(code) => {
+                    answered.insert((client_key.clone(), p.index), code);
+                    continue;
+                }
+            }
+            let routed = Routed {
+                client_key: client_key.clone(),
+                name: name.clone(),
+                data,
+                placements,
+            };
+            assigned.push((destination, routed));
+        }
+    }
+    if answered.is_empty() && !needs_translation && assigned.iter().all(|(d, _)| d == cx.home) {
+        return Ok(Plan::Forward(cx.home.clone()));
+    }
+    let mut parts = Vec::new();
+    // Per part: its partitions, and the upstream's key for each topic back
+    // to the client's.
+    let mut part_partitions: Vec<Vec<(TopicKey, i32, Vec<Placement>)>> = Vec::new();
+    let mut part_topics: Vec<UpstreamKeys> = Vec::new();
+    for (destination, partitions) in group_by(assigned) {
+        let mut sub = request.clone().with_topic_data(Vec::new());
+        let mut keys = HashMap::new();
+        let mut listed = Vec::with_capacity(partitions.len());
+        for routed in partitions {
+            let upstream_key = if by_id {
+                // Known: checked above, before the partition was routed.
+                let id = cx.catalog.upstream_id(destination.cluster(), &routed.name);
+                TopicKey::Id(id.unwrap_or_default())
+            } else {
+                TopicKey::Name(routed.name.clone())
+            };
+            keys.insert(
+                upstream_key.clone(),
+                (routed.client_key.clone(), routed.name.clone()),
+            );
+            let index = routed.data.index;
+            entry(&mut sub.topic_data, &upstream_key)
+                .partition_data
+                .push(routed.data);
+            listed.push((routed.client_key, index, routed.placements));
+        }
+        parts.push(Part {
+            frame: cx.encode_request(&header, &sub)?,
+            expects_response: acks != 0,
+            destination: destination.clone(),
+        });
+        part_partitions.push(listed);
+        part_topics.push((destination.cluster().clone(), keys));
+    }
+    if acks == 0 {
+        // No answer will tell: every placed batch keeps its place.
+        return Ok(Plan::Split { parts, merge: None });
+    }
+    let producers = cx.cluster.producers().cloned();
+    let catalog = cx.catalog.clone();
+    let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
+    let merge = Box::new(move |answers: Vec<PartAnswer>| {
+        let mut results: HashMap<(TopicKey, i32), PartitionProduceResponse> = HashMap::new();
+        let mut merged = ProduceResponse::default();
+        for (((answer, listed), (cluster, keys)), _) in answers
+            .into_iter()
+            .zip(part_partitions)
+            .zip(part_topics)
+            .zip(0..)
+        {
+            let frame = match answer {
+                PartAnswer::Answered(frame) => frame,
+                PartAnswer::Failed(failure) => {
+                    let (code, outcome) = failed_part(failure);
+                    for (client_key, index, placements) in listed {
+                        settle(producers.as_ref(), &placements, outcome);
+                        let result = PartitionProduceResponse::default()
+                            .with_index(index)
+                            .with_error_code(code)
+                            .with_base_offset(-1);
+                        results.insert((client_key, index), result);
+                    }
+                    continue;
+                }
+            };
+            let response: ProduceResponse = decode_response(api, version, &frame)?;
+            merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
+            for endpoint in response.node_endpoints {
+                if !merged
+                    .node_endpoints
+                    .iter()
+                    .any(|e| e.node_id == endpoint.node_id)
+                {
+                    merged.node_endpoints.push(endpoint);
+                }
+            }
+            let mut placed: HashMap<(TopicKey, i32), Vec<Placement>> = listed
+                .into_iter()
+                .map(|(key, index, placements)| ((key, index), placements))
+                .collect();
+            for topic in response.responses {
+                let upstream_key = TopicKey::new(by_id, topic.name.as_str(), topic.topic_id);
+                let Some((client_key, name)) = keys.get(&upstream_key) else {
+                    tracing::error!(%cluster, topic = ?upstream_key, "Produce answer names a topic klink did not send there; dropped");
+                    continue;
+                };
+                for p in topic.partition_responses {
+                    if leader_moved(p.error_code) {
+                        catalog.mark_stale(&cluster, name);
+                    }
+                    if let Some(placements) = placed.remove(&(client_key.clone(), p.index)) {
+                        settle(producers.as_ref(), &placements, outcome_of(p.error_code));
+                    }
+                    results.insert((client_key.clone(), p.index), p);
+                }
+            }
+            // A partition the answer left out was not taken.
+            for ((client_key, index), placements) in placed {
+                tracing::error!(%cluster, topic = ?client_key, index, "Produce answer left out a partition");
+                settle(producers.as_ref(), &placements, Outcome::Refused);
+            }
+        }
+        for (client_key, index) in order {
+            let result = results
+                .remove(&(client_key.clone(), index))
+                .unwrap_or_else(|| {
+                    let code = answered
+                        .get(&(client_key.clone(), index))
+                        .copied()
+                        .unwrap_or(NOT_LEADER);
+                    PartitionProduceResponse::default()
+                        .with_index(index)
+                        .with_error_code(code)
+                        .with_base_offset(-1)
+                });
+            last_entry(&mut merged.responses, &client_key)
+                .partition_responses
+                .push(result);
+        }
+        encode_response(api, version, correlation_id, &merged)
+    });
+    Ok(Plan::Split {
+        parts,
+        merge: Some(merge),
+    })
+}
+
+/// The id `cluster` knows `topic` by, asking the cluster when klink has
+/// not seen it there.
+async fn upstream_id_of<C: Cluster>(
+    cx: &Context<'_, C>,
+    cluster: &Arc<str>,
+    topic: &str,
+) -> Option<uuid::Uuid> {
+    if let Some(id) = cx.catalog.upstream_id(cluster, topic) {
+        return Some(id);
+    }
+    cx.cluster
+        .refresh_leaders(cluster, vec![topic.to_string()])
+        .await;
+    cx.catalog.upstream_id(cluster, topic)
+}
+
+/// The error a failed part's partitions get, and what it means for their
+/// batches: a part that never left klink was certainly not taken.
+fn failed_part(failure: PartFailure) -> (i16, Outcome) {
+    match failure {
+        PartFailure::NotSent => (NOT_LEADER, Outcome::Refused),
+        PartFailure::Unsupported => (ResponseError::UnsupportedVersion.code(), Outcome::Refused),
+        PartFailure::Lost => (ResponseError::RequestTimedOut.code(), Outcome::Kept),
+    }
+}
+
+fn settle(producers: Option<&Arc<ProducerIds>>, placements: &[Placement], outcome: Outcome) {
+    if let Some(producers) = producers {
+        for placement in placements {
+            producers.settle(placement, outcome);
+        }
+    }
+}
+
+enum Reidentified {
+    /// Plain batches, or idempotent ones going to their issuer as they are.
+    AsTheyAre,
+    Rewritten(Bytes, Vec<Placement>),
+    /// klink cannot send these batches where they must go (no producer id
+    /// from that cluster): the client gets this error and retries.
+    Refused(i16),
+}
+
+/// Idempotent batches placed in the sequence space of the cluster they go
+/// to, under the identity that cluster issued klink where it is not the
+/// client's issuer (DESIGN trap 8).
+async fn reidentify<C: Cluster>(
+    cx: &Context<'_, C>,
+    cluster: &Arc<str>,
+    topic: &str,
+    partition: i32,
+    records: Option<&Bytes>,
+) -> Reidentified {
+    let Some(records) = records else {
+        return Reidentified::AsTheyAre;
+    };
+    let Some(producers) = cx.cluster.producers() else {
+        return Reidentified::AsTheyAre;
+    };
+    let Ok(Some(first)) = batch::BatchHeader::parse(records) else {
+        return Reidentified::AsTheyAre;
+    };
+    // Transactions stay on the cluster their id is pinned to; plain
+    // batches carry no identity to translate.
+    if first.producer_id < 0 || first.is_transactional() {
+        return Reidentified::AsTheyAre;
+    }
+    let client = ClientProducer {
+        // InitProducerId is pinned to the default cluster: every client
+        // id comes from there.
+        issuer: cx.routes.default_cluster().clone(),
+        identity: Identity {
+            producer_id: first.producer_id,
+            epoch: first.producer_epoch,
+        },
+    };
+    let ours = match producers.mapped(&client, cluster) {
+        Some(ours) => ours,
+        None => match cx.cluster.producer_on(cluster, &client).await {
+            Some(ours) => ours,
+            None => {
+                tracing::warn!(%cluster, producer_id = client.identity.producer_id, "no producer id from the routed cluster; the client will retry");
+                return Reidentified::Refused(NOT_LEADER);
+            }
+        },
+    };
+    let Ok(ranges) = batch::batches(records) else {
+        return Reidentified::AsTheyAre;
+    };
+    let mut placements = Vec::with_capacity(ranges.len());
+    let mut rewritten = BytesMut::from(&records[..]);
+    for range in ranges {
+        let Ok(header) = batch::header(&records[range.clone()]) else {
+            return Reidentified::AsTheyAre;
+        };
+        let Some(placement) = producers.place(
+            &client,
+            cluster,
+            topic,
+            partition,
+            header.base_sequence,
+            header.record_count,
+        ) else {
+            continue;
+        };
+        let sequence = placement.sequence;
+        placements.push(placement);
+        if batch::rewrite_producer(
+            &mut rewritten[range],
+            ours.producer_id,
+            ours.epoch,
+            sequence,
+        )
+        .is_err()
+        {
+            settle(Some(producers), &placements, Outcome::Refused);
+            return Reidentified::Refused(ResponseError::CorruptMessage.code());
+        }
+    }
+    if placements.is_empty() {
+        return Reidentified::AsTheyAre;
+    }
+    Reidentified::Rewritten(rewritten.freeze(), placements)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,452 @@
+//! Produce planning and merging, against routes, leaders and producer
+//! identities made up for each test.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+use super::*;
+use crate::split::test_support::*;
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::produce_response::TopicProduceResponse;
+
+fn request(topics: &[(&'static str, &[i32])]) -> Bytes {
+    let body = ProduceRequest::default().with_acks(-1).with_topic_data(
+        topics
+            .iter()
+            .map(|(t, ps)| {
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str(t)))
+                    .with_partition_data(
+                        ps.iter()
+                            .map(|p| {
+                                PartitionProduceData::default()
+                                    .with_index(*p)
+                                    .with_records(Some(Bytes::from(format!("{t}-{p}"))))
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    );
+    let mut buf = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(0)
+        .with_request_api_version(9)
+        .with_correlation_id(77)
+        .encode(&mut buf, ApiKey::Produce.request_header_version(9))
+        .expect("header");
+    body.encode(&mut buf, 9).expect("body");
+    buf.freeze()
+}
+
+fn answer(part: &Part, offset: i64) -> crate::wire::Frame {
+    let mut payload = part.frame.slice(4..);
+    let _ = RequestHeader::decode(&mut payload, ApiKey::Produce.request_header_version(9))
+        .expect("header");
+    let sub = ProduceRequest::decode(&mut payload, 9).expect("sub-request");
+    let response = ProduceResponse::default().with_responses(
+        sub.topic_data
+            .iter()
+            .map(|t| {
+                TopicProduceResponse::default()
+                    .with_name(t.name.clone())
+                    .with_partition_responses(
+                        t.partition_data
+                            .iter()
+                            .map(|p| {
+                                PartitionProduceResponse::default()
+                                    .with_index(p.index)
+                                    .with_base_offset(offset)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    );
+    frame_of(encode_response(ApiKey::Produce, 9, 77, &response).expect("encode"))
+}
+
+#[tokio::test]
+async fn mixed_routes_split_and_merge_in_request_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let table = routes(dir.path());
+    table
+        .route_topic("payments", Some("target"), None)
+        .expect("route");
+    let routes = table.snapshot();
+    let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+        crate::state::StateStore::open(dir.path()).expect("state"),
+    )));
+    let leaders = FixedLeaders(HashMap::from([("payments".to_string(), 2)]));
+    let home = Destination::Broker {
+        cluster: Arc::from("source"),
+        upstream_id: 1,
+    };
+    let payload = request(&[
+        ("payments", &[1]),
+        ("orders", &[0, 1]),
+        ("payments", &[0]),
+        ("nowhere", &[0]),
+    ]);
+    let cx = Context {
+        cluster: &leaders,
+        routes: &routes,
+        catalog: &catalog,
+        home: &home,
+        api: ApiKey::Produce,
+        version: 9,
+        payload: &payload,
+    };
+    let Plan::Split { parts, merge } = plan_produce(&cx, -1).await.expect("plan") else {
+        panic!("mixed routes split");
+    };
+    // payments p1 -> target leader 11, orders + nowhere -> the client's broker, payments p0 -> leader 10.
+    let destinations: Vec<_> = parts.iter().map(|p| p.destination.clone()).collect();
+    assert_eq!(destinations.len(), 3, "{destinations:?}");
+    assert_eq!(destinations[1], home);
+    let frames = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PartAnswer::Answered(answer(p, 100 * i as i64)))
+        .collect();
+    let merged = (merge.expect("acks=all merges"))(frames).expect("merge");
+    let response: ProduceResponse =
+        decode_response(ApiKey::Produce, 9, &frame_of(merged)).expect("decode");
+    let got: Vec<(String, i32, i64)> = response
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partition_responses
+                .iter()
+                .map(move |p| (t.name.to_string(), p.index, p.base_offset))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("payments".into(), 1, 0),
+            ("orders".into(), 0, 100),
+            ("orders".into(), 1, 100),
+            ("payments".into(), 0, 200),
+            ("nowhere".into(), 0, 100),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn same_cluster_routes_forward_the_original_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = routes(dir.path()).snapshot();
+    let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+        crate::state::StateStore::open(dir.path()).expect("state"),
+    )));
+    let leaders = FixedLeaders(HashMap::new());
+    let home = Destination::Any(Arc::from("source"));
+    let payload = request(&[("orders", &[0]), ("unlinked", &[3])]);
+    let cx = Context {
+        cluster: &leaders,
+        routes: &routes,
+        catalog: &catalog,
+        home: &home,
+        api: ApiKey::Produce,
+        version: 9,
+        payload: &payload,
+    };
+    assert!(matches!(plan_produce(&cx, 1).await.expect("plan"), Plan::Forward(d) if d == home));
+}
+
+fn produced(response: ProduceResponse) -> Vec<(String, i32, i16)> {
+    response
+        .responses
+        .iter()
+        .flat_map(|t| {
+            t.partition_responses
+                .iter()
+                .map(move |p| (t.name.to_string(), p.index, p.error_code))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_failed_part_answers_its_own_partitions_and_no_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let table = routes(dir.path());
+    table
+        .route_topic("payments", Some("target"), None)
+        .expect("route");
+    let routes = table.snapshot();
+    let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+        crate::state::StateStore::open(dir.path()).expect("state"),
+    )));
+    let leaders = FixedLeaders(HashMap::from([("payments".to_string(), 2)]));
+    let home = Destination::Any(Arc::from("source"));
+    let payload = request(&[("payments", &[1]), ("orders", &[0]), ("payments", &[0])]);
+    let cx = Context {
+        cluster: &leaders,
+        routes: &routes,
+        catalog: &catalog,
+        home: &home,
+        api: ApiKey::Produce,
+        version: 9,
+        payload: &payload,
+    };
+    let Plan::Split { parts, merge } = plan_produce(&cx, -1).await.expect("plan") else {
+        panic!("split");
+    };
+    assert_eq!(parts.len(), 3);
+    // The first part never left klink, the second was answered, the
+    // third was sent and its answer lost.
+    let answers = vec![
+        PartAnswer::Failed(PartFailure::NotSent),
+        PartAnswer::Answered(answer(&parts[1], 5)),
+        PartAnswer::Failed(PartFailure::Lost),
+    ];
+    let merged = (merge.expect("merge"))(answers).expect("merge");
+    let response: ProduceResponse =
+        decode_response(ApiKey::Produce, 9, &frame_of(merged)).expect("decode");
+    assert_eq!(
+        produced(response),
+        vec![
+            ("payments".into(), 1, NOT_LEADER),
+            ("orders".into(), 0, 0),
+            ("payments".into(), 0, ResponseError::RequestTimedOut.code()),
+        ]
+    );
+}
+
+/// Leaders as [`FixedLeaders`]; the target issues klink id 900.
+struct Remapping {
+    leaders: FixedLeaders,
+    producers: Arc<ProducerIds>,
+}
+
+impl Cluster for Remapping {
+    async fn leader(&self, cluster: &Arc<str>, topic: &str, partition: i32) -> Option<i32> {
+        self.leaders.leader(cluster, topic, partition).await
+    }
+
+    fn producers(&self) -> Option<&Arc<ProducerIds>> {
+        Some(&self.producers)
+    }
+
+    async fn producer_on(&self, cluster: &Arc<str>, client: &ClientProducer) -> Option<Identity> {
+        let issued = Identity {
+            producer_id: 900,
+            epoch: 0,
+        };
+        Some(self.producers.set_mapped(client, cluster, issued))
+    }
+}
+
+fn idempotent_request(sequence: i32) -> Bytes {
+    let mut batch =
+        crate::batch::tests::idempotent_batch(4, kafka_protocol::records::Compression::None);
+    crate::batch::rewrite_producer(&mut batch, 4242, 3, sequence).expect("rewrite");
+    let body = ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("payments")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch.freeze())),
+                ]),
+        ]);
+    let mut buf = bytes::BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(0)
+        .with_request_api_version(9)
+        .with_correlation_id(77)
+        .encode(&mut buf, ApiKey::Produce.request_header_version(9))
+        .expect("header");
+    body.encode(&mut buf, 9).expect("body");
+    buf.freeze()
+}
+
+/// The producer fields of the batch a part carries.
+fn sent_identity(part: &Part) -> (i64, i16, i32) {
+    let mut payload = part.frame.slice(4..);
+    RequestHeader::decode(&mut payload, ApiKey::Produce.request_header_version(9)).expect("header");
+    let sub = ProduceRequest::decode(&mut payload, 9).expect("sub");
+    let records = sub.topic_data[0].partition_data[0]
+        .records
+        .clone()
+        .expect("records");
+    assert!(crate::batch::crc_ok(&records), "CRC recomputed");
+    let header = crate::batch::header(&records).expect("header");
+    (
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+    )
+}
+
+#[tokio::test]
+async fn idempotent_batches_follow_their_partition_back_and_forth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let table = routes(dir.path());
+    let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+        crate::state::StateStore::open(dir.path()).expect("state"),
+    )));
+    let cluster = Remapping {
+        leaders: FixedLeaders(HashMap::from([("payments".to_string(), 1)])),
+        producers: Arc::default(),
+    };
+    let home = Destination::Any(Arc::from("source"));
+    async fn plan_at(
+        cluster: &Remapping,
+        catalog: &Arc<crate::route::Catalog>,
+        home: &Destination,
+        sequence: i32,
+        routes: Arc<crate::route::Routes>,
+    ) -> Plan {
+        let payload = idempotent_request(sequence);
+        let cx = Context {
+            cluster,
+            routes: &routes,
+            catalog,
+            home,
+            api: ApiKey::Produce,
+            version: 9,
+            payload: &payload,
+        };
+        plan_produce(&cx, -1).await.expect("plan")
+    }
+    let plan = |sequence: i32, routes: Arc<crate::route::Routes>| {
+        plan_at(&cluster, &catalog, &home, sequence, routes)
+    };
+    // On its own cluster the batch goes as it is.
+    assert!(matches!(
+        plan(100, table.snapshot()).await,
+        Plan::Forward(_)
+    ));
+
+    table
+        .route_topic("payments", Some("target"), None)
+        .expect("route");
+    let Plan::Split { parts, merge } = plan(104, table.snapshot()).await else {
+        panic!("rewritten");
+    };
+    assert_eq!(sent_identity(&parts[0]), (900, 0, 0), "target's id, from 0");
+    // Refused (leader moved): the place is given back...
+    let refused = |part: &Part| {
+        let mut payload = part.frame.slice(4..);
+        RequestHeader::decode(&mut payload, ApiKey::Produce.request_header_version(9))
+            .expect("header");
+        let sub = ProduceRequest::decode(&mut payload, 9).expect("sub");
+        let response = ProduceResponse::default().with_responses(vec![
+            TopicProduceResponse::default()
+                .with_name(sub.topic_data[0].name.clone())
+                .with_partition_responses(vec![
+                    PartitionProduceResponse::default()
+                        .with_index(0)
+                        .with_error_code(NOT_LEADER),
+                ]),
+        ]);
+        frame_of(encode_response(ApiKey::Produce, 9, 77, &response).expect("encode"))
+    };
+    (merge.expect("merge"))(vec![PartAnswer::Answered(refused(&parts[0]))]).expect("merge");
+    // ... so the retry takes it again, and the next batch follows.
+    let Plan::Split { parts, .. } = plan(104, table.snapshot()).await else {
+        panic!("rewritten");
+    };
+    assert_eq!(sent_identity(&parts[0]), (900, 0, 0));
+    let Plan::Split { parts, .. } = plan(108, table.snapshot()).await else {
+        panic!("rewritten");
+    };
+    assert_eq!(sent_identity(&parts[0]), (900, 0, 4));
+
+    // Back on the source: the client's own id, continuing where the
+    // source left off (it last saw 100..103).
+    table
+        .route_topic("payments", Some("source"), None)
+        .expect("route");
+    let Plan::Split { parts, .. } = plan(112, table.snapshot()).await else {
+        panic!("rewritten, not forwarded: the sequence moves");
+    };
+    assert_eq!(sent_identity(&parts[0]), (4242, 3, 104));
+    // And to the target again: it continues after 0..7.
+    table
+        .route_topic("payments", Some("target"), None)
+        .expect("route");
+    let Plan::Split { parts, .. } = plan(116, table.snapshot()).await else {
+        panic!("rewritten");
+    };
+    assert_eq!(sent_identity(&parts[0]), (900, 0, 8));
+}
+
+/// Counts the Metadata lookups planning asks for.
+struct Counting {
+    leaders: FixedLeaders,
+    asked: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+}
+
+impl Cluster for Counting {
+    async fn leader(&self, cluster: &Arc<str>, topic: &str, partition: i32) -> Option<i32> {
+        self.leaders.leader(cluster, topic, partition).await
+    }
+
+    async fn refresh_leaders(&self, cluster: &Arc<str>, topics: Vec<String>) {
+        if let Ok(mut asked) = self.asked.lock() {
+            asked.push((cluster.to_string(), topics));
+        }
+    }
+}
+
+#[tokio::test]
+async fn many_partitions_routed_elsewhere_cost_one_lookup_per_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let table = routes(dir.path());
+    table
+        .route_topic("payments", Some("target"), None)
+        .expect("route");
+    table
+        .route_topic("orders", Some("target"), None)
+        .expect("route");
+    let routes = table.snapshot();
+    let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+        crate::state::StateStore::open(dir.path()).expect("state"),
+    )));
+    let cluster = Counting {
+        leaders: FixedLeaders(HashMap::from([
+            ("payments".to_string(), 64),
+            ("orders".to_string(), 64),
+        ])),
+        asked: Default::default(),
+    };
+    let home = Destination::Any(Arc::from("source"));
+    let partitions: Vec<i32> = (0..64).collect();
+    let payload = request(&[
+        ("payments", &partitions),
+        ("orders", &partitions),
+        ("unlinked", &[0]),
+    ]);
+    let cx = Context {
+        cluster: &cluster,
+        routes: &routes,
+        catalog: &catalog,
+        home: &home,
+        api: ApiKey::Produce,
+        version: 9,
+        payload: &payload,
+    };
+    let Plan::Split { parts, .. } = plan_produce(&cx, -1).await.expect("plan") else {
+        panic!("split");
+    };
+    assert_eq!(parts.len(), 65, "64 target leaders and the client's broker");
+    let asked = cluster.asked.lock().expect("lock").clone();
+    assert_eq!(
+        asked,
+        vec![(
+            "target".to_string(),
+            vec!["payments".to_string(), "orders".to_string()]
+        )],
+        "one lookup for the target, none for the client's own cluster"
+    );
+}
