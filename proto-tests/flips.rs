@@ -74,6 +74,9 @@ fn cut_connections_to(broker: &Broker) {
 
 #[test]
 fn repeated_flips_at_full_speed_lose_duplicate_and_reorder_nothing() {
+    // Four producers at full speed fill both cores: no other test runs
+    // brokers meanwhile. Declared first, dropped last.
+    let _machine = crate::harness::whole_machine();
     let c = two_clusters("flips");
     create_through_klink(&c.klink, &["orders", "payments"], 3);
     for topic in ["orders", "payments"] {

@@ -173,6 +173,52 @@ pub struct Broker {
     _dir: Arc<tempfile::TempDir>,
 }
 
+/// Tests share the machine (2 cores in CI); a full-speed load test takes it
+/// whole so that the timing of other tests (group rebalances, timeouts)
+/// does not depend on it.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    static HOLDS_MACHINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// A test's share of the machine, taken with its first broker and let
+    /// go when its thread ends (libtest runs each test on a thread of its
+    /// own): one share per test, so a test starting a second broker never
+    /// waits behind a whole-machine test that waits for it.
+    static SHARING: std::cell::RefCell<Option<std::sync::RwLockReadGuard<'static, ()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn share_machine() {
+    if HOLDS_MACHINE.with(|h| h.get()) {
+        return;
+    }
+    SHARING.with(|sharing| {
+        let mut sharing = sharing.borrow_mut();
+        if sharing.is_none() {
+            *sharing = Some(MACHINE.read().unwrap_or_else(|p| p.into_inner()));
+        }
+    });
+}
+
+/// Waits until no other test runs a broker, and keeps others from starting
+/// one until the guard is dropped. Brokers this thread starts meanwhile do
+/// not wait.
+pub fn whole_machine() -> WholeMachine {
+    let guard = MACHINE.write().unwrap_or_else(|p| p.into_inner());
+    HOLDS_MACHINE.with(|h| h.set(true));
+    WholeMachine { _guard: guard }
+}
+
+pub struct WholeMachine {
+    _guard: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl Drop for WholeMachine {
+    fn drop(&mut self) {
+        HOLDS_MACHINE.with(|h| h.set(false));
+    }
+}
+
 impl Broker {
     pub fn start(cluster_id: &str) -> Broker {
         Broker::start_on(free_port(), cluster_id)
@@ -186,6 +232,7 @@ impl Broker {
     /// A broker that tells clients to reach it at `advertised` (a relay in
     /// front of it) while it listens on `port`.
     pub fn start_advertising(port: u16, advertised: u16, cluster_id: &str) -> Broker {
+        share_machine();
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let url = format!("tcp://127.0.0.1:{port}");
         let advertised = format!("tcp://127.0.0.1:{advertised}");
