@@ -21,6 +21,7 @@
 //! - [`split`]: requests routed by topic or group, split and merged.
 //! - [`control`]: the control socket and `klink ctl`.
 //! - [`client`]: klink's own Kafka client (metadata, producer, fetcher).
+//! - [`mirror`]: copying linked topics source -> target with an offset map.
 //! - [`perf`]: `klink perf`, load generators speaking the Java perf tools' flags.
 //! - [`error`]: errors that know their origin and whether to retry.
 
@@ -30,6 +31,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod mirror;
 pub mod perf;
 pub mod proxy;
 pub mod rewrite;

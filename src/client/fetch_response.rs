@@ -13,9 +13,21 @@ pub struct PartitionResponse {
     pub partition: i32,
     pub error_code: i16,
     pub high_watermark: i64,
+    /// The end of what a read_committed consumer may read (v4+).
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// Transactions aborted in the fetched range, for read_committed.
+    pub aborted: Vec<AbortedTransaction>,
     /// Record batches as the broker sent them; possibly a cut-off last one.
     pub records: Bytes,
+}
+
+/// An aborted transaction a Fetch response lists: its producer, and the
+/// offset of its first batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTransaction {
+    pub producer_id: i64,
+    pub first_offset: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,11 +62,16 @@ pub fn scan(payload: &Bytes, version: i16) -> Result<FetchResponse, CursorError>
             let partition = c.i32()?;
             let error_code = c.i16()?;
             let high_watermark = i64(&mut c)?;
-            c.skip(8)?; // last_stable_offset
+            let last_stable_offset = i64(&mut c)?;
             let log_start_offset = if version >= 5 { i64(&mut c)? } else { -1 };
-            let aborted = c.array_len(flexible)?.unwrap_or(0);
-            for _ in 0..aborted {
-                c.skip(16)?; // producer_id, first_offset
+            let count = c.array_len(flexible)?.unwrap_or(0);
+            // Grown one read entry at a time: the count is the broker's word.
+            let mut aborted = Vec::new();
+            for _ in 0..count {
+                aborted.push(AbortedTransaction {
+                    producer_id: i64(&mut c)?,
+                    first_offset: i64(&mut c)?,
+                });
                 if flexible {
                     c.skip_tagged_fields()?;
                 }
@@ -71,7 +88,9 @@ pub fn scan(payload: &Bytes, version: i16) -> Result<FetchResponse, CursorError>
                 partition,
                 error_code,
                 high_watermark,
+                last_stable_offset,
                 log_start_offset,
+                aborted,
                 records,
             });
         }
@@ -136,7 +155,13 @@ mod tests {
             PartitionData::default()
                 .with_partition_index(i)
                 .with_high_watermark(100 + i64::from(i))
+                .with_last_stable_offset(90)
                 .with_log_start_offset(3)
+                .with_aborted_transactions(Some(vec![
+                    kafka_protocol::messages::fetch_response::AbortedTransaction::default()
+                        .with_producer_id(kafka_protocol::messages::ProducerId(7))
+                        .with_first_offset(42),
+                ]))
                 .with_records(Some(Bytes::from_static(records)))
         };
         let response = Typed::default().with_responses(vec![
@@ -163,6 +188,14 @@ mod tests {
             assert_eq!(p0.high_watermark, 100);
             assert_eq!(&p0.records[..], b"abc");
             assert_eq!(p0.log_start_offset, if version >= 5 { 3 } else { -1 });
+            assert_eq!(p0.last_stable_offset, 90);
+            assert_eq!(
+                p0.aborted,
+                vec![AbortedTransaction {
+                    producer_id: 7,
+                    first_offset: 42
+                }]
+            );
             assert_eq!(scanned.partitions[1].high_watermark, 101);
         }
     }

@@ -29,6 +29,7 @@ mod versions;
 
 pub use crate::batch::{BatchHeader, BatchScan, scan_batches};
 pub use brokers::{Client, ClientConfig, Metadata, PartitionMeta, TopicMeta};
+pub use fetch_response::AbortedTransaction;
 pub use fetcher::{FetchConfig, Fetched, Fetcher};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
