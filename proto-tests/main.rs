@@ -10,6 +10,7 @@ mod clients;
 mod flips;
 mod hung;
 mod lifecycle;
+mod mirror;
 mod perf;
 mod rewrites;
 mod routing;

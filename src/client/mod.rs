@@ -29,7 +29,8 @@ mod versions;
 
 pub use crate::batch::{BatchHeader, BatchScan, scan_batches};
 pub use brokers::{Client, ClientConfig, Metadata, PartitionMeta, TopicMeta};
-pub use fetch_response::AbortedTransaction;
+pub(crate) use fetch_response::scan as scan_fetch_response;
+pub use fetch_response::{AbortedTransaction, PartitionResponse};
 pub use fetcher::{FetchConfig, Fetched, Fetcher};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{
@@ -45,7 +46,7 @@ use crate::error::{Error, Kind};
 
 /// A Kafka error code from a broker as klink's error, retriable when the
 /// protocol says a client may retry it.
-pub(crate) fn broker_error(cluster: &Arc<str>, code: i16, what: &str) -> Error {
+pub fn broker_error(cluster: &Arc<str>, code: i16, what: &str) -> Error {
     let (name, retriable) = match ResponseError::try_from_code(code) {
         Some(e) => (e.to_string(), e.is_retriable()),
         None => ("NONE".to_string(), false),
@@ -57,7 +58,7 @@ pub(crate) fn broker_error(cluster: &Arc<str>, code: i16, what: &str) -> Error {
 
 /// Errors after which the partition's leader may have moved: the client
 /// refreshes metadata before it tries again.
-pub(crate) fn is_stale_metadata(code: i16) -> bool {
+pub fn is_stale_metadata(code: i16) -> bool {
     matches!(
         ResponseError::try_from_code(code),
         Some(

@@ -6,14 +6,19 @@
 //!   consumer sees, as whole batches; transaction markers and aborted
 //!   batches become gaps);
 //! - [`offset_map`]: the per-partition map of source to target offsets,
-//!   kept in an append-only file that a crash can only cut short.
+//!   kept in an append-only file that a crash can only cut short;
+//! - [`copier`]: one partition copied exactly once, with reconciliation
+//!   after a crash.
 //!
-//! Still to come (issue "Mirror"): the copy loop per partition on top of
-//! `client` and `batch`, mirror topic creation, restart reconciliation,
-//! lag, bypass detection and `klink ctl mirror` / `offsets`.
+//! Still to come (issue "Mirror"): running copiers for linked topics from
+//! the proxy (topic states), mirror topic creation, lag in `status`, bypass
+//! detection and `klink ctl mirror` / `offsets`.
 
 pub mod committed;
+pub mod copier;
 pub mod offset_map;
+
+pub use copier::{CopyConfig, PartitionCopier, Progress};
 
 pub use committed::{Walked, walk};
 pub use offset_map::{Mapped, OffsetLog, OffsetMap, Run};

@@ -1,0 +1,94 @@
+"""Records for the mirror tests (proto-tests/mirror.rs), written and read
+directly on a cluster.
+
+  produce --bootstrap B --topic T --count N --start S
+          N keyed records with headers, values "v<S+i>", from four producers
+          with batching on, one per codec (none, gzip, lz4, zstd), each
+          taking every fourth record. Prints {"delivered": n, "failed": n}.
+  dump    --bootstrap B --topic T
+          Every record of every partition from offset 0, in log order:
+          {"partitions": {"0": [[key, value, headers, timestamp], ...], ...}}
+"""
+import argparse
+import json
+import time
+
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+
+def produce(a):
+    codecs = ["none", "gzip", "lz4", "zstd"]
+    producers = [Producer({
+        "bootstrap.servers": a.bootstrap,
+        "client.id": f"mirror-{codec}",
+        "compression.type": codec,
+        "linger.ms": 20,
+        "batch.num.messages": 500,
+        "acks": "all",
+    }) for codec in codecs]
+    delivered, failed = 0, 0
+
+    def on_delivery(err, _msg):
+        nonlocal delivered, failed
+        if err is None:
+            delivered += 1
+        else:
+            failed += 1
+
+    for i in range(a.count):
+        n = a.start + i
+        p = producers[i % len(producers)]
+        while True:
+            try:
+                p.produce(a.topic, key=f"k{n % 97}".encode(), value=f"v{n}".encode(),
+                          headers=[("n", str(n).encode()), ("codec", codecs[i % 4].encode())],
+                          timestamp=1_700_000_000_000 + n, on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+    for p in producers:
+        p.flush(60)
+    print(json.dumps({"delivered": delivered, "failed": failed}), flush=True)
+
+
+def dump(a):
+    c = Consumer({
+        "bootstrap.servers": a.bootstrap,
+        "group.id": "mirror-dump-unused",
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": 10,
+        "client.id": "mirror-dump",
+    })
+    md = c.list_topics(a.topic, timeout=10).topics[a.topic]
+    c.assign([TopicPartition(a.topic, p, 0) for p in md.partitions])
+    out = {str(p): [] for p in md.partitions}
+    idle_since = time.time()
+    while time.time() - idle_since < 1.5:
+        msgs = c.consume(1000, 0.2)
+        for m in msgs:
+            if m.error() is None:
+                headers = [[k, v.decode()] for k, v in (m.headers() or [])]
+                out[str(m.partition())].append(
+                    [m.key().decode(), m.value().decode(), headers, m.timestamp()[1]])
+            elif m.error().code() != KafkaError._PARTITION_EOF:
+                raise SystemExit(f"consume error {m.error()}")
+        if msgs:
+            idle_since = time.time()
+    c.close()
+    print(json.dumps({"partitions": out}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["produce", "dump"])
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--topic", required=True)
+    ap.add_argument("--count", type=int, default=1000)
+    ap.add_argument("--start", type=int, default=0)
+    a = ap.parse_args()
+    {"produce": produce, "dump": dump}[a.command](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,576 @@
+//! Copying one partition source -> target, exactly once.
+//!
+//! The copier fetches from the source leader with read_committed, keeps the
+//! batches a read_committed consumer would see ([`super::committed`]), and
+//! produces each as the bytes it is (codec, keys, values, headers and
+//! timestamps untouched) under klink's own idempotent producer id on the
+//! target, rewriting only the producer id, epoch, base sequence and CRC
+//! (DESIGN trap 12). Several batches are in flight on the pipelined target
+//! connection; Kafka takes one batch per partition per request.
+//!
+//! The mirror is the only writer of a mirror topic while it is mirroring
+//! (clients' writes still go to the source), so each batch's target offset
+//! is known before it is sent: the target's log end plus what went before
+//! it. An answer with another offset means someone else writes the target,
+//! and the copier stops rather than guess. A duplicate answer (a retried
+//! batch that had landed) lands where it was predicted.
+//!
+//! After a crash the offset map may lag the target (batches landed, entries
+//! not yet written). On start the copier pairs the target's batches beyond
+//! the map, in order, with the source batches the map has not seen, so no
+//! batch is copied twice and none is skipped.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    FetchRequest, InitProducerIdRequest, ProduceRequest, ProduceResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::committed::{Walked, walk};
+use super::offset_map::OffsetLog;
+use crate::batch;
+use crate::client::{Client, PartitionResponse, broker_error, scan_fetch_response};
+use crate::error::{Error, Kind, Result};
+use crate::route::Identity;
+
+/// Kafka sequences wrap at 2^31.
+const SEQUENCE_MODULUS: i64 = 1 << 31;
+
+#[derive(Debug, Clone)]
+pub struct CopyConfig {
+    /// Produce requests in flight on the target per partition.
+    pub window: usize,
+    /// Bytes one source fetch may return for the partition.
+    pub fetch_max_bytes: i32,
+    /// How long a source fetch waits for records.
+    pub fetch_wait: Duration,
+    /// Retries of a refused batch before the step fails.
+    pub retries: u32,
+}
+
+impl Default for CopyConfig {
+    fn default() -> Self {
+        CopyConfig {
+            window: 8,
+            fetch_max_bytes: 8 * 1024 * 1024,
+            fetch_wait: Duration::from_millis(100),
+            retries: 5,
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub batches: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// The source's high watermark as the fetch reported it.
+    pub source_end: i64,
+    /// Where copying continues on the source.
+    pub position: i64,
+}
+
+impl Progress {
+    /// Records the source holds that are not copied yet (an upper bound:
+    /// transaction markers count).
+    pub fn lag(&self) -> i64 {
+        (self.source_end - self.position).max(0)
+    }
+}
+
+pub struct PartitionCopier {
+    source: Client,
+    target: Client,
+    topic: Arc<str>,
+    partition: i32,
+    config: CopyConfig,
+    log: OffsetLog,
+    /// Next source offset to copy.
+    position: i64,
+    /// Where the next batch lands on the target.
+    target_end: i64,
+    producer: Identity,
+    /// Unwrapped; written modulo 2^31.
+    next_sequence: i64,
+}
+
+impl PartitionCopier {
+    /// Opens the partition's map at `map_path`, starts at `start` (a source
+    /// offset) when the map is empty, asks the target for klink's producer
+    /// id, and reconciles the map with what the target already holds.
+    pub async fn open(
+        source: Client,
+        target: Client,
+        topic: &str,
+        partition: i32,
+        map_path: &Path,
+        start: i64,
+        config: CopyConfig,
+    ) -> Result<PartitionCopier> {
+        let log = OffsetLog::open(map_path)?;
+        let topic: Arc<str> = Arc::from(topic);
+        let producer = init_producer_id(&target, &topic, partition).await?;
+        let mut copier = PartitionCopier {
+            position: log.map().source_end().unwrap_or(start),
+            target_end: 0,
+            source,
+            target,
+            topic,
+            partition,
+            config,
+            log,
+            producer,
+            next_sequence: 0,
+        };
+        copier.target_end = match copier.log.map().target_end() {
+            Some(end) => end,
+            None => copier.target_log_start().await?,
+        };
+        copier.reconcile().await?;
+        Ok(copier)
+    }
+
+    pub fn position(&self) -> i64 {
+        self.position
+    }
+
+    pub fn map(&self) -> &super::OffsetMap {
+        self.log.map()
+    }
+
+    /// Fetches once from the source and copies what came back.
+    pub async fn step(&mut self) -> Result<Progress> {
+        let fetched = fetch(
+            &self.source,
+            &self.topic,
+            self.partition,
+            self.position,
+            1,
+            &self.config,
+        )
+        .await?;
+        let walked = walk(&fetched.records, &fetched.aborted).map_err(|e| {
+            Error::upstream(
+                self.source.cluster_name(),
+                Kind::Protocol,
+                format!("records of {}/{}: {e}", self.topic, self.partition),
+            )
+        })?;
+        let mut progress = Progress {
+            source_end: fetched.high_watermark,
+            ..Default::default()
+        };
+        // Only what a read_committed consumer may read yet.
+        let stable = if fetched.last_stable_offset >= 0 {
+            fetched.last_stable_offset
+        } else {
+            fetched.high_watermark
+        };
+        let walked: Vec<Walked> = walked
+            .into_iter()
+            .filter(|w| w.last_offset < stable && w.last_offset >= self.position)
+            .collect();
+        self.copy(&fetched.records, &walked, &mut progress).await?;
+        self.log.sync()?;
+        progress.position = self.position;
+        Ok(progress)
+    }
+
+    async fn copy(
+        &mut self,
+        records: &Bytes,
+        walked: &[Walked],
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let mut attempts = 0;
+        let mut next = 0;
+        while next < walked.len() {
+            match self.send_window(records, &walked[next..], progress).await {
+                Ok(done) => {
+                    next += done;
+                    attempts = 0;
+                }
+                Err(e) if e.retriable && attempts < self.config.retries => {
+                    attempts += 1;
+                    tracing::debug!(topic = %self.topic, partition = self.partition, error = %e, attempts, "mirror produce failed; retrying");
+                    let _ = self.target.refresh_metadata().await;
+                    tokio::time::sleep(Duration::from_millis(100 << attempts.min(5))).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends batches with up to `window` in flight, in order, until one is
+    /// refused or all are copied; returns how many of `walked` are done
+    /// (copied or dropped).
+    async fn send_window(
+        &mut self,
+        records: &Bytes,
+        walked: &[Walked],
+        progress: &mut Progress,
+    ) -> Result<usize> {
+        let leader = self.target_leader().await?;
+        let conn = self.target.broker_conn(leader).await?;
+        let version = self.target.versions().produce;
+        let mut in_flight = VecDeque::new();
+        let mut sent = 0;
+        // Planned ahead: where each batch goes and under which sequence.
+        let mut planned_end = self.target_end;
+        let mut planned_sequence = self.next_sequence;
+        let mut done = 0;
+        loop {
+            while in_flight.len() < self.config.window.max(1) && sent < walked.len() {
+                let batch = &walked[sent];
+                sent += 1;
+                if !batch.copy {
+                    in_flight.push_back((batch.clone(), None, planned_end, planned_sequence));
+                    continue;
+                }
+                let bytes = self.reidentify(&records[batch.bytes.clone()], planned_sequence)?;
+                let frame = self.target.encode(&self.produce(bytes), version)?;
+                let reply = conn
+                    .send(frame, true)
+                    .await?
+                    .ok_or_else(|| Error::klink(Kind::Protocol, "produce without reply"))?;
+                in_flight.push_back((batch.clone(), Some(reply), planned_end, planned_sequence));
+                planned_end += i64::from(batch.records);
+                planned_sequence += i64::from(batch.records);
+            }
+            let Some((batch, reply, expected, sequence)) = in_flight.pop_front() else {
+                return Ok(done);
+            };
+            let Some(reply) = reply else {
+                // Dropped (marker or aborted): a gap, nothing to wait for.
+                self.position = batch.last_offset + 1;
+                done += 1;
+                continue;
+            };
+            let frame = reply.await.map_err(|_| {
+                Error::upstream(
+                    self.target.cluster_name(),
+                    Kind::Closed,
+                    "target connection dropped",
+                )
+            })??;
+            let response: ProduceResponse =
+                self.target.decode::<ProduceRequest>(&frame, version)?;
+            let answer = response
+                .responses
+                .first()
+                .and_then(|t| t.partition_responses.first())
+                .ok_or_else(|| {
+                    Error::upstream(
+                        self.target.cluster_name(),
+                        Kind::Protocol,
+                        "empty Produce answer",
+                    )
+                })?;
+            let landed_at = match answer.error_code {
+                0 => answer.base_offset,
+                code if code == ResponseError::DuplicateSequenceNumber.code() => expected,
+                code => {
+                    self.target.drop_conn(leader);
+                    return Err(broker_error(
+                        self.target.cluster_name(),
+                        code,
+                        &format!("mirror Produce {}/{}", self.topic, self.partition),
+                    ));
+                }
+            };
+            if landed_at != expected {
+                return Err(Error::upstream(
+                    self.target.cluster_name(),
+                    Kind::Protocol,
+                    format!(
+                        "{}/{}: a mirrored batch landed at {landed_at}, expected {expected}: \
+                         something else writes the mirror topic; mirroring stops here",
+                        self.topic, self.partition
+                    ),
+                ));
+            }
+            self.log
+                .append(batch.base_offset, batch.last_offset, landed_at)?;
+            self.position = batch.last_offset + 1;
+            self.target_end = landed_at + i64::from(batch.records);
+            self.next_sequence = sequence + i64::from(batch.records);
+            progress.batches += 1;
+            progress.records += u64::try_from(batch.records).unwrap_or(0);
+            progress.bytes += (batch.bytes.end - batch.bytes.start) as u64;
+            done += 1;
+        }
+    }
+
+    fn reidentify(&self, batch: &[u8], sequence: i64) -> Result<Bytes> {
+        let mut bytes = BytesMut::from(batch);
+        batch::rewrite_producer(
+            &mut bytes,
+            self.producer.producer_id,
+            self.producer.epoch,
+            // rem_euclid by 2^31 fits an i32.
+            sequence.rem_euclid(SEQUENCE_MODULUS) as i32,
+        )
+        .map_err(|e| Error::klink(Kind::Protocol, format!("rewriting a mirrored batch: {e}")))?;
+        Ok(bytes.freeze())
+    }
+
+    fn produce(&self, records: Bytes) -> ProduceRequest {
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_string(self.topic.to_string())))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(self.partition)
+                            .with_records(Some(records)),
+                    ]),
+            ])
+    }
+
+    async fn target_leader(&self) -> Result<i32> {
+        let meta = self.target.topic(&self.topic).await?;
+        meta.leader(self.partition).ok_or_else(|| {
+            Error::upstream(
+                self.target.cluster_name(),
+                Kind::Protocol,
+                format!(
+                    "{}/{} has no leader on the target",
+                    self.topic, self.partition
+                ),
+            )
+        })
+    }
+
+    async fn target_log_start(&self) -> Result<i64> {
+        let meta = self.target.topic(&self.topic).await?;
+        let earliest = self
+            .target
+            .list_offsets(&meta, &[self.partition], -2)
+            .await?;
+        Ok(earliest.get(&self.partition).copied().unwrap_or(0))
+    }
+
+    /// Records in the map the batches that reached the target after the
+    /// last entry written (a crash between the two), pairing them in order
+    /// with the source's copied batches.
+    async fn reconcile(&mut self) -> Result<()> {
+        let mut adopted = 0;
+        loop {
+            let on_target = fetch(
+                &self.target,
+                &self.topic,
+                self.partition,
+                self.target_end,
+                0,
+                &self.config,
+            )
+            .await?;
+            let target_batches = walk(&on_target.records, &[]).map_err(|e| {
+                Error::upstream(self.target.cluster_name(), Kind::Protocol, e.to_string())
+            })?;
+            let target_batches: Vec<Walked> = target_batches
+                .into_iter()
+                .filter(|b| b.base_offset >= self.target_end)
+                .collect();
+            if target_batches.is_empty() {
+                break;
+            }
+            for landed in target_batches {
+                let source = self.next_copied_source_batch().await?;
+                if source.records != landed.records {
+                    return Err(Error::klink(
+                        Kind::Protocol,
+                        format!(
+                            "{}/{}: the target's batch at {} holds {} records, the source's next \
+                             ({}..={}) {}: the target was written by someone else",
+                            self.topic,
+                            self.partition,
+                            landed.base_offset,
+                            landed.records,
+                            source.base_offset,
+                            source.last_offset,
+                            source.records
+                        ),
+                    ));
+                }
+                self.log
+                    .append(source.base_offset, source.last_offset, landed.base_offset)?;
+                self.position = source.last_offset + 1;
+                self.target_end = landed.last_offset + 1;
+                adopted += 1;
+            }
+        }
+        if adopted > 0 {
+            self.log.sync()?;
+            tracing::info!(topic = %self.topic, partition = self.partition, batches = adopted, "mirror: adopted batches the target had beyond the offset map");
+        }
+        Ok(())
+    }
+
+    /// The next source batch from `position` on that the mirror copies;
+    /// dropped batches on the way move `position` past them.
+    async fn next_copied_source_batch(&mut self) -> Result<Walked> {
+        for _ in 0..1000 {
+            let fetched = fetch(
+                &self.source,
+                &self.topic,
+                self.partition,
+                self.position,
+                1,
+                &self.config,
+            )
+            .await?;
+            let walked = walk(&fetched.records, &fetched.aborted).map_err(|e| {
+                Error::upstream(self.source.cluster_name(), Kind::Protocol, e.to_string())
+            })?;
+            let from = self.position;
+            for batch in walked.into_iter().filter(|b| b.last_offset >= from) {
+                if batch.copy {
+                    return Ok(batch);
+                }
+                self.position = batch.last_offset + 1;
+            }
+        }
+        Err(Error::klink(
+            Kind::Protocol,
+            format!(
+                "{}/{}: the target holds batches the source has not (yet) shown",
+                self.topic, self.partition
+            ),
+        ))
+    }
+}
+
+/// klink's own producer identity on the target, for the mirror's writes.
+async fn init_producer_id(target: &Client, topic: &str, partition: i32) -> Result<Identity> {
+    let meta = target.topic(topic).await?;
+    let leader = meta.leader(partition).ok_or_else(|| {
+        Error::upstream(
+            target.cluster_name(),
+            Kind::Protocol,
+            format!("{topic}/{partition} has no leader"),
+        )
+    })?;
+    let conn = target.broker_conn(leader).await?;
+    // v3+: tansu issues ids only from v3 on.
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000);
+    let response = target.call(&conn, request, 4).await?;
+    if response.error_code != 0 {
+        return Err(broker_error(
+            target.cluster_name(),
+            response.error_code,
+            "InitProducerId",
+        ));
+    }
+    Ok(Identity {
+        producer_id: response.producer_id.0,
+        epoch: response.producer_epoch,
+    })
+}
+
+/// One fetch of one partition from `offset` (isolation 1: read_committed).
+/// An offset out of range is an error, never a silent skip: for a mirror it
+/// means records it was to copy are gone.
+async fn fetch(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    isolation: i8,
+    config: &CopyConfig,
+) -> Result<PartitionResponse> {
+    let meta = client.topic(topic).await?;
+    let leader = meta.leader(partition).ok_or_else(|| {
+        Error::upstream(
+            client.cluster_name(),
+            Kind::Protocol,
+            format!("{topic}/{partition} has no leader"),
+        )
+    })?;
+    let version = client.versions().fetch;
+    let request = FetchRequest::default()
+        .with_max_wait_ms(i32::try_from(config.fetch_wait.as_millis()).unwrap_or(i32::MAX))
+        .with_min_bytes(1)
+        .with_max_bytes(config.fetch_max_bytes)
+        .with_isolation_level(isolation)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(partition)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(config.fetch_max_bytes),
+                ]),
+        ]);
+    let frame = client.encode(&request, version)?;
+    let conn = client.broker_conn(leader).await?;
+    let answer = match client.round_trip(&conn, frame, config.fetch_wait).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            client.drop_conn(leader);
+            return Err(e);
+        }
+    };
+    let response = scan_fetch_response(&answer.payload(), version).map_err(|e| {
+        Error::upstream(
+            client.cluster_name(),
+            Kind::Protocol,
+            format!("Fetch response: {e}"),
+        )
+    })?;
+    if response.error_code != 0 {
+        return Err(broker_error(
+            client.cluster_name(),
+            response.error_code,
+            "Fetch",
+        ));
+    }
+    let found = response
+        .partitions
+        .into_iter()
+        .find(|p| p.topic == topic && p.partition == partition)
+        .ok_or_else(|| {
+            Error::upstream(
+                client.cluster_name(),
+                Kind::Protocol,
+                "Fetch answer without the partition",
+            )
+        })?;
+    match found.error_code {
+        0 => Ok(found),
+        code if code == ResponseError::OffsetOutOfRange.code() => Err(Error::upstream(
+            client.cluster_name(),
+            Kind::Protocol,
+            format!(
+                "{topic}/{partition}: offset {offset} is out of range (log start {}): records the \
+                 mirror was to copy are gone",
+                found.log_start_offset
+            ),
+        )),
+        code => {
+            if crate::client::is_stale_metadata(code) {
+                let _ = client.refresh_metadata().await;
+            }
+            Err(broker_error(
+                client.cluster_name(),
+                code,
+                &format!("Fetch {topic}/{partition}"),
+            ))
+        }
+    }
+}
