@@ -146,7 +146,7 @@ fn lying_array_lengths_in_decoded_requests_do_not_hurt_klink() {
         &source,
         crate::harness::KlinkOptions {
             clusters: vec![("target".into(), target.addr)],
-            extra_config: "[[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\ntopics = [\"moved\"]\n".into(),
+            extra_config: "[[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\nmirror = false\ntopics = [\"moved\"]\n".into(),
             ..Default::default()
         },
     );

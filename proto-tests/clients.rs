@@ -28,7 +28,7 @@ fn check_scenario_on_target(name: &str, command: Command) {
         KlinkOptions {
             clusters: vec![("target".into(), target.addr)],
             extra_config: format!(
-                "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\n\
+                "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\nmirror = false\n\
                  topics = [\"{topic}\"]\ngroups = [\"{group}\"]\n"
             ),
             ..Default::default()

@@ -342,6 +342,14 @@ impl Klink {
         self.process = spawn_klink(&self.config, self.dir.path(), 1);
     }
 
+    /// Kills klink with SIGKILL (no chance to tidy up) and starts it again
+    /// on the same config and state.
+    pub fn crash_and_restart(&mut self, generation: u32) {
+        self.process.signal("KILL");
+        let _ = self.process.wait_exit(Duration::from_secs(15));
+        self.process = spawn_klink(&self.config, self.dir.path(), generation);
+    }
+
     /// Runs `klink ctl --config ... ARGS`.
     pub fn ctl(&self, args: &[&str]) -> (ExitStatus, String, String) {
         let mut command = Command::new(env!("CARGO_BIN_EXE_klink"));

@@ -99,9 +99,10 @@ fn a_hung_upstream_times_out_retriably_and_klink_recovers_by_itself() {
         KlinkOptions {
             clusters: vec![("target".into(), relay.addr)],
             extra_proxy: "upstream_request_timeout_ms = 1500".into(),
-            extra_config: "[[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\n\
+            extra_config:
+                "[[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\nmirror = false\n\
                            topics = [\"orders\", \"payments\"]\n"
-                .into(),
+                    .into(),
             ..Default::default()
         },
     );

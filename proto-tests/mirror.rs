@@ -13,7 +13,7 @@ use klink::client::{Client, ClientConfig};
 use klink::mirror::{CopyConfig, PartitionCopier};
 use serde_json::Value;
 
-use crate::harness::{Broker, python_bin, repo_root, run_bounded};
+use crate::harness::{Broker, Klink, KlinkOptions, python_bin, repo_root, run_bounded};
 use crate::routing::py;
 
 const PARTITIONS: i32 = 3;
@@ -189,4 +189,121 @@ fn a_crash_that_lost_the_end_of_the_offset_map_copies_nothing_twice() {
         assert_eq!(copied, 5_000, "only the new records are copied");
     });
     assert_eq!(dump(&source, "orders"), dump(&target, "orders"));
+}
+
+/// A topic's line of `klink ctl status --json`.
+fn topic_status(klink: &Klink, topic: &str) -> Value {
+    let status: Value =
+        serde_json::from_str(&klink.ctl_ok(&["status", "--json"])).expect("status json");
+    status["topics"]
+        .as_array()
+        .and_then(|topics| topics.iter().find(|t| t["topic"] == topic).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Waits until `topic` is mirroring with no lag left.
+fn wait_caught_up(klink: &Klink, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = topic_status(klink, topic);
+        if status["state"] == "mirroring" && status["lag"] == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} did not catch up: {status}\nklink log:\n{}",
+            klink.process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn mirror_link(topics: &str, start: &str) -> String {
+    format!(
+        "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\n\
+         start = \"{start}\"\ntopics = [{topics}]\n"
+    )
+}
+
+#[test]
+fn a_linked_topic_mirrors_by_itself_survives_kill_9_and_a_foreign_topic_is_refused() {
+    let source = Broker::start("link-mirror-source");
+    let target = Broker::start("link-mirror-target");
+    create(&source, "orders");
+    create(&source, "taken");
+    create(&target, "taken");
+    produce(&source, "orders", 0, 60_000);
+    let mut klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            clusters: vec![("target".into(), target.addr)],
+            extra_config: mirror_link("\"orders\", \"taken\"", "earliest"),
+            ..Default::default()
+        },
+    );
+    wait_caught_up(&klink, "orders");
+    let taken = topic_status(&klink, "taken");
+    assert_eq!(taken["state"], "source", "{taken}");
+    let note = taken["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("refused") && note.contains("already exists"),
+        "{taken}"
+    );
+    assert!(klink.ctl_ok(&["status"]).contains("taken: refused"));
+
+    // 20,000 more while mirroring, and klink killed in the middle of
+    // copying them.
+    produce(&source, "orders", 60_000, 20_000);
+    std::thread::sleep(Duration::from_millis(150));
+    klink.crash_and_restart(1);
+    wait_caught_up(&klink, "orders");
+
+    let mirror: Value =
+        serde_json::from_str(&klink.ctl_ok(&["mirror", "orders", "--json"])).expect("json");
+    let partitions = mirror["mirror"].as_array().cloned().unwrap_or_default();
+    assert_eq!(partitions.len(), 3, "{mirror}");
+    for p in &partitions {
+        assert_eq!(p["lag"], 0, "{p}");
+        assert_eq!(p["last_error"], Value::Null, "{p}");
+        assert_eq!(p["mirrored_to"], p["source_end"], "{p}");
+    }
+    assert!(klink.ctl_ok(&["mirror", "orders"]).contains("MIRRORED TO"));
+    let offsets = klink.ctl_ok(&["offsets", "orders", "0"]);
+    assert!(offsets.contains("identity: the same offsets"), "{offsets}");
+    assert_eq!(
+        dump(&source, "orders"),
+        dump(&target, "orders"),
+        "every record once, in order, after a kill -9"
+    );
+}
+
+#[test]
+fn a_latest_link_copies_only_what_comes_after_it_started() {
+    let source = Broker::start("latest-source");
+    let target = Broker::start("latest-target");
+    create(&source, "orders");
+    produce(&source, "orders", 0, 3_000);
+    let klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            clusters: vec![("target".into(), target.addr)],
+            extra_config: mirror_link("\"orders\"", "latest"),
+            ..Default::default()
+        },
+    );
+    wait_caught_up(&klink, "orders");
+    produce(&source, "orders", 3_000, 1_000);
+    wait_caught_up(&klink, "orders");
+    let on_target = dump(&target, "orders");
+    let values: Vec<u64> = on_target
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .flat_map(|records| records.as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r[1].as_str()?.strip_prefix('v')?.parse().ok())
+        .collect();
+    assert_eq!(values.len(), 1_000, "only the records after the start");
+    assert!(values.iter().all(|v| *v >= 3_000));
+    let offsets = klink.ctl_ok(&["offsets", "orders", "0"]);
+    assert!(offsets.contains("not the identity"), "{offsets}");
 }

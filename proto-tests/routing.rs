@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::harness::{Broker, Klink, KlinkOptions, python_bin, repo_root, run_bounded};
 use crate::raw::RawConn;
 
-const LINK: &str = "[[links]]\nid = \"orders-move\"\nsource = \"source\"\ntarget = \"target\"\n\
+const LINK: &str = "[[links]]\nid = \"orders-move\"\nsource = \"source\"\ntarget = \"target\"\nmirror = false\n\
                     start = \"earliest\"\ntopics = [\"orders\", \"payments\"]\ngroups = [\"billing\"]\n";
 
 pub struct TwoClusters {

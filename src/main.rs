@@ -66,6 +66,21 @@ enum CtlCommand {
         #[arg(long)]
         to: String,
     },
+    /// A mirrored topic per partition: source end, mirrored up to, target
+    /// end, lag, records/s, last error.
+    Mirror {
+        topic: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A partition's offset map: source ranges and the target ranges they
+    /// became, and whether it is the identity.
+    Offsets {
+        topic: String,
+        partition: i32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +124,12 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             false,
         ),
         CtlCommand::RouteGroup { group, to } => (Request::RouteGroup { group, to }, false),
+        CtlCommand::Mirror { topic, json } => (Request::Mirror { topic }, json),
+        CtlCommand::Offsets {
+            topic,
+            partition,
+            json,
+        } => (Request::Offsets { topic, partition }, json),
     };
     let reply = control::client::send(&config.proxy.control_socket, &request);
     if let Ok(Reply {
@@ -129,6 +150,22 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Ok(Reply {
+            ok: true,
+            mirror: Some(partitions),
+            ..
+        }) => {
+            print!("{}", control::client::mirror_table(&partitions));
+            ExitCode::SUCCESS
+        }
+        Ok(Reply {
+            ok: true,
+            offsets: Some(offsets),
+            ..
+        }) => {
+            print!("{}", control::client::offsets_table(&offsets));
+            ExitCode::SUCCESS
         }
         Ok(reply) => match (reply.ok, reply.status) {
             (true, Some(status)) => {

@@ -29,6 +29,10 @@ pub struct LinkConfig {
     pub target: String,
     #[serde(default)]
     pub start: StartPosition,
+    /// Whether klink copies the link's topics to the target (the default).
+    /// `false` makes a link of routes only, changed with `klink ctl route`.
+    #[serde(default = "default_mirror")]
+    pub mirror: bool,
     #[serde(default)]
     pub topics: Vec<String>,
     #[serde(default)]
@@ -82,6 +86,9 @@ pub struct ClusterConfig {
     pub bootstrap: String,
 }
 
+fn default_mirror() -> bool {
+    true
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("./klink-state")
 }

@@ -6,7 +6,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Command, Reply, Status};
+use super::{Command, OffsetsStatus, Reply, Status};
+use crate::mirror::PartitionMirror;
 
 /// Sends `command` and returns the reply, or a message saying why not.
 pub fn send(socket: &Path, command: &Command) -> Result<Reply, String> {
@@ -65,6 +66,68 @@ pub fn table(status: &Status) -> String {
         })
         .collect();
     push_table(&mut out, ["GROUP", "LINK", "ROUTE"], &rows);
+    for t in status.topics.iter().filter(|t| t.note.is_some()) {
+        out.push_str(&format!(
+            "\n{}: {}\n",
+            t.topic,
+            t.note.as_deref().unwrap_or_default()
+        ));
+    }
+    out
+}
+
+/// A topic's mirror, one line per partition.
+pub fn mirror_table(partitions: &[PartitionMirror]) -> String {
+    let rows: Vec<[String; 7]> = partitions
+        .iter()
+        .map(|p| {
+            [
+                p.partition.to_string(),
+                p.source_end.to_string(),
+                p.mirrored_to.to_string(),
+                p.target_end.to_string(),
+                p.lag.to_string(),
+                format!("{:.0}", p.records_per_sec),
+                p.last_error.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    push_table(
+        &mut out,
+        [
+            "PARTITION",
+            "SOURCE END",
+            "MIRRORED TO",
+            "TARGET END",
+            "LAG",
+            "RECORDS/S",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+    out
+}
+
+/// A partition's offset map, one line per run.
+pub fn offsets_table(offsets: &OffsetsStatus) -> String {
+    let rows: Vec<[String; 2]> = offsets
+        .runs
+        .iter()
+        .map(|r| {
+            [
+                format!("{}..{}", r.source_start, r.source_end),
+                format!("{}..{}", r.target_start, r.target_end),
+            ]
+        })
+        .collect();
+    let mut out = String::new();
+    push_table(&mut out, ["SOURCE", "TARGET"], &rows);
+    out.push_str(if offsets.identity {
+        "identity: the same offsets on both clusters\n"
+    } else {
+        "not the identity: offsets differ between the clusters\n"
+    });
     out
 }
 
@@ -105,6 +168,7 @@ mod tests {
                 writes: "target".into(),
                 reads: "source".into(),
                 lag: None,
+                note: None,
             }],
             groups: vec![GroupStatus {
                 group: "billing".into(),

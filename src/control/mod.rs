@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Kind, Result};
+use crate::mirror::{Mirrors, PartitionMirror};
 use crate::route::{RouteTable, Routes};
 
 /// Longest request line accepted; commands are a few hundred bytes.
@@ -37,6 +38,15 @@ pub enum Command {
         group: String,
         to: String,
     },
+    /// A topic's mirror, per partition.
+    Mirror {
+        topic: String,
+    },
+    /// One partition's offset map.
+    Offsets {
+        topic: String,
+        partition: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +58,9 @@ pub struct TopicStatus {
     pub reads: String,
     /// Records the mirror still has to copy; `None` while no mirror runs.
     pub lag: Option<i64>,
+    /// Why the topic is not mirroring when its link says it should.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +76,26 @@ pub struct Status {
     pub groups: Vec<GroupStatus>,
 }
 
+/// One partition's offset map, as `klink ctl offsets` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsetsStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// Source ranges [start, end) and the target offset each starts at.
+    pub runs: Vec<OffsetRun>,
+    /// Same offsets on both clusters: clients could one day read the
+    /// target directly.
+    pub identity: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OffsetRun {
+    pub source_start: i64,
+    pub source_end: i64,
+    pub target_start: i64,
+    pub target_end: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub ok: bool,
@@ -74,6 +107,10 @@ pub struct Reply {
     pub warning: Option<String>,
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Vec<PartitionMirror>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<OffsetsStatus>,
 }
 
 impl Reply {
@@ -83,22 +120,39 @@ impl Reply {
             error: Some(error.into()),
             warning: None,
             status: None,
+            mirror: None,
+            offsets: None,
+        }
+    }
+
+    fn done(status: Status) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            warning: None,
+            status: Some(status),
+            mirror: None,
+            offsets: None,
         }
     }
 }
 
-pub fn status(routes: &Routes) -> Status {
+pub fn status(routes: &Routes, mirrors: &Mirrors) -> Status {
     Status {
         topics: routes
             .topics()
             .into_iter()
-            .map(|(name, r)| TopicStatus {
-                topic: name.to_string(),
-                link: r.link.clone(),
-                state: r.state.as_str().to_string(),
-                writes: r.writes.to_string(),
-                reads: r.reads.to_string(),
-                lag: None,
+            .map(|(name, r)| {
+                let mirror = mirrors.topic(name);
+                TopicStatus {
+                    topic: name.to_string(),
+                    link: r.link.clone(),
+                    state: r.state.as_str().to_string(),
+                    writes: r.writes.to_string(),
+                    reads: r.reads.to_string(),
+                    lag: mirror.as_ref().and_then(|m| m.lag()),
+                    note: mirror.and_then(|m| m.note),
+                }
             })
             .collect(),
         groups: routes
@@ -114,7 +168,7 @@ pub fn status(routes: &Routes) -> Status {
 }
 
 /// Carries out one request line.
-pub fn handle(routes: &RouteTable, line: &str) -> Reply {
+pub fn handle(routes: &RouteTable, mirrors: &Mirrors, line: &str) -> Reply {
     let command: Command = match serde_json::from_str(line) {
         Ok(c) => c,
         Err(e) => return Reply::failed(format!("bad request: {e}")),
@@ -140,15 +194,68 @@ pub fn handle(routes: &RouteTable, line: &str) -> Reply {
         Command::RouteGroup { group, to } => routes
             .route_group(&group, &to)
             .map(|g| tracing::info!(%group, route = %g.cluster, "group routed")),
+        Command::Mirror { topic } => return mirror(routes, mirrors, &topic),
+        Command::Offsets { topic, partition } => return offsets(mirrors, &topic, partition),
     };
     match done {
         Ok(()) => Reply {
-            ok: true,
-            error: None,
             warning: routes.take_warning(),
-            status: Some(status(&routes.snapshot())),
+            ..Reply::done(status(&routes.snapshot(), mirrors))
         },
         Err(e) => Reply::failed(e.context),
+    }
+}
+
+fn mirror(routes: &RouteTable, mirrors: &Mirrors, topic: &str) -> Reply {
+    if routes.snapshot().topic(topic).is_none() {
+        return Reply::failed(format!("unknown topic `{topic}`: no link names it"));
+    }
+    let Some(found) = mirrors.topic(topic) else {
+        return Reply::failed(format!(
+            "`{topic}` is not mirrored: its link has mirror = false"
+        ));
+    };
+    if let Some(note) = found.note
+        && found.partitions.is_empty()
+    {
+        return Reply::failed(format!("`{topic}` is not mirroring: {note}"));
+    }
+    Reply {
+        mirror: Some(found.partitions.into_values().collect()),
+        ..Reply::done(status(&routes.snapshot(), mirrors))
+    }
+}
+
+fn offsets(mirrors: &Mirrors, topic: &str, partition: i32) -> Reply {
+    let Some(p) = mirrors
+        .topic(topic)
+        .and_then(|t| t.partitions.get(&partition).cloned())
+    else {
+        return Reply::failed(format!("no mirror of {topic}/{partition}"));
+    };
+    let runs: Vec<OffsetRun> = p
+        .runs
+        .iter()
+        .map(|r| OffsetRun {
+            source_start: r.source_start,
+            source_end: r.source_end,
+            target_start: r.target_start,
+            target_end: r.target_end(),
+        })
+        .collect();
+    let identity = runs.iter().all(|r| r.source_start == r.target_start);
+    Reply {
+        ok: true,
+        error: None,
+        warning: None,
+        status: None,
+        mirror: None,
+        offsets: Some(OffsetsStatus {
+            topic: topic.to_string(),
+            partition,
+            runs,
+            identity,
+        }),
     }
 }
 
@@ -184,7 +291,12 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, routes: Arc<RouteTable>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: UnixListener,
+    routes: Arc<RouteTable>,
+    mirrors: Arc<Mirrors>,
+    shutdown: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -192,7 +304,7 @@ pub async fn serve(listener: UnixListener, routes: Arc<RouteTable>, shutdown: Ca
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, routes.clone()));
+                tokio::spawn(serve_connection(stream, routes.clone(), mirrors.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
@@ -202,7 +314,7 @@ pub async fn serve(listener: UnixListener, routes: Arc<RouteTable>, shutdown: Ca
     }
 }
 
-async fn serve_connection(stream: UnixStream, routes: Arc<RouteTable>) {
+async fn serve_connection(stream: UnixStream, routes: Arc<RouteTable>, mirrors: Arc<Mirrors>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -229,9 +341,9 @@ async fn serve_connection(stream: UnixStream, routes: Arc<RouteTable>) {
         } else {
             // Route changes write and fsync the state file: keep that off
             // the async workers.
-            let routes = routes.clone();
+            let (routes, mirrors) = (routes.clone(), mirrors.clone());
             let request = line.clone();
-            tokio::task::spawn_blocking(move || handle(&routes, &request))
+            tokio::task::spawn_blocking(move || handle(&routes, &mirrors, &request))
                 .await
                 .unwrap_or_else(|_| Reply::failed("klink failed while handling the request"))
         };
@@ -269,7 +381,7 @@ mod tests {
     fn status_and_routes_over_json() {
         let dir = tempfile::tempdir().expect("tempdir");
         let routes = table(dir.path());
-        let reply = handle(&routes, r#"{"cmd":"status"}"#);
+        let reply = handle(&routes, &Mirrors::default(), r#"{"cmd":"status"}"#);
         let json = serde_json::to_value(&reply).expect("json");
         assert_eq!(json["ok"], true);
         assert_eq!(json["topics"][0]["topic"], "orders");
@@ -279,11 +391,13 @@ mod tests {
 
         let reply = handle(
             &routes,
+            &Mirrors::default(),
             r#"{"cmd":"route","topic":"orders","writes":"target"}"#,
         );
         assert!(reply.ok, "{reply:?}");
         let reply = handle(
             &routes,
+            &Mirrors::default(),
             r#"{"cmd":"route-group","group":"billing","to":"target"}"#,
         );
         assert!(reply.ok, "{reply:?}");
@@ -315,7 +429,7 @@ mod tests {
             ),
             (r#"{"cmd":"status","extra":1}"#, "unknown field"),
         ] {
-            let reply = handle(&routes, line);
+            let reply = handle(&routes, &Mirrors::default(), line);
             assert!(!reply.ok, "{line}");
             let error = reply.error.unwrap_or_default();
             assert!(error.contains(says), "{line}: {error}");

@@ -453,6 +453,21 @@ impl PartitionCopier {
     }
 }
 
+/// A partition's log start and high watermark, from a Fetch (tansu's
+/// ListOffsets "latest" is not the high watermark; a Fetch's is).
+pub async fn log_bounds(client: &Client, topic: &str, partition: i32) -> Result<(i64, i64)> {
+    let meta = client.topic(topic).await?;
+    let earliest = client.list_offsets(&meta, &[partition], -2).await?;
+    let start = earliest.get(&partition).copied().unwrap_or(0);
+    let config = CopyConfig {
+        fetch_max_bytes: 1,
+        fetch_wait: Duration::ZERO,
+        ..Default::default()
+    };
+    let answer = fetch(client, topic, partition, start, 0, &config).await?;
+    Ok((start, answer.high_watermark))
+}
+
 /// klink's own producer identity on the target, for the mirror's writes.
 async fn init_producer_id(target: &Client, topic: &str, partition: i32) -> Result<Identity> {
     let meta = target.topic(topic).await?;

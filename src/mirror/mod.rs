@@ -10,15 +10,20 @@
 //! - [`copier`]: one partition copied exactly once, with reconciliation
 //!   after a crash.
 //!
-//! Still to come (issue "Mirror"): running copiers for linked topics from
-//! the proxy (topic states), mirror topic creation, lag in `status`, bypass
-//! detection and `klink ctl mirror` / `offsets`.
+//! - [`runner`]: copiers for every topic of a mirroring link, started by
+//!   `klink proxy`: mirror topic creation, refusal of a target topic that
+//!   is not klink's, retries with backoff, what `status`/`mirror` show.
+//!
+//! Still to come (issue "Mirror"): bypass detection, the mirror benchmark,
+//! and a mirror of many partitions sharing target connections.
 
 pub mod committed;
 pub mod copier;
 pub mod offset_map;
+pub mod runner;
 
-pub use copier::{CopyConfig, PartitionCopier, Progress};
+pub use copier::{CopyConfig, PartitionCopier, Progress, log_bounds};
 
 pub use committed::{Walked, walk};
 pub use offset_map::{Mapped, OffsetLog, OffsetMap, Run};
+pub use runner::{Mirrors, PartitionMirror, TopicMirror};

@@ -104,7 +104,14 @@ pub async fn run_with_listener(
     for broker in ctx.registry.all() {
         ctx.listen_virtual(broker).await?;
     }
-    tokio::spawn(crate::control::serve(control, routes, shutdown.clone()));
+    let mirrors =
+        crate::mirror::runner::spawn(&ctx.config, routes.clone(), state, shutdown.clone());
+    tokio::spawn(crate::control::serve(
+        control,
+        routes,
+        mirrors,
+        shutdown.clone(),
+    ));
     let bootstrap = listener.local_addr().ok();
     tasks.spawn(listener::accept_loop(listener, ctx.clone(), None));
     for cluster in ctx.clusters() {

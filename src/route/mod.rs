@@ -237,6 +237,21 @@ impl RouteTable {
         })
     }
 
+    /// Moves a topic to another migration state (the mirror and the
+    /// cutover drive this); durable before anyone sees it.
+    pub fn set_state(&self, topic: &str, state: TopicState) -> Result<()> {
+        self.change(|routes| {
+            let route = routes.topics.get_mut(topic).ok_or_else(|| {
+                Error::klink(
+                    Kind::Config,
+                    format!("unknown topic `{topic}`: no link names it"),
+                )
+            })?;
+            route.state = state;
+            Ok(())
+        })
+    }
+
     pub fn route_group(&self, group: &str, to: &str) -> Result<GroupRoute> {
         let to = self.cluster(to)?;
         self.change(|routes| {

@@ -34,6 +34,21 @@ pub struct PersistedState {
     /// The topic id clients see for each topic, whichever cluster serves it.
     #[serde(default)]
     pub topic_ids: BTreeMap<String, Uuid>,
+    /// Mirror topics klink created on their link's target, with where on
+    /// the source each partition's copy starts.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, MirrorRecord>,
+}
+
+/// A mirror topic klink made: a target topic of that name that is not in
+/// here is someone else's, and klink will not write into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorRecord {
+    pub link: String,
+    /// Source offset each partition's copy starts at (fixed at the link's
+    /// first start, so a restart of a `latest` link does not move it).
+    pub start: BTreeMap<i32, i64>,
 }
 
 /// Where a topic stands in a migration (see DESIGN.md, "Topic states").

@@ -1,0 +1,415 @@
+//! Mirrors running for linked topics, from `klink proxy`.
+//!
+//! Each topic of a link with `mirror = true` gets a task: it waits for the
+//! topic on the source, creates the mirror topic on the target (same
+//! partition count, the source's non-default topic configs) unless a topic
+//! of that name is already there and is not klink's (then it refuses and
+//! says so in `status`), persists the mirror and moves the topic to
+//! `mirroring`, and runs one copier per partition. A copier that fails
+//! (cluster down, topic gone, target refusing) reports why and retries
+//! with capped exponential backoff; nothing here stops the proxy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::{CreateTopicsRequest, DescribeConfigsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::copier::{CopyConfig, PartitionCopier, log_bounds};
+use super::offset_map::Run;
+use crate::client::{Client, ClientConfig, broker_error};
+use crate::config::{Config, LinkConfig, StartPosition};
+use crate::error::{Error, Kind, Result};
+use crate::route::{RouteTable, TopicState};
+use crate::state::{MirrorRecord, StateStore};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// DescribeConfigs resource type and config source of a topic's own configs.
+const TOPIC_RESOURCE: i8 = 2;
+const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+
+/// One partition's mirror, as `klink ctl mirror` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionMirror {
+    pub partition: i32,
+    /// The source's high watermark at the last fetch.
+    pub source_end: i64,
+    /// Source offsets below this are copied (or were gaps).
+    pub mirrored_to: i64,
+    pub target_end: i64,
+    pub lag: i64,
+    pub records_per_sec: f64,
+    pub last_error: Option<String>,
+    /// The offset map (source ranges -> target ranges).
+    #[serde(skip)]
+    pub runs: Vec<Run>,
+}
+
+/// One topic's mirror.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopicMirror {
+    /// Why the topic is not (yet) mirroring, when it is not.
+    pub note: Option<String>,
+    pub partitions: BTreeMap<i32, PartitionMirror>,
+}
+
+impl TopicMirror {
+    pub fn lag(&self) -> Option<i64> {
+        (!self.partitions.is_empty()).then(|| self.partitions.values().map(|p| p.lag).sum())
+    }
+}
+
+/// What every mirror reports, read by the control socket.
+#[derive(Default)]
+pub struct Mirrors {
+    topics: Mutex<BTreeMap<String, TopicMirror>>,
+}
+
+impl Mirrors {
+    fn with<T>(&self, edit: impl FnOnce(&mut BTreeMap<String, TopicMirror>) -> T) -> T {
+        edit(&mut self.topics.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn topic(&self, topic: &str) -> Option<TopicMirror> {
+        self.with(|t| t.get(topic).cloned())
+    }
+
+    fn note(&self, topic: &str, note: Option<String>) {
+        self.with(|t| t.entry(topic.to_string()).or_default().note = note);
+    }
+
+    fn partition(&self, topic: &str, partition: PartitionMirror) {
+        self.with(|t| {
+            t.entry(topic.to_string())
+                .or_default()
+                .partitions
+                .insert(partition.partition, partition)
+        });
+    }
+}
+
+/// Everything a topic's mirror task needs.
+#[derive(Clone)]
+struct Job {
+    link: LinkConfig,
+    topic: String,
+    source: ClientConfig,
+    target: ClientConfig,
+    maps: PathBuf,
+    routes: Arc<RouteTable>,
+    state: Arc<StateStore>,
+    mirrors: Arc<Mirrors>,
+    shutdown: CancellationToken,
+}
+
+/// Starts a mirror task for every topic of every mirroring link.
+pub fn spawn(
+    config: &Config,
+    routes: Arc<RouteTable>,
+    state: Arc<StateStore>,
+    shutdown: CancellationToken,
+) -> Arc<Mirrors> {
+    let mirrors = Arc::new(Mirrors::default());
+    for link in config.links.iter().filter(|l| l.mirror) {
+        let client = |cluster: &str| {
+            let bootstrap = config
+                .clusters
+                .get(cluster)
+                .map(|c| c.bootstrap_addrs())
+                .unwrap_or_default();
+            ClientConfig {
+                name: cluster.to_string(),
+                bootstrap,
+                client_id: format!("klink-mirror-{}", link.id),
+                max_frame_bytes: config.proxy.max_frame_bytes,
+                ..Default::default()
+            }
+        };
+        for topic in &link.topics {
+            let job = Job {
+                link: link.clone(),
+                topic: topic.clone(),
+                source: client(&link.source),
+                target: client(&link.target),
+                maps: config.proxy.state_dir.join("mirror").join(&link.id),
+                routes: routes.clone(),
+                state: state.clone(),
+                mirrors: mirrors.clone(),
+                shutdown: shutdown.clone(),
+            };
+            mirrors.note(topic, Some("starting".into()));
+            tokio::spawn(run_topic(job));
+        }
+    }
+    mirrors
+}
+
+async fn run_topic(job: Job) {
+    let mut backoff = BACKOFF_MIN;
+    let (source, target, record) = loop {
+        let prepared = tokio::select! {
+            _ = job.shutdown.cancelled() => return,
+            prepared = prepare(&job) => prepared,
+        };
+        match prepared {
+            Ok(Some(ready)) => break ready,
+            Ok(None) => return, // refused, and said so
+            Err(e) => {
+                job.mirrors
+                    .note(&job.topic, Some(format!("waiting: {}", e.context)));
+                tracing::debug!(topic = %job.topic, error = %e, "mirror not started yet");
+                if sleep_or_shutdown(&job.shutdown, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    };
+    job.mirrors.note(&job.topic, None);
+    for (partition, start) in record.start {
+        tokio::spawn(run_partition(
+            job.clone(),
+            source.clone(),
+            target.clone(),
+            partition,
+            start,
+        ));
+    }
+}
+
+/// Makes the mirror topic (once) and returns the clients and the record;
+/// `None` when the target's topic is someone else's.
+async fn prepare(job: &Job) -> Result<Option<(Client, Client, MirrorRecord)>> {
+    let source = Client::connect(job.source.clone()).await?;
+    let target = Client::connect(job.target.clone()).await?;
+    let meta = source.topic(&job.topic).await?;
+    if let Some(record) = job.state.snapshot().mirrors.get(&job.topic).cloned() {
+        ensure_mirroring(job).await?;
+        return Ok(Some((source, target, record)));
+    }
+    let on_target = target.refresh_metadata().await?;
+    if on_target.topics.contains_key(&job.topic) {
+        let why = format!(
+            "refused: `{}` already exists on {} and is not a mirror topic klink created; \
+             delete it there or take the topic out of link `{}`",
+            job.topic, job.link.target, job.link.id
+        );
+        tracing::warn!(topic = %job.topic, "{why}");
+        job.mirrors.note(&job.topic, Some(why));
+        return Ok(None);
+    }
+    let mut start = BTreeMap::new();
+    for p in &meta.partitions {
+        let (log_start, log_end) = log_bounds(&source, &job.topic, p.partition).await?;
+        let at = match job.link.start {
+            StartPosition::Earliest => log_start,
+            StartPosition::Latest => log_end,
+        };
+        start.insert(p.partition, at);
+    }
+    let configs = topic_configs(&source, &job.topic, &meta).await?;
+    create_topic(&target, &job.topic, meta.partitions.len(), configs).await?;
+    let record = MirrorRecord {
+        link: job.link.id.clone(),
+        start,
+    };
+    let topic = job.topic.clone();
+    let saved = record.clone();
+    job.state
+        .update_async(move |s| {
+            s.mirrors.insert(topic, saved);
+        })
+        .await?;
+    ensure_mirroring(job).await?;
+    tracing::info!(topic = %job.topic, link = %job.link.id, partitions = record.start.len(), "mirror topic created; mirroring");
+    Ok(Some((source, target, record)))
+}
+
+async fn ensure_mirroring(job: &Job) -> Result<()> {
+    let state = job.routes.snapshot().topic(&job.topic).map(|r| r.state);
+    if state == Some(TopicState::Source) {
+        let routes = job.routes.clone();
+        let topic = job.topic.clone();
+        tokio::task::spawn_blocking(move || routes.set_state(&topic, TopicState::Mirroring))
+            .await
+            .map_err(|e| Error::klink(Kind::Io, format!("state change failed: {e}")))??;
+    }
+    Ok(())
+}
+
+/// The source topic's own (non-default) configs, to give the mirror topic.
+async fn topic_configs(
+    source: &Client,
+    topic: &str,
+    meta: &crate::client::TopicMeta,
+) -> Result<Vec<(String, String)>> {
+    let leader = meta.partitions.first().map(|p| p.leader).unwrap_or(-1);
+    let conn = source.broker_conn(leader).await?;
+    let request = DescribeConfigsRequest::default().with_resources(vec![
+        DescribeConfigsResource::default()
+            .with_resource_type(TOPIC_RESOURCE)
+            .with_resource_name(StrBytes::from_string(topic.to_string())),
+    ]);
+    let response = source.call(&conn, request, 1).await?;
+    let mut configs = Vec::new();
+    for result in response.results {
+        if result.error_code != 0 {
+            return Err(broker_error(
+                source.cluster_name(),
+                result.error_code,
+                "DescribeConfigs",
+            ));
+        }
+        for c in result.configs {
+            if c.config_source == DYNAMIC_TOPIC_CONFIG
+                && let Some(value) = c.value
+            {
+                configs.push((c.name.to_string(), value.to_string()));
+            }
+        }
+    }
+    Ok(configs)
+}
+
+async fn create_topic(
+    target: &Client,
+    topic: &str,
+    partitions: usize,
+    configs: Vec<(String, String)>,
+) -> Result<()> {
+    let brokers = target.metadata().brokers.len().max(1);
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_num_partitions(i32::try_from(partitions).unwrap_or(i32::MAX))
+                // As many replicas as the target has brokers, up to 3.
+                .with_replication_factor(i16::try_from(brokers.min(3)).unwrap_or(1))
+                .with_configs(
+                    configs
+                        .into_iter()
+                        .map(|(name, value)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(name))
+                                .with_value(Some(StrBytes::from_string(value)))
+                        })
+                        .collect(),
+                ),
+        ]);
+    let any_broker = target
+        .metadata()
+        .brokers
+        .keys()
+        .next()
+        .copied()
+        .ok_or_else(|| {
+            Error::upstream(
+                target.cluster_name(),
+                Kind::Protocol,
+                "the target names no broker",
+            )
+        })?;
+    let conn = target.broker_conn(any_broker).await?;
+    let response = target.call(&conn, request, 4).await?;
+    for t in response.topics {
+        if t.error_code != 0 {
+            return Err(broker_error(
+                target.cluster_name(),
+                t.error_code,
+                "CreateTopics",
+            ));
+        }
+    }
+    // The new topic's leaders, before the copiers ask for them.
+    target.topic(topic).await?;
+    Ok(())
+}
+
+async fn run_partition(job: Job, source: Client, target: Client, partition: i32, start: i64) {
+    let map = job.maps.join(format!("{}-{partition}.map", job.topic));
+    let mut backoff = BACKOFF_MIN;
+    let mut report = PartitionMirror {
+        partition,
+        ..Default::default()
+    };
+    loop {
+        let opened = PartitionCopier::open(
+            source.clone(),
+            target.clone(),
+            &job.topic,
+            partition,
+            &map,
+            start,
+            CopyConfig::default(),
+        );
+        let mut copier = tokio::select! {
+            _ = job.shutdown.cancelled() => return,
+            opened = opened => match opened {
+                Ok(copier) => copier,
+                Err(e) => {
+                    report.last_error = Some(e.to_string());
+                    job.mirrors.partition(&job.topic, report.clone());
+                    tracing::warn!(topic = %job.topic, partition, error = %e, "mirror cannot start; retrying");
+                    if sleep_or_shutdown(&job.shutdown, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        let mut window = (Instant::now(), 0u64);
+        loop {
+            let stepped = tokio::select! {
+                _ = job.shutdown.cancelled() => return,
+                stepped = copier.step() => stepped,
+            };
+            match stepped {
+                Ok(progress) => {
+                    backoff = BACKOFF_MIN;
+                    window.1 += progress.records;
+                    let elapsed = window.0.elapsed();
+                    if elapsed >= Duration::from_secs(1) {
+                        report.records_per_sec = window.1 as f64 / elapsed.as_secs_f64();
+                        window = (Instant::now(), 0);
+                    }
+                    report.source_end = progress.source_end;
+                    report.mirrored_to = progress.position;
+                    report.lag = progress.lag();
+                    report.target_end = copier.map().target_end().unwrap_or(0);
+                    report.runs = copier.map().runs().to_vec();
+                    report.last_error = None;
+                    job.mirrors.partition(&job.topic, report.clone());
+                }
+                Err(e) => {
+                    if report.last_error.is_none() {
+                        tracing::warn!(topic = %job.topic, partition, error = %e, "mirror stopped; retrying with backoff");
+                    }
+                    report.last_error = Some(e.to_string());
+                    job.mirrors.partition(&job.topic, report.clone());
+                    if sleep_or_shutdown(&job.shutdown, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    break; // reopen: reconcile with whatever the target holds now
+                }
+            }
+        }
+    }
+}
+
+/// True when klink is shutting down.
+async fn sleep_or_shutdown(shutdown: &CancellationToken, pause: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
