@@ -59,7 +59,7 @@ pub struct CopyConfig {
 impl Default for CopyConfig {
     fn default() -> Self {
         CopyConfig {
-            window: 8,
+            window: 64,
             fetch_max_bytes: 8 * 1024 * 1024,
             fetch_wait: Duration::from_millis(100),
             retries: 5,
@@ -101,7 +101,27 @@ pub struct PartitionCopier {
     producer: Identity,
     /// Unwrapped; written modulo 2^31.
     next_sequence: i64,
+    last_sync: std::time::Instant,
+    /// The next source fetch, already under way, and where it starts.
+    prefetched: Option<(i64, tokio::task::JoinHandle<Result<PartitionResponse>>)>,
+    /// Whether the last fetch brought records: a busy copier fetches with a
+    /// short wait (tansu holds a fetch for its whole wait whenever it cannot
+    /// fill it), an idle one with the configured wait.
+    busy: bool,
 }
+
+impl Drop for PartitionCopier {
+    fn drop(&mut self) {
+        if let Some((_, pending)) = self.prefetched.take() {
+            pending.abort();
+        }
+    }
+}
+
+/// A busy copier's fetch wait (see `busy`).
+const BUSY_FETCH_WAIT: Duration = Duration::from_millis(5);
+/// How often a busy copier fsyncs its offset map.
+const SYNC_EVERY: Duration = Duration::from_millis(500);
 
 impl PartitionCopier {
     /// Opens the partition's map at `map_path`, starts at `start` (a source
@@ -130,6 +150,9 @@ impl PartitionCopier {
             log,
             producer,
             next_sequence: 0,
+            last_sync: std::time::Instant::now(),
+            prefetched: None,
+            busy: false,
         };
         copier.target_end = match copier.log.map().target_end() {
             Some(end) => end,
@@ -149,15 +172,28 @@ impl PartitionCopier {
 
     /// Fetches once from the source and copies what came back.
     pub async fn step(&mut self) -> Result<Progress> {
-        let fetched = fetch(
-            &self.source,
-            &self.topic,
-            self.partition,
-            self.position,
-            1,
-            &self.config,
-        )
-        .await?;
+        let began = std::time::Instant::now();
+        let fetched = match self.prefetched.take() {
+            Some((at, pending)) if at == self.position => pending
+                .await
+                .map_err(|e| Error::klink(Kind::Io, format!("mirror fetch task: {e}")))??,
+            stale => {
+                if let Some((_, pending)) = stale {
+                    pending.abort();
+                }
+                let config = self.fetch_config();
+                fetch(
+                    &self.source,
+                    &self.topic,
+                    self.partition,
+                    self.position,
+                    1,
+                    &config,
+                )
+                .await?
+            }
+        };
+        self.busy = !fetched.records.is_empty();
         let walked = walk(&fetched.records, &fetched.aborted).map_err(|e| {
             Error::upstream(
                 self.source.cluster_name(),
@@ -179,8 +215,29 @@ impl PartitionCopier {
             .into_iter()
             .filter(|w| w.last_offset < stable && w.last_offset >= self.position)
             .collect();
+        let fetched_in = began.elapsed();
+        // Fetch the next run while this one is copied: where it starts is
+        // known (after the last batch walked), and a copy that falls short
+        // simply drops the prefetch.
+        if let Some(next) = walked.last().map(|w| w.last_offset + 1) {
+            let (source, topic, partition) =
+                (self.source.clone(), self.topic.clone(), self.partition);
+            let config = self.fetch_config();
+            let pending =
+                tokio::spawn(
+                    async move { fetch(&source, &topic, partition, next, 1, &config).await },
+                );
+            self.prefetched = Some((next, pending));
+        }
         self.copy(&fetched.records, &walked, &mut progress).await?;
-        self.log.sync()?;
+        tracing::trace!(topic = %self.topic, partition = self.partition, bytes = fetched.records.len(), batches = progress.batches, fetch_ms = fetched_in.as_millis() as u64, copy_ms = (began.elapsed() - fetched_in).as_millis() as u64, "mirror step");
+        // The map need not be durable batch by batch: after a crash the
+        // target's batches beyond it are paired up again (`reconcile`).
+        // Synced when idle or every so often, it costs nothing per batch.
+        if progress.batches == 0 || self.last_sync.elapsed() >= SYNC_EVERY {
+            self.log.sync()?;
+            self.last_sync = std::time::Instant::now();
+        }
         progress.position = self.position;
         Ok(progress)
     }
@@ -309,6 +366,14 @@ impl PartitionCopier {
             progress.bytes += (batch.bytes.end - batch.bytes.start) as u64;
             done += 1;
         }
+    }
+
+    fn fetch_config(&self) -> CopyConfig {
+        let mut config = self.config.clone();
+        if self.busy {
+            config.fetch_wait = BUSY_FETCH_WAIT;
+        }
+        config
     }
 
     fn reidentify(&self, batch: &[u8], sequence: i64) -> Result<Bytes> {

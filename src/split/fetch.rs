@@ -38,19 +38,13 @@ pub async fn plan_fetch<C: Cluster>(
 ) -> Result<Plan> {
     let (header, request): (_, FetchRequest) = cx.decode()?;
     let by_id = cx.version >= TOPIC_IDS_SINCE;
-    let mut resolved = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        let client_key = TopicKey::new(by_id, topic.topic.as_str(), topic.topic_id);
-        let name = cx.topic_name(by_id, topic.topic.as_str(), topic.topic_id);
-        let cluster = name.as_deref().map(|n| cx.routes.reads(n).clone());
-        resolved.push((client_key, name, cluster));
-    }
-    cx.prepare_leaders(
-        resolved
-            .iter()
-            .filter_map(|(_, name, cluster)| Some((cluster.clone()?, name.clone()?))),
-    )
-    .await;
+    let named = request
+        .topics
+        .iter()
+        .map(|t| (t.topic.as_str(), t.topic_id));
+    let resolved = cx
+        .resolve_topics(by_id, named, |routes, n| routes.reads(n).clone())
+        .await;
     let mut assigned = Vec::new();
     let mut answered: HashMap<(TopicKey, i32), i16> = HashMap::new();
     let mut order: Vec<(TopicKey, i32)> = Vec::new();

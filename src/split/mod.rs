@@ -209,6 +209,33 @@ impl<C: Cluster> Context<'_, C> {
         }
     }
 
+    /// Each topic of a request (as the client named it: by name, or by id
+    /// from v13) with its name and the cluster `route` sends it to (`None`
+    /// for an id klink never showed a client), after asking the clusters
+    /// involved for the leaders klink lacks.
+    pub async fn resolve_topics<'n>(
+        &self,
+        by_id: bool,
+        topics: impl Iterator<Item = (&'n str, uuid::Uuid)>,
+        route: fn(&Routes, &str) -> Arc<str>,
+    ) -> Vec<(TopicKey, Option<String>, Option<Arc<str>>)> {
+        let resolved: Vec<_> = topics
+            .map(|(name, id)| {
+                let client_key = TopicKey::new(by_id, name, id);
+                let name = self.topic_name(by_id, name, id);
+                let cluster = name.as_deref().map(|n| route(self.routes, n));
+                (client_key, name, cluster)
+            })
+            .collect();
+        self.prepare_leaders(
+            resolved
+                .iter()
+                .filter_map(|(_, name, cluster)| Some((cluster.clone()?, name.clone()?))),
+        )
+        .await;
+        resolved
+    }
+
     /// Asks each cluster other than the client's own, once, for the
     /// layout of the topics routed to it that klink does not know or knows
     /// from too long ago.

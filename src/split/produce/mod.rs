@@ -36,19 +36,13 @@ struct Routed {
 pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<Plan> {
     let (header, request): (_, ProduceRequest) = cx.decode()?;
     let by_id = cx.version >= TOPIC_IDS_SINCE;
-    let mut resolved = Vec::with_capacity(request.topic_data.len());
-    for topic in &request.topic_data {
-        let client_key = TopicKey::new(by_id, topic.name.as_str(), topic.topic_id);
-        let name = cx.topic_name(by_id, topic.name.as_str(), topic.topic_id);
-        let cluster = name.as_deref().map(|n| cx.routes.writes(n).clone());
-        resolved.push((client_key, name, cluster));
-    }
-    cx.prepare_leaders(
-        resolved
-            .iter()
-            .filter_map(|(_, name, cluster)| Some((cluster.clone()?, name.clone()?))),
-    )
-    .await;
+    let named = request
+        .topic_data
+        .iter()
+        .map(|t| (t.name.as_str(), t.topic_id));
+    let resolved = cx
+        .resolve_topics(by_id, named, |routes, n| routes.writes(n).clone())
+        .await;
     // Every partition in request order, with where it goes or the error
     // klink answers it with itself.
     let mut order: Vec<(TopicKey, i32)> = Vec::new();
