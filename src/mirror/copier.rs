@@ -219,7 +219,14 @@ impl PartitionCopier {
         // Fetch the next run while this one is copied: where it starts is
         // known (after the last batch walked), and a copy that falls short
         // simply drops the prefetch.
-        if let Some(next) = walked.last().map(|w| w.last_offset + 1) {
+        // Only when the source is known to hold more: a prefetch answered
+        // at the log end would report a stale high watermark (a lag of 0)
+        // after new records arrived.
+        if let Some(next) = walked
+            .last()
+            .map(|w| w.last_offset + 1)
+            .filter(|next| *next < fetched.high_watermark)
+        {
             let (source, topic, partition) =
                 (self.source.clone(), self.topic.clone(), self.partition);
             let config = self.fetch_config();

@@ -53,16 +53,20 @@ pub struct PartitionMirror {
 }
 
 /// One topic's mirror.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TopicMirror {
     /// Why the topic is not (yet) mirroring, when it is not.
     pub note: Option<String>,
     pub partitions: BTreeMap<i32, PartitionMirror>,
+    /// How many partitions the mirror copies.
+    pub expected: usize,
 }
 
 impl TopicMirror {
+    /// Records left to copy, once every partition has reported.
     pub fn lag(&self) -> Option<i64> {
-        (!self.partitions.is_empty()).then(|| self.partitions.values().map(|p| p.lag).sum())
+        (self.expected > 0 && self.partitions.len() == self.expected)
+            .then(|| self.partitions.values().map(|p| p.lag).sum())
     }
 }
 
@@ -83,6 +87,10 @@ impl Mirrors {
 
     fn note(&self, topic: &str, note: Option<String>) {
         self.with(|t| t.entry(topic.to_string()).or_default().note = note);
+    }
+
+    fn expect(&self, topic: &str, partitions: usize) {
+        self.with(|t| t.entry(topic.to_string()).or_default().expected = partitions);
     }
 
     fn partition(&self, topic: &str, partition: PartitionMirror) {
@@ -173,6 +181,7 @@ async fn run_topic(job: Job) {
         }
     };
     job.mirrors.note(&job.topic, None);
+    job.mirrors.expect(&job.topic, record.start.len());
     for (partition, start) in record.start {
         tokio::spawn(run_partition(
             job.clone(),
@@ -411,5 +420,26 @@ async fn sleep_or_shutdown(shutdown: &CancellationToken, pause: Duration) -> boo
     tokio::select! {
         _ = shutdown.cancelled() => true,
         _ = tokio::time::sleep(pause) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_topic_has_a_lag_only_once_every_partition_reported() {
+        let mirrors = Mirrors::default();
+        assert_eq!(mirrors.topic("orders"), None);
+        mirrors.expect("orders", 2);
+        let report = |partition, lag| PartitionMirror {
+            partition,
+            lag,
+            ..Default::default()
+        };
+        mirrors.partition("orders", report(0, 0));
+        assert_eq!(mirrors.topic("orders").and_then(|t| t.lag()), None);
+        mirrors.partition("orders", report(1, 7));
+        assert_eq!(mirrors.topic("orders").and_then(|t| t.lag()), Some(7));
     }
 }
