@@ -251,11 +251,25 @@ fn a_linked_topic_mirrors_by_itself_survives_kill_9_and_a_foreign_topic_is_refus
     );
     assert!(klink.ctl_ok(&["status"]).contains("taken: refused"));
 
-    // 20,000 more while mirroring, and klink killed in the middle of
-    // copying them.
-    produce(&source, "orders", 60_000, 20_000);
-    std::thread::sleep(Duration::from_millis(150));
+    // 50,000 more written while mirroring, and klink killed while it copies
+    // them (the producer writes to the source directly and keeps going).
+    let mut producer = std::process::Command::new(python_bin())
+        .arg(repo_root().join("proto-tests/clients/mirror.py"))
+        .args(["produce", "--bootstrap", &source.addr.to_string()])
+        .args(["--topic", "orders", "--start", "60000", "--count", "50000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start producer");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while topic_status(&klink, "orders")["lag"].as_i64().unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror never had records to copy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     klink.crash_and_restart(1);
+    assert!(producer.wait().expect("producer").success());
     wait_caught_up(&klink, "orders");
 
     let mirror: Value =

@@ -77,13 +77,17 @@ pub struct Progress {
     pub source_end: i64,
     /// Where copying continues on the source.
     pub position: i64,
+    /// Where this step's fetch started.
+    pub fetched_from: i64,
 }
 
 impl Progress {
-    /// Records the source holds that are not copied yet (an upper bound:
-    /// transaction markers count).
+    /// Records the source held beyond what was copied when this step's
+    /// fetch was answered (transaction markers count). 0 only when a fetch
+    /// found nothing new: the mirror has caught up, not merely copied
+    /// what one fetch brought while more arrived.
     pub fn lag(&self) -> i64 {
-        (self.source_end - self.position).max(0)
+        (self.source_end - self.fetched_from).max(0)
     }
 }
 
@@ -203,6 +207,7 @@ impl PartitionCopier {
         })?;
         let mut progress = Progress {
             source_end: fetched.high_watermark,
+            fetched_from: self.position,
             ..Default::default()
         };
         // Only what a read_committed consumer may read yet.
