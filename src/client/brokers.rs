@@ -173,6 +173,24 @@ impl Client {
         ))
     }
 
+    /// Whether the cluster has a topic of this name now: one Metadata
+    /// request naming it, never creating it, never waiting for leaders.
+    pub async fn topic_exists(&self, name: &str) -> Result<bool> {
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(name.to_string())),
+            ))]))
+            .with_allow_auto_topic_creation(false);
+        let conn = self.bootstrap_conn().await?;
+        let response: MetadataResponse = self
+            .call(&conn, request, self.inner.versions.metadata)
+            .await?;
+        let unknown = kafka_protocol::ResponseError::UnknownTopicOrPartition.code();
+        Ok(response.topics.iter().any(|t| {
+            t.name.as_ref().is_some_and(|n| n.as_str() == name) && t.error_code != unknown
+        }))
+    }
+
     /// Asks the cluster again for its brokers and the wanted topics. Callers
     /// that waited behind a refresh in progress get its answer.
     pub async fn refresh_metadata(&self) -> Result<Arc<Metadata>> {

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::{CreateTopicsRequest, DescribeConfigsRequest, TopicName};
@@ -199,19 +200,24 @@ async fn prepare(job: &Job) -> Result<Option<(Client, Client, MirrorRecord)>> {
     let source = Client::connect(job.source.clone()).await?;
     let target = Client::connect(job.target.clone()).await?;
     let meta = source.topic(&job.topic).await?;
+    let configs = topic_configs(&source, &job.topic, &meta).await?;
+    let partitions = meta.partitions.len();
     if let Some(record) = job.state.snapshot().mirrors.get(&job.topic).cloned() {
+        // Ours: made before, or recorded just before a crash kept klink
+        // from making it.
+        create_topic(&target, &job.topic, partitions, configs).await?;
         ensure_mirroring(job).await?;
         return Ok(Some((source, target, record)));
     }
-    let on_target = target.refresh_metadata().await?;
-    if on_target.topics.contains_key(&job.topic) {
-        let why = format!(
-            "refused: `{}` already exists on {} and is not a mirror topic klink created; \
-             delete it there or take the topic out of link `{}`",
-            job.topic, job.link.target, job.link.id
-        );
-        tracing::warn!(topic = %job.topic, "{why}");
-        job.mirrors.note(&job.topic, Some(why));
+    // Asked by name: Kafka answers an empty topic list with no topics.
+    let known = target
+        .refresh_metadata()
+        .await?
+        .topics
+        .contains_key(&job.topic)
+        || target.topic_exists(&job.topic).await?;
+    if known {
+        refuse(job);
         return Ok(None);
     }
     let mut start = BTreeMap::new();
@@ -223,12 +229,13 @@ async fn prepare(job: &Job) -> Result<Option<(Client, Client, MirrorRecord)>> {
         };
         start.insert(p.partition, at);
     }
-    let configs = topic_configs(&source, &job.topic, &meta).await?;
-    create_topic(&target, &job.topic, meta.partitions.len(), configs).await?;
     let record = MirrorRecord {
         link: job.link.id.clone(),
         start,
     };
+    // Recorded before the topic is made: a crash in between leaves a
+    // record whose topic klink makes on restart, never a topic of klink's
+    // that it would take for someone else's.
     let topic = job.topic.clone();
     let saved = record.clone();
     job.state
@@ -236,9 +243,30 @@ async fn prepare(job: &Job) -> Result<Option<(Client, Client, MirrorRecord)>> {
             s.mirrors.insert(topic, saved);
         })
         .await?;
+    if !create_topic(&target, &job.topic, partitions, configs).await? {
+        // Made by someone else between the check and now: not ours.
+        let topic = job.topic.clone();
+        job.state
+            .update_async(move |s| {
+                s.mirrors.remove(&topic);
+            })
+            .await?;
+        refuse(job);
+        return Ok(None);
+    }
     ensure_mirroring(job).await?;
     tracing::info!(topic = %job.topic, link = %job.link.id, partitions = record.start.len(), "mirror topic created; mirroring");
     Ok(Some((source, target, record)))
+}
+
+fn refuse(job: &Job) {
+    let why = format!(
+        "refused: `{}` already exists on {} and is not a mirror topic klink created; \
+         delete it there or take the topic out of link `{}`",
+        job.topic, job.link.target, job.link.id
+    );
+    tracing::warn!(topic = %job.topic, "{why}");
+    job.mirrors.note(&job.topic, Some(why));
 }
 
 async fn ensure_mirroring(job: &Job) -> Result<()> {
@@ -287,12 +315,13 @@ async fn topic_configs(
     Ok(configs)
 }
 
+/// Creates the mirror topic; `false` when a topic of that name exists.
 async fn create_topic(
     target: &Client,
     topic: &str,
     partitions: usize,
     configs: Vec<(String, String)>,
-) -> Result<()> {
+) -> Result<bool> {
     let brokers = target.metadata().brokers.len().max(1);
     let request = CreateTopicsRequest::default()
         .with_timeout_ms(30_000)
@@ -328,18 +357,17 @@ async fn create_topic(
         })?;
     let conn = target.broker_conn(any_broker).await?;
     let response = target.call(&conn, request, 4).await?;
+    let mut created = true;
     for t in response.topics {
-        if t.error_code != 0 {
-            return Err(broker_error(
-                target.cluster_name(),
-                t.error_code,
-                "CreateTopics",
-            ));
+        match t.error_code {
+            0 => {}
+            code if code == ResponseError::TopicAlreadyExists.code() => created = false,
+            code => return Err(broker_error(target.cluster_name(), code, "CreateTopics")),
         }
     }
-    // The new topic's leaders, before the copiers ask for them.
+    // The topic's leaders, before the copiers ask for them.
     target.topic(topic).await?;
-    Ok(())
+    Ok(created)
 }
 
 async fn run_partition(job: Job, source: Client, target: Client, partition: i32, start: i64) {
