@@ -27,17 +27,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    FetchRequest, InitProducerIdRequest, ProduceRequest, ProduceResponse, TopicName,
-};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::committed::{Walked, walk};
 use super::offset_map::OffsetLog;
+use super::requests::{fetch, init_producer_id};
 use crate::batch;
-use crate::client::{Client, PartitionResponse, broker_error, scan_fetch_response};
+use crate::client::{Client, PartitionResponse, broker_error};
 use crate::error::{Error, Kind, Result};
 use crate::route::Identity;
 
@@ -527,142 +525,5 @@ impl PartitionCopier {
                 self.topic, self.partition
             ),
         ))
-    }
-}
-
-/// A partition's log start and high watermark, from a Fetch (tansu's
-/// ListOffsets "latest" is not the high watermark; a Fetch's is).
-pub async fn log_bounds(client: &Client, topic: &str, partition: i32) -> Result<(i64, i64)> {
-    let meta = client.topic(topic).await?;
-    let earliest = client.list_offsets(&meta, &[partition], -2).await?;
-    let start = earliest.get(&partition).copied().unwrap_or(0);
-    let config = CopyConfig {
-        fetch_max_bytes: 1,
-        fetch_wait: Duration::ZERO,
-        ..Default::default()
-    };
-    let answer = fetch(client, topic, partition, start, 0, &config).await?;
-    Ok((start, answer.high_watermark))
-}
-
-/// klink's own producer identity on the target, for the mirror's writes.
-async fn init_producer_id(target: &Client, topic: &str, partition: i32) -> Result<Identity> {
-    let meta = target.topic(topic).await?;
-    let leader = meta.leader(partition).ok_or_else(|| {
-        Error::upstream(
-            target.cluster_name(),
-            Kind::Protocol,
-            format!("{topic}/{partition} has no leader"),
-        )
-    })?;
-    let conn = target.broker_conn(leader).await?;
-    // v3+: tansu issues ids only from v3 on.
-    let request = InitProducerIdRequest::default()
-        .with_transactional_id(None)
-        .with_transaction_timeout_ms(60_000);
-    let response = target.call(&conn, request, 4).await?;
-    if response.error_code != 0 {
-        return Err(broker_error(
-            target.cluster_name(),
-            response.error_code,
-            "InitProducerId",
-        ));
-    }
-    Ok(Identity {
-        producer_id: response.producer_id.0,
-        epoch: response.producer_epoch,
-    })
-}
-
-/// One fetch of one partition from `offset` (isolation 1: read_committed).
-/// An offset out of range is an error, never a silent skip: for a mirror it
-/// means records it was to copy are gone.
-async fn fetch(
-    client: &Client,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-    isolation: i8,
-    config: &CopyConfig,
-) -> Result<PartitionResponse> {
-    let meta = client.topic(topic).await?;
-    let leader = meta.leader(partition).ok_or_else(|| {
-        Error::upstream(
-            client.cluster_name(),
-            Kind::Protocol,
-            format!("{topic}/{partition} has no leader"),
-        )
-    })?;
-    let version = client.versions().fetch;
-    let request = FetchRequest::default()
-        .with_max_wait_ms(i32::try_from(config.fetch_wait.as_millis()).unwrap_or(i32::MAX))
-        .with_min_bytes(1)
-        .with_max_bytes(config.fetch_max_bytes)
-        .with_isolation_level(isolation)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(partition)
-                        .with_fetch_offset(offset)
-                        .with_partition_max_bytes(config.fetch_max_bytes),
-                ]),
-        ]);
-    let frame = client.encode(&request, version)?;
-    let conn = client.broker_conn(leader).await?;
-    let answer = match client.round_trip(&conn, frame, config.fetch_wait).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            client.drop_conn(leader);
-            return Err(e);
-        }
-    };
-    let response = scan_fetch_response(&answer.payload(), version).map_err(|e| {
-        Error::upstream(
-            client.cluster_name(),
-            Kind::Protocol,
-            format!("Fetch response: {e}"),
-        )
-    })?;
-    if response.error_code != 0 {
-        return Err(broker_error(
-            client.cluster_name(),
-            response.error_code,
-            "Fetch",
-        ));
-    }
-    let found = response
-        .partitions
-        .into_iter()
-        .find(|p| p.topic == topic && p.partition == partition)
-        .ok_or_else(|| {
-            Error::upstream(
-                client.cluster_name(),
-                Kind::Protocol,
-                "Fetch answer without the partition",
-            )
-        })?;
-    match found.error_code {
-        0 => Ok(found),
-        code if code == ResponseError::OffsetOutOfRange.code() => Err(Error::upstream(
-            client.cluster_name(),
-            Kind::Protocol,
-            format!(
-                "{topic}/{partition}: offset {offset} is out of range (log start {}): records the \
-                 mirror was to copy are gone",
-                found.log_start_offset
-            ),
-        )),
-        code => {
-            if crate::client::is_stale_metadata(code) {
-                let _ = client.refresh_metadata().await;
-            }
-            Err(broker_error(
-                client.cluster_name(),
-                code,
-                &format!("Fetch {topic}/{partition}"),
-            ))
-        }
     }
 }

@@ -20,9 +20,11 @@
 pub mod committed;
 pub mod copier;
 pub mod offset_map;
+mod requests;
 pub mod runner;
 
-pub use copier::{CopyConfig, PartitionCopier, Progress, log_bounds};
+pub use copier::{CopyConfig, PartitionCopier, Progress};
+pub use requests::log_bounds;
 
 pub use committed::{Walked, walk};
 pub use offset_map::{Mapped, OffsetLog, OffsetMap, Run};

@@ -22,8 +22,9 @@ use kafka_protocol::protocol::StrBytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::copier::{CopyConfig, PartitionCopier, log_bounds};
+use super::copier::{CopyConfig, PartitionCopier};
 use super::offset_map::Run;
+use super::requests::log_bounds;
 use crate::client::{Client, ClientConfig, broker_error};
 use crate::config::{Config, LinkConfig, StartPosition};
 use crate::error::{Error, Kind, Result};
