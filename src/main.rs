@@ -132,12 +132,8 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
         } => (Request::Offsets { topic, partition }, json),
     };
     let reply = control::client::send(&config.proxy.control_socket, &request);
-    if let Ok(Reply {
-        warning: Some(warning),
-        ..
-    }) = &reply
-    {
-        eprintln!("klink ctl: warning: {warning}");
+    if let Some(line) = reply.as_ref().ok().and_then(control::client::warning_line) {
+        eprintln!("{line}");
     }
     match reply {
         Ok(reply) if json => {

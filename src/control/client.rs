@@ -31,6 +31,15 @@ pub fn send(socket: &Path, command: &Command) -> Result<Reply, String> {
         .map_err(|e| format!("klink answered something unreadable ({e}): {answer}"))
 }
 
+/// What `klink ctl` prints on stderr for a reply that carries a warning:
+/// the command was done (exit status 0), but not as safely as it should be.
+pub fn warning_line(reply: &Reply) -> Option<String> {
+    reply
+        .warning
+        .as_ref()
+        .map(|warning| format!("klink ctl: warning: {warning}"))
+}
+
 /// The status as an operator reads it.
 pub fn table(status: &Status) -> String {
     let mut out = String::new();
@@ -186,5 +195,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("billing  -     target"), "{text}");
+    }
+
+    #[test]
+    fn a_warning_goes_to_the_operator_only_when_there_is_one() {
+        let reply: Reply =
+            serde_json::from_str(r#"{"ok":true,"warning":"fsync failed","topics":[],"groups":[]}"#)
+                .expect("reply");
+        assert!(reply.ok);
+        assert_eq!(
+            warning_line(&reply).as_deref(),
+            Some("klink ctl: warning: fsync failed")
+        );
+        let reply: Reply = serde_json::from_str(r#"{"ok":true}"#).expect("reply");
+        assert_eq!(warning_line(&reply), None);
     }
 }

@@ -173,8 +173,9 @@ pub fn handle(routes: &RouteTable, mirrors: &Mirrors, line: &str) -> Reply {
         Ok(c) => c,
         Err(e) => return Reply::failed(format!("bad request: {e}")),
     };
+    // Ok carries the warning of the change this command made, if any.
     let done = match command {
-        Command::Status {} => Ok(()),
+        Command::Status {} => Ok(None),
         Command::Route {
             topic,
             writes,
@@ -187,19 +188,27 @@ pub fn handle(routes: &RouteTable, mirrors: &Mirrors, line: &str) -> Reply {
                 ))
             } else {
                 routes
-                    .route_topic(&topic, writes.as_deref(), reads.as_deref())
-                    .map(|r| tracing::info!(%topic, writes = %r.writes, reads = %r.reads, "topic routed"))
+                    .route_topic_applied(&topic, writes.as_deref(), reads.as_deref())
+                    .map(|applied| {
+                        let r = &applied.value;
+                        tracing::info!(%topic, writes = %r.writes, reads = %r.reads, "topic routed");
+                        applied.warning
+                    })
             }
         }
-        Command::RouteGroup { group, to } => routes
-            .route_group(&group, &to)
-            .map(|g| tracing::info!(%group, route = %g.cluster, "group routed")),
+        Command::RouteGroup { group, to } => {
+            routes.route_group_applied(&group, &to).map(|applied| {
+                let route = &applied.value.cluster;
+                tracing::info!(%group, %route, "group routed");
+                applied.warning
+            })
+        }
         Command::Mirror { topic } => return mirror(routes, mirrors, &topic),
         Command::Offsets { topic, partition } => return offsets(mirrors, &topic, partition),
     };
     match done {
-        Ok(()) => Reply {
-            warning: routes.take_warning(),
+        Ok(warning) => Reply {
+            warning,
             ..Reply::done(status(&routes.snapshot(), mirrors))
         },
         Err(e) => Reply::failed(e.context),
@@ -367,6 +376,10 @@ mod tests {
     use crate::state::StateStore;
 
     fn table(dir: &Path) -> RouteTable {
+        table_and_state(dir).0
+    }
+
+    fn table_and_state(dir: &Path) -> (RouteTable, Arc<StateStore>) {
         let config = Config::parse(
             Path::new("klink.toml"),
             "[proxy]\nlisten = \"127.0.0.1:9092\"\nadvertised_host = \"127.0.0.1\"\nbroker_ports_start = 9100\n\
@@ -374,7 +387,9 @@ mod tests {
              [[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\ntopics = [\"orders\"]\ngroups = [\"billing\"]\n",
         )
         .expect("config");
-        RouteTable::load(&config, Arc::new(StateStore::open(dir).expect("state"))).expect("routes")
+        let state = Arc::new(StateStore::open(dir).expect("state"));
+        let routes = RouteTable::load(&config, state.clone()).expect("routes");
+        (routes, state)
     }
 
     #[test]
@@ -435,5 +450,31 @@ mod tests {
             assert!(error.contains(says), "{line}: {error}");
         }
         assert_eq!(routes.snapshot().generation, 0);
+    }
+
+    #[test]
+    fn a_change_whose_directory_fsync_failed_is_done_with_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (routes, state) = table_and_state(dir.path());
+        state.inject(Some(crate::state::Fault::DirectorySync));
+        let line = r#"{"cmd":"route","topic":"orders","writes":"target"}"#;
+        let reply = handle(&routes, &Mirrors::default(), line);
+        assert!(reply.ok, "{reply:?}");
+        // What `klink ctl` reads back off the socket.
+        let wire = serde_json::to_string(&reply).expect("json");
+        let read: Reply = serde_json::from_str(&wire).expect("reply");
+        let warning = read.warning.expect("the operator is told");
+        assert!(warning.contains("power loss"), "{warning}");
+        assert_eq!(read.status.expect("status").topics[0].writes, "target");
+
+        // A status right after did not make that change: no warning.
+        let reply = handle(&routes, &Mirrors::default(), r#"{"cmd":"status"}"#);
+        assert!(reply.ok && reply.warning.is_none(), "{reply:?}");
+        state.inject(None);
+        let line = r#"{"cmd":"route-group","group":"billing","to":"target"}"#;
+        let reply = handle(&routes, &Mirrors::default(), line);
+        assert!(reply.ok && reply.warning.is_none(), "{reply:?}");
+        let json = serde_json::to_value(&reply).expect("json");
+        assert!(json.get("warning").is_none(), "absent when there is none");
     }
 }

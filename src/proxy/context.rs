@@ -102,20 +102,11 @@ impl ProxyContext {
     /// Whether `cluster` takes `version` of `api`, as far as klink knows: a
     /// client may have negotiated its versions while that cluster was down.
     pub fn supports(&self, cluster: &str, api: ApiKey, version: i16) -> bool {
-        let Some(cache) = self
-            .clusters
+        self.clusters
             .iter()
             .zip(&self.upstream_versions)
-            .find_map(|(c, cache)| (&*c.name == cluster).then_some(cache))
-        else {
-            return true;
-        };
-        cache.known().is_none_or(|known| {
-            known
-                .apis
-                .get(&(api as i16))
-                .is_some_and(|range| range.min <= version && version <= range.max)
-        })
+            .find(|(c, _)| &*c.name == cluster)
+            .is_none_or(|(_, cache)| cache.supports(api, version))
     }
 
     /// Asks a cluster for its brokers and registers them.

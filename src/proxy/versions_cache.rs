@@ -10,6 +10,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::ApiKey;
+
 use crate::error::Result;
 use crate::versions::UpstreamVersions;
 
@@ -35,9 +37,15 @@ impl VersionsCache {
         self.entry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What the cluster last said, however old; `None` if it never answered.
-    pub fn known(&self) -> Option<UpstreamVersions> {
-        self.lock().known.as_ref().map(|(v, _)| v.clone())
+    /// Whether the cluster takes `version` of `api`: false only when its
+    /// answer (however old) is known and leaves that version or the API out.
+    pub fn supports(&self, api: ApiKey, version: i16) -> bool {
+        self.lock().known.as_ref().is_none_or(|(known, _)| {
+            known
+                .apis
+                .get(&(api as i16))
+                .is_some_and(|range| range.min <= version && version <= range.max)
+        })
     }
 
     /// The cluster's versions, asking it (with `ask`) when klink has none
@@ -136,7 +144,8 @@ mod tests {
         cache.age(RETRY_AFTER);
         let up = || async { Ok(versions(9)) };
         assert_eq!(cache.get(up).await.expect("up"), Some(versions(9)));
-        assert_eq!(cache.known(), Some(versions(9)));
+        let unused = || async { panic!("a fresh answer is not asked again") };
+        assert_eq!(cache.get(unused).await.expect("kept"), Some(versions(9)));
     }
 
     #[tokio::test]
@@ -177,5 +186,30 @@ mod tests {
             assert_eq!(task.await.expect("task").expect("ok"), Some(versions(9)));
         }
         assert_eq!(asked.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn only_a_known_answer_can_say_a_version_is_unsupported() {
+        let cache = VersionsCache::default();
+        assert!(
+            cache.supports(ApiKey::Produce, 11),
+            "unknown: let it through"
+        );
+        let down = || async { Err(Error::upstream(&Arc::from("target"), Kind::Io, "down")) };
+        assert!(cache.get(down).await.is_err());
+        assert!(cache.supports(ApiKey::Produce, 11), "still unknown");
+        let answer = UpstreamVersions {
+            apis: [(ApiKey::Produce as i16, VersionRange { min: 3, max: 9 })]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        cache.age(RETRY_AFTER);
+        cache.get(|| async { Ok(answer) }).await.expect("answer");
+        assert!(cache.supports(ApiKey::Produce, 9));
+        assert!(cache.supports(ApiKey::Produce, 3));
+        assert!(!cache.supports(ApiKey::Produce, 11));
+        assert!(!cache.supports(ApiKey::Produce, 2));
+        assert!(!cache.supports(ApiKey::Fetch, 4), "an API it lacks");
     }
 }

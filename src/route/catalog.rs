@@ -11,7 +11,7 @@ use kafka_protocol::messages::MetadataResponse;
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::state::StateStore;
+use crate::state::{PersistedState, StateStore};
 
 /// One topic on one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,15 +83,7 @@ impl Catalog {
         }
         let winners = self
             .state
-            .update_async(move |s| {
-                fresh
-                    .into_iter()
-                    .map(|(name, id)| {
-                        let winner = *s.topic_ids.entry(name.clone()).or_insert(id);
-                        (name, winner)
-                    })
-                    .collect::<Vec<_>>()
-            })
+            .update_async(move |s| claim_client_ids(s, fresh))
             .await?;
         self.adopt_client_ids(winners);
         Ok(())
@@ -242,6 +234,19 @@ impl Catalog {
     }
 }
 
+/// Records each topic's id unless the state already holds one (another
+/// cluster's answer got there first), and returns the id the state holds
+/// for each: memory takes exactly these.
+fn claim_client_ids(state: &mut PersistedState, fresh: Vec<(String, Uuid)>) -> Vec<(String, Uuid)> {
+    fresh
+        .into_iter()
+        .map(|(name, id)| {
+            let held = *state.topic_ids.entry(name.clone()).or_insert(id);
+            (name, held)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use kafka_protocol::messages::metadata_response::{
@@ -326,15 +331,7 @@ mod tests {
         assert_eq!(from_target.len(), 1);
         let persist = |fresh: Vec<(String, Uuid)>| {
             state
-                .update(move |s| {
-                    fresh
-                        .into_iter()
-                        .map(|(name, id)| {
-                            let winner = *s.topic_ids.entry(name.clone()).or_insert(id);
-                            (name, winner)
-                        })
-                        .collect::<Vec<_>>()
-                })
+                .update(move |s| claim_client_ids(s, fresh))
                 .expect("persist")
         };
         let source_won = persist(from_source);
@@ -378,5 +375,39 @@ mod tests {
             .expect("learn");
         assert!(catalog.is_fresh("target", "orders", max_age));
         assert_eq!(catalog.leader("target", "orders", 0), Some(10));
+    }
+
+    #[tokio::test]
+    async fn old_and_forgotten_layouts_are_asked_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::load(Arc::new(StateStore::open(dir.path()).expect("state")));
+        let source: Arc<str> = Arc::from("source");
+        let wanted = vec!["orders".to_string()];
+        catalog
+            .learn(&source, &metadata("orders", 1, &[5]))
+            .await
+            .expect("learn");
+        assert!(catalog.is_fresh("source", "orders", Duration::from_secs(60)));
+        assert!(!catalog.is_fresh("target", "orders", Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(20));
+        let max_age = Duration::from_millis(10);
+        assert!(!catalog.is_fresh("source", "orders", max_age));
+        assert_eq!(catalog.missing_or_stale("source", &wanted, max_age), wanted);
+        assert_eq!(catalog.leader("source", "orders", 0), Some(5), "still used");
+
+        // Marking a topic klink never learned is a no-op, not an error.
+        catalog.mark_stale("source", "payments");
+        catalog.mark_stale("nowhere", "orders");
+
+        catalog.forget("source", "orders");
+        assert_eq!(catalog.layout("source", "orders"), None);
+        assert_eq!(catalog.leader("source", "orders", 0), None);
+        let any_age = Duration::from_secs(3600);
+        assert_eq!(catalog.missing_or_stale("source", &wanted, any_age), wanted);
+        assert_eq!(
+            catalog.client_id("orders"),
+            Some(Uuid::from_u128(1)),
+            "the id clients see outlives the layout"
+        );
     }
 }

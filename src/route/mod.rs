@@ -18,7 +18,7 @@ pub use producers::{ClientProducer, Identity, Outcome, Placement, ProducerIds, o
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};
 pub use crate::state::TopicState;
-use crate::state::{GroupRouteRecord, StateStore, TopicRouteRecord};
+use crate::state::{Applied, GroupRouteRecord, StateStore, TopicRouteRecord};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRoute {
@@ -218,6 +218,18 @@ impl RouteTable {
         writes: Option<&str>,
         reads: Option<&str>,
     ) -> Result<TopicRoute> {
+        self.route_topic_applied(topic, writes, reads)
+            .map(|applied| applied.value)
+    }
+
+    /// As [`RouteTable::route_topic`], saying whether the change is safe from
+    /// a power loss (for the operator who made it).
+    pub fn route_topic_applied(
+        &self,
+        topic: &str,
+        writes: Option<&str>,
+        reads: Option<&str>,
+    ) -> Result<Applied<TopicRoute>> {
         let writes = writes.map(|c| self.cluster(c)).transpose()?;
         let reads = reads.map(|c| self.cluster(c)).transpose()?;
         self.change(|routes| {
@@ -250,9 +262,17 @@ impl RouteTable {
             route.state = state;
             Ok(())
         })
+        .map(|applied| applied.value)
     }
 
     pub fn route_group(&self, group: &str, to: &str) -> Result<GroupRoute> {
+        self.route_group_applied(group, to)
+            .map(|applied| applied.value)
+    }
+
+    /// As [`RouteTable::route_group`], saying whether the change is safe
+    /// from a power loss.
+    pub fn route_group_applied(&self, group: &str, to: &str) -> Result<Applied<GroupRoute>> {
         let to = self.cluster(to)?;
         self.change(|routes| {
             let route = routes.groups.get_mut(group).ok_or_else(|| {
@@ -266,26 +286,21 @@ impl RouteTable {
         })
     }
 
-    /// A warning about the last change's durability, for the operator.
-    pub fn take_warning(&self) -> Option<String> {
-        self.state.take_warning()
-    }
-
-    fn change<T>(&self, edit: impl FnOnce(&mut Routes) -> Result<T>) -> Result<T> {
+    fn change<T>(&self, edit: impl FnOnce(&mut Routes) -> Result<T>) -> Result<Applied<T>> {
         // Writers take turns; readers keep the old snapshot, unblocked,
         // until the new table is durable and swapped in.
         let _turn = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = (*self.snapshot()).clone();
-        let out = edit(&mut next)?;
+        let value = edit(&mut next)?;
         next.generation += 1;
         next.refresh_all_default();
-        self.persist(&next)?;
+        let applied = self.persist(&next)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
-        Ok(out)
+        Ok(applied.map(|()| value))
     }
 
-    fn persist(&self, routes: &Routes) -> Result<()> {
-        self.state.update(|s| {
+    fn persist(&self, routes: &Routes) -> Result<Applied<()>> {
+        self.state.apply(|s| {
             s.topics = routes
                 .topics
                 .iter()
@@ -405,35 +420,66 @@ groups = ["billing"]
 
     #[test]
     fn readers_never_wait_for_a_change_being_written() {
-        // The old change held the readers' lock through the fsync.
+        // The old change held the readers' lock through the fsync: the
+        // snapshot below then waited for the write it is not part of.
+        use std::sync::Barrier;
+        use std::time::Duration;
+
         let dir = tempfile::tempdir().expect("tempdir");
         let state = Arc::new(StateStore::open(dir.path()).expect("state"));
         let table = Arc::new(RouteTable::load(&config(), state.clone()).expect("load"));
-        state.inject(Some(crate::state::Fault::Slow(
-            std::time::Duration::from_millis(600),
-        )));
+        let hold = Arc::new((Barrier::new(2), Barrier::new(2)));
+        state.inject(Some(crate::state::Fault::Hold(hold.clone())));
         let writer = {
             let table = table.clone();
+            std::thread::spawn(move || table.route_topic("orders", Some("target"), None))
+        };
+        // The writer is now inside the state write, and stays there.
+        hold.0.wait();
+        let (seen, during) = std::sync::mpsc::channel();
+        let reader = {
+            let table = table.clone();
             std::thread::spawn(move || {
-                table
-                    .route_topic("orders", Some("target"), None)
-                    .expect("route");
+                let _ = seen.send(table.snapshot().generation);
             })
         };
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let started = std::time::Instant::now();
-        let during = table.snapshot();
-        assert!(
-            started.elapsed() < std::time::Duration::from_millis(200),
-            "snapshot waited {:?} for the disk",
-            started.elapsed()
-        );
+        let during = during.recv_timeout(Duration::from_secs(10));
+        hold.1.wait();
+        let written = writer.join().expect("writer thread");
+        reader.join().expect("reader thread");
         assert_eq!(
-            during.generation, 0,
-            "the old table until the new is durable"
+            during,
+            Ok(0),
+            "a snapshot during the write returns the old table at once"
         );
-        writer.join().expect("writer");
-        assert_eq!(table.snapshot().generation, 1);
+        written.expect("route");
+        let after = table.snapshot();
+        assert_eq!(after.generation, 1);
+        assert_eq!(&**after.writes("orders"), "target");
+        let on_disk = StateStore::open(dir.path()).expect("reopen").snapshot();
+        assert_eq!(on_disk.topics["orders"].writes, "target");
+    }
+
+    #[test]
+    fn a_route_change_reports_a_failed_directory_fsync_as_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let table = RouteTable::load(&config(), state.clone()).expect("load");
+        state.inject(Some(crate::state::Fault::DirectorySync));
+        let applied = table
+            .route_topic_applied("orders", Some("target"), None)
+            .expect("applied");
+        assert_eq!(&*applied.value.writes, "target");
+        assert!(applied.warning.is_some_and(|w| w.contains("power loss")));
         assert_eq!(&**table.snapshot().writes("orders"), "target");
+        state.inject(None);
+        let applied = table
+            .route_group_applied("billing", "target")
+            .expect("applied");
+        assert_eq!(applied.warning, None, "the next change is not blamed");
+        state.inject(Some(crate::state::Fault::BeforeRename));
+        assert!(table.route_group("billing", "source").is_err());
+        assert_eq!(&**table.snapshot().group("billing"), "target");
+        assert_eq!(table.snapshot().generation, 2);
     }
 }

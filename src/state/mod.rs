@@ -105,23 +105,41 @@ pub struct StateStore {
     /// A std mutex: held only while a small file is written, never across an
     /// await, and updates must be serialized so no write is lost.
     current: Mutex<PersistedState>,
-    /// Set when the last change was applied but its directory fsync failed;
-    /// taken by whoever reports the change to the operator.
-    warning: Mutex<Option<String>>,
     #[cfg(test)]
     faults: Mutex<Option<Fault>>,
 }
 
+/// A change that took effect, and whether a power loss could still undo it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied<T> {
+    pub value: T,
+    /// Set when the new file was renamed into place but the fsync of its
+    /// directory failed: the change is in effect (a restart reads it), but
+    /// the operator should know it is not yet safe from a power loss.
+    pub warning: Option<String>,
+}
+
+impl<T> Applied<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Applied<U> {
+        Applied {
+            value: f(self.value),
+            warning: self.warning,
+        }
+    }
+}
+
 /// A failure to inject into the next state write (tests only).
 #[cfg(test)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Fault {
-    /// Writing the temp file fails: nothing changes.
+    /// The temp file is written, the rename fails: nothing changes.
     BeforeRename,
     /// The rename succeeds, the directory fsync fails.
     DirectorySync,
-    /// Each write takes this long (to show who waits on it).
-    Slow(std::time::Duration),
+    /// Each write meets the test at the first barrier (it has started) and
+    /// waits at the second until the test lets it go on, so a test can
+    /// look at who else waits for the disk meanwhile.
+    Hold(Arc<(std::sync::Barrier, std::sync::Barrier)>),
 }
 
 impl StateStore {
@@ -151,7 +169,6 @@ impl StateStore {
         Ok(StateStore {
             path,
             current: Mutex::new(state),
-            warning: Mutex::new(None),
             #[cfg(test)]
             faults: Mutex::new(None),
         })
@@ -166,36 +183,41 @@ impl StateStore {
     }
 
     /// Applies `change` and makes it durable before returning.
+    pub fn update<T>(&self, change: impl FnOnce(&mut PersistedState) -> T) -> Result<T> {
+        self.apply(change).map(|applied| applied.value)
+    }
+
+    /// As [`StateStore::update`], saying whether the change is safe from a
+    /// power loss, for callers that answer an operator.
     ///
     /// The rename of the new file over the old one is the commit point, so
     /// the outcome is always one or the other: a failure before it leaves
     /// the old state in memory and on disk and returns the error; after it
     /// (only the directory fsync can fail there) the new state is what a
-    /// restart reads, so it is applied in memory too, the call succeeds and
-    /// [`StateStore::take_warning`] says that a power loss could undo it.
-    pub fn update<T>(&self, change: impl FnOnce(&mut PersistedState) -> T) -> Result<T> {
+    /// restart reads, so it is applied in memory too and the call succeeds
+    /// with a warning.
+    pub fn apply<T>(&self, change: impl FnOnce(&mut PersistedState) -> T) -> Result<Applied<T>> {
         let mut current = self.lock();
         let mut next = current.clone();
-        let out = change(&mut next);
+        let value = change(&mut next);
+        let mut warning = None;
         if next != *current {
-            match self.write_atomically(&next)? {
-                Durable::Yes => {}
-                Durable::UnlessPowerLoss(why) => {
-                    tracing::error!(file = %self.path.display(), error = %why, "state change applied, but its directory fsync failed: a power loss could undo it");
-                    *self.warning.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!(
-                        "change applied and written, but fsync of the directory of {} failed ({why}): a power loss could undo it",
-                        self.path.display()
-                    ));
-                }
+            if let Durable::UnlessPowerLoss(why) = self.write_atomically(&next)? {
+                let dir = self.path.parent().unwrap_or(&self.path).display();
+                tracing::error!(file = %self.path.display(), error = %why, "state change applied, but fsync of directory {dir} failed: a power loss could undo it");
+                warning = Some(format!(
+                    "state change applied, but fsync of directory {dir} failed ({why}): a power loss could undo it"
+                ));
             }
             *current = next;
         }
-        Ok(out)
+        Ok(Applied { value, warning })
     }
 
     /// As [`StateStore::update`], with the write and fsync on tokio's
     /// blocking pool: callers on the request path must not stall a worker
-    /// on the disk.
+    /// on the disk. A change whose directory fsync failed is in effect and
+    /// logged; nobody on that path could tell an operator more.
     pub async fn update_async<T: Send + 'static>(
         self: &Arc<Self>,
         change: impl FnOnce(&mut PersistedState) -> T + Send + 'static,
@@ -206,14 +228,6 @@ impl StateStore {
             .map_err(|e| Error::klink(Kind::Io, format!("state write task failed: {e}")))?
     }
 
-    /// The warning left by the last change whose durability is in doubt.
-    pub fn take_warning(&self) -> Option<String> {
-        self.warning
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
     #[cfg(test)]
     pub fn inject(&self, fault: Option<Fault>) {
         *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = fault;
@@ -221,7 +235,11 @@ impl StateStore {
 
     fn write_atomically(&self, state: &PersistedState) -> Result<Durable> {
         #[cfg(test)]
-        let fault = *self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let fault = self
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         #[cfg(not(test))]
         let fault: Option<()> = None;
         write_atomically(&self.path, state, fault)
@@ -282,17 +300,19 @@ fn write_atomically(path: &Path, state: &PersistedState, fault: MaybeFault) -> R
     let tmp = path.with_extension("json.tmp");
     let before_rename = || -> Result<()> {
         #[cfg(test)]
-        match fault {
-            Some(Fault::BeforeRename) => {
-                return Err(io("writing", std::io::Error::other("injected fault")));
-            }
-            Some(Fault::Slow(pause)) => std::thread::sleep(pause),
-            _ => {}
+        if let Some(Fault::Hold(barriers)) = &fault {
+            barriers.0.wait();
+            barriers.1.wait();
         }
         let mut file = File::create(&tmp).map_err(|e| io("creating temp file for", e))?;
         file.write_all(&bytes).map_err(|e| io("writing", e))?;
         file.sync_all().map_err(|e| io("fsyncing", e))?;
         drop(file);
+        #[cfg(test)]
+        if let Some(Fault::BeforeRename) = &fault {
+            let injected = std::io::Error::other("injected fault");
+            return Err(io("renaming temp file onto", injected));
+        }
         fs::rename(&tmp, path).map_err(|e| io("renaming temp file onto", e))
     };
     if let Err(e) = before_rename() {
@@ -304,7 +324,7 @@ fn write_atomically(path: &Path, state: &PersistedState, fault: MaybeFault) -> R
         None => Ok(()),
     };
     #[cfg(test)]
-    let synced = match fault {
+    let synced = match &fault {
         Some(Fault::DirectorySync) => Err(std::io::Error::other("injected fault")),
         _ => synced,
     };
@@ -372,8 +392,10 @@ mod tests {
         assert_eq!(store.snapshot().virtual_brokers, vec![record(1)]);
         let reopened = StateStore::open(dir.path()).expect("reopen");
         assert_eq!(reopened.snapshot().virtual_brokers, vec![record(1)]);
-        assert!(!dir.path().join("klink-state.json.tmp").exists());
-        assert_eq!(store.take_warning(), None);
+        assert!(
+            !dir.path().join("klink-state.json.tmp").exists(),
+            "the temp file written before the failed rename is removed"
+        );
     }
 
     #[test]
@@ -383,14 +405,27 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = StateStore::open(dir.path()).expect("open");
         store.inject(Some(Fault::DirectorySync));
-        store
-            .update(|s| s.virtual_brokers.push(record(1)))
+        let applied = store
+            .apply(|s| s.virtual_brokers.push(record(1)))
             .expect("applied");
         assert_eq!(store.snapshot().virtual_brokers, vec![record(1)]);
         let reopened = StateStore::open(dir.path()).expect("reopen");
         assert_eq!(reopened.snapshot().virtual_brokers, vec![record(1)]);
-        let warning = store.take_warning().expect("a warning for the operator");
+        let warning = applied.warning.expect("a warning for the operator");
         assert!(warning.contains("power loss"), "{warning}");
-        assert_eq!(store.take_warning(), None, "reported once");
+        assert!(
+            warning.contains(&dir.path().display().to_string()),
+            "{warning}"
+        );
+
+        // The warning belongs to the change that met the failure, not to
+        // whoever asks next.
+        store.inject(None);
+        let next = store
+            .apply(|s| s.virtual_brokers.push(record(2)))
+            .expect("applied");
+        assert_eq!(next.warning, None);
+        let unchanged = store.apply(|_| ()).expect("nothing to write");
+        assert_eq!(unchanged.warning, None);
     }
 }
