@@ -138,64 +138,51 @@ impl BrokerRegistry {
         // New brokers: one allocation at a time, so two sessions seeing the
         // same new broker agree on its id.
         let _turn = self.allocating.lock().await;
-        let fresh = {
+        let unknown: Vec<i32> = {
             let inner = self.read();
-            let mut used_ports: std::collections::HashSet<u16> =
-                inner.by_virtual.values().map(|b| b.port).collect();
-            let mut next_id = inner.by_virtual.keys().max().copied().unwrap_or(0) + 1;
-            let mut fresh = Vec::new();
-            for b in brokers {
-                if inner
-                    .by_upstream
-                    .contains_key(&(cluster.clone(), b.node_id))
-                    || fresh
-                        .iter()
-                        .any(|f: &VirtualBroker| f.upstream_id == b.node_id)
-                {
-                    continue;
-                }
-                let port = (self.ports_start..=u16::MAX)
-                    .find(|p| !used_ports.contains(p))
-                    .ok_or_else(|| {
-                        Error::klink(Kind::Config, "no free virtual broker port left")
-                    })?;
-                used_ports.insert(port);
-                fresh.push(VirtualBroker {
-                    id: next_id,
-                    port,
-                    cluster: cluster.clone(),
-                    upstream_id: b.node_id,
-                });
-                next_id += 1;
-            }
-            fresh
+            let mut nodes: Vec<i32> = brokers
+                .iter()
+                .map(|b| b.node_id)
+                .filter(|id| !inner.by_upstream.contains_key(&(cluster.clone(), *id)))
+                .collect();
+            nodes.dedup();
+            nodes
         };
-        if fresh.is_empty() {
-            return Ok(fresh);
+        if unknown.is_empty() {
+            return Ok(Vec::new());
         }
-        let records: Vec<VirtualBrokerRecord> = fresh
-            .iter()
-            .map(|b| VirtualBrokerRecord {
-                cluster: b.cluster.to_string(),
-                upstream_node_id: b.upstream_id,
-                virtual_id: b.id,
-                port: b.port,
-            })
-            .collect();
-        // Not durable means not real: nothing is inserted before this.
-        self.state
-            .update_async(move |s| s.virtual_brokers.extend(records))
-            .await?;
+        // Allocated inside the state update, from the state file itself: a
+        // record written by an earlier call that was dropped before it
+        // reached memory is found and kept, never allocated twice.
+        let (name, ports_start) = (cluster.to_string(), self.ports_start);
+        let records = self
+            .state
+            .update_async(move |s| allocate(&mut s.virtual_brokers, &name, &unknown, ports_start))
+            .await??;
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        for b in &fresh {
+        let mut fresh = Vec::new();
+        for record in records {
+            let broker = VirtualBroker {
+                id: record.virtual_id,
+                port: record.port,
+                cluster: cluster.clone(),
+                upstream_id: record.upstream_node_id,
+            };
+            if inner
+                .by_upstream
+                .contains_key(&(cluster.clone(), broker.upstream_id))
+            {
+                continue;
+            }
             inner
                 .by_upstream
-                .insert((b.cluster.clone(), b.upstream_id), b.clone());
-            inner.by_virtual.insert(b.id, b.clone());
+                .insert((cluster.clone(), broker.upstream_id), broker.clone());
+            inner.by_virtual.insert(broker.id, broker.clone());
             tracing::info!(
-                cluster = %b.cluster, upstream_id = b.upstream_id, virtual_id = b.id,
-                port = b.port, "new virtual broker"
+                cluster = %broker.cluster, upstream_id = broker.upstream_id, virtual_id = broker.id,
+                port = broker.port, "new virtual broker"
             );
+            fresh.push(broker);
         }
         Ok(fresh)
     }
@@ -230,6 +217,39 @@ impl BrokerRegistry {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The records of `nodes` of `cluster`: the ones the state already holds,
+/// and new ones (next id, first free port) for the rest, added to it.
+fn allocate(
+    records: &mut Vec<VirtualBrokerRecord>,
+    cluster: &str,
+    nodes: &[i32],
+    ports_start: u16,
+) -> Result<Vec<VirtualBrokerRecord>> {
+    let mut out = Vec::with_capacity(nodes.len());
+    for &node in nodes {
+        if let Some(known) = records
+            .iter()
+            .find(|r| r.cluster == cluster && r.upstream_node_id == node)
+        {
+            out.push(known.clone());
+            continue;
+        }
+        let id = records.iter().map(|r| r.virtual_id).max().unwrap_or(0) + 1;
+        let port = (ports_start..=u16::MAX)
+            .find(|p| records.iter().all(|r| r.port != *p))
+            .ok_or_else(|| Error::klink(Kind::Config, "no free virtual broker port left"))?;
+        let record = VirtualBrokerRecord {
+            cluster: cluster.to_string(),
+            upstream_node_id: node,
+            virtual_id: id,
+            port,
+        };
+        records.push(record.clone());
+        out.push(record);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -287,5 +307,42 @@ mod tests {
             .await
             .expect("observe");
         assert_eq!((fresh[0].id, fresh[0].port), (4, 9103));
+    }
+
+    #[tokio::test]
+    async fn a_broker_persisted_by_a_dropped_call_keeps_its_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let registry = BrokerRegistry::load(state.clone(), "127.0.0.1".into(), 9100);
+        let source: Arc<str> = Arc::from("source");
+        // An earlier observe persisted broker 1 and was dropped before it
+        // reached memory.
+        state
+            .update(|s| {
+                s.virtual_brokers.push(VirtualBrokerRecord {
+                    cluster: "source".into(),
+                    upstream_node_id: 1,
+                    virtual_id: 1,
+                    port: 9100,
+                })
+            })
+            .expect("persist");
+        let fresh = registry
+            .observe(&source, &[upstream(1, 19092), upstream(2, 19093)])
+            .await
+            .expect("observe");
+        assert_eq!(
+            fresh
+                .iter()
+                .map(|b| (b.upstream_id, b.id, b.port))
+                .collect::<Vec<_>>(),
+            vec![(1, 1, 9100), (2, 2, 9101)],
+            "broker 1 keeps the id and port on disk; broker 2 gets the next"
+        );
+        assert_eq!(
+            state.snapshot().virtual_brokers.len(),
+            2,
+            "no second record"
+        );
     }
 }
