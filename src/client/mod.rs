@@ -25,6 +25,7 @@ mod fetcher;
 mod partitioner;
 mod producer;
 mod sender;
+mod shared;
 mod versions;
 
 pub use crate::batch::{BatchHeader, BatchScan, scan_batches};

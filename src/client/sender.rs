@@ -15,7 +15,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use super::accumulator::{BatchAck, ProducerBatch};
-use super::producer::{Acks, Shared};
+use super::shared::{Acks, Shared};
 use super::{broker_error, is_stale_metadata};
 use crate::error::{Error, Kind, Result};
 use crate::wire::Frame;
