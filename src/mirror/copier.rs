@@ -27,13 +27,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
 
 use super::committed::{Walked, walk};
 use super::offset_map::OffsetLog;
 use super::requests::{fetch, init_producer_id};
+use super::sender::SenderPool;
 use crate::batch;
 use crate::client::{Client, PartitionResponse, broker_error};
 use crate::error::{Error, Kind, Result};
@@ -106,6 +104,8 @@ pub struct PartitionCopier {
     last_sync: std::time::Instant,
     /// The next source fetch, already under way, and where it starts.
     prefetched: Option<(i64, tokio::task::JoinHandle<Result<PartitionResponse>>)>,
+    /// The target's Produce streams, shared with the topic's other copiers.
+    pool: Arc<SenderPool>,
     /// Whether the last fetch brought records: a busy copier fetches with a
     /// short wait (tansu holds a fetch for its whole wait whenever it cannot
     /// fill it), an idle one with the configured wait.
@@ -155,6 +155,7 @@ impl PartitionCopier {
             last_sync: std::time::Instant::now(),
             prefetched: None,
             busy: false,
+            pool: Arc::default(),
         };
         copier.target_end = match copier.log.map().target_end() {
             Some(end) => end,
@@ -162,6 +163,13 @@ impl PartitionCopier {
         };
         copier.reconcile().await?;
         Ok(copier)
+    }
+
+    /// Shares the target's Produce streams with other copiers (the
+    /// partitions of one topic): their batches go out in the same requests.
+    pub fn with_pool(mut self, pool: Arc<SenderPool>) -> PartitionCopier {
+        self.pool = pool;
+        self
     }
 
     pub fn position(&self) -> i64 {
@@ -288,8 +296,7 @@ impl PartitionCopier {
         progress: &mut Progress,
     ) -> Result<usize> {
         let leader = self.target_leader().await?;
-        let conn = self.target.broker_conn(leader).await?;
-        let version = self.target.versions().produce;
+        let sender = self.pool.get(&self.target, leader).await?;
         let mut in_flight = VecDeque::new();
         let mut sent = 0;
         // Planned ahead: where each batch goes and under which sequence.
@@ -305,49 +312,39 @@ impl PartitionCopier {
                     continue;
                 }
                 let bytes = self.reidentify(&records[batch.bytes.clone()], planned_sequence)?;
-                let frame = self.target.encode(&self.produce(bytes), version)?;
-                let reply = conn
-                    .send(frame, true)
-                    .await?
-                    .ok_or_else(|| Error::klink(Kind::Protocol, "produce without reply"))?;
-                in_flight.push_back((batch.clone(), Some(reply), planned_end, planned_sequence));
+                let answer = sender.send(&self.topic, self.partition, bytes)?;
+                in_flight.push_back((batch.clone(), Some(answer), planned_end, planned_sequence));
                 planned_end += i64::from(batch.records);
                 planned_sequence += i64::from(batch.records);
             }
-            let Some((batch, reply, expected, sequence)) = in_flight.pop_front() else {
+            let Some((batch, answer, expected, sequence)) = in_flight.pop_front() else {
                 return Ok(done);
             };
-            let Some(reply) = reply else {
+            let Some(answer) = answer else {
                 // Dropped (marker or aborted): a gap, nothing to wait for.
                 self.position = batch.last_offset + 1;
                 done += 1;
                 continue;
             };
-            let frame = reply.await.map_err(|_| {
+            let answer = answer.await.map_err(|_| {
                 Error::upstream(
                     self.target.cluster_name(),
                     Kind::Closed,
-                    "target connection dropped",
+                    "mirror sender stopped",
                 )
-            })??;
-            let response: ProduceResponse =
-                self.target.decode::<ProduceRequest>(&frame, version)?;
-            let answer = response
-                .responses
-                .first()
-                .and_then(|t| t.partition_responses.first())
-                .ok_or_else(|| {
-                    Error::upstream(
-                        self.target.cluster_name(),
-                        Kind::Protocol,
-                        "empty Produce answer",
-                    )
-                })?;
+            })?;
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.pool.drop_broker(leader);
+                    self.target.drop_conn(leader);
+                    return Err(e);
+                }
+            };
             let landed_at = match answer.error_code {
                 0 => answer.base_offset,
                 code if code == ResponseError::DuplicateSequenceNumber.code() => expected,
                 code => {
-                    self.target.drop_conn(leader);
                     return Err(broker_error(
                         self.target.cluster_name(),
                         code,
@@ -397,21 +394,6 @@ impl PartitionCopier {
         )
         .map_err(|e| Error::klink(Kind::Protocol, format!("rewriting a mirrored batch: {e}")))?;
         Ok(bytes.freeze())
-    }
-
-    fn produce(&self, records: Bytes) -> ProduceRequest {
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(self.topic.to_string())))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(self.partition)
-                            .with_records(Some(records)),
-                    ]),
-            ])
     }
 
     async fn target_leader(&self) -> Result<i32> {

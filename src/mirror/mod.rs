@@ -22,6 +22,7 @@ pub mod copier;
 pub mod offset_map;
 mod requests;
 pub mod runner;
+pub mod sender;
 
 pub use copier::{CopyConfig, PartitionCopier, Progress};
 pub use requests::log_bounds;
@@ -29,3 +30,4 @@ pub use requests::log_bounds;
 pub use committed::{Walked, walk};
 pub use offset_map::{Mapped, OffsetLog, OffsetMap, Run};
 pub use runner::{Mirrors, PartitionMirror, TopicMirror};
+pub use sender::SenderPool;

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::copier::{CopyConfig, PartitionCopier};
 use super::offset_map::Run;
 use super::requests::log_bounds;
+use super::sender::SenderPool;
 use crate::client::{Client, ClientConfig, broker_error};
 use crate::config::{Config, LinkConfig, StartPosition};
 use crate::error::{Error, Kind, Result};
@@ -184,11 +185,12 @@ async fn run_topic(job: Job) {
     };
     job.mirrors.note(&job.topic, None);
     job.mirrors.expect(&job.topic, record.start.len());
+    // The topic's partitions share one Produce stream per target broker.
+    let pool: Arc<SenderPool> = Arc::default();
     for (partition, start) in record.start {
         tokio::spawn(run_partition(
             job.clone(),
-            source.clone(),
-            target.clone(),
+            (source.clone(), target.clone(), pool.clone()),
             partition,
             start,
         ));
@@ -371,7 +373,12 @@ async fn create_topic(
     Ok(created)
 }
 
-async fn run_partition(job: Job, source: Client, target: Client, partition: i32, start: i64) {
+async fn run_partition(
+    job: Job,
+    (source, target, pool): (Client, Client, Arc<SenderPool>),
+    partition: i32,
+    start: i64,
+) {
     let map = job.maps.join(format!("{}-{partition}.map", job.topic));
     let mut backoff = BACKOFF_MIN;
     let mut report = PartitionMirror {
@@ -391,7 +398,7 @@ async fn run_partition(job: Job, source: Client, target: Client, partition: i32,
         let mut copier = tokio::select! {
             _ = job.shutdown.cancelled() => return,
             opened = opened => match opened {
-                Ok(copier) => copier,
+                Ok(copier) => copier.with_pool(pool.clone()),
                 Err(e) => {
                     report.last_error = Some(e.to_string());
                     job.mirrors.partition(&job.topic, report.clone());
