@@ -98,7 +98,12 @@ fn check_scenario_through(klink: &Klink, name: &str, mut command: Command) {
     assert_eq!(report["delivery_errors"], 0, "{name}: {report}");
     // Each script counts these while consuming; a number other than 0 is
     // a record seen twice, a record whose key/value do not match, or a
-    // record read at another partition/offset than its delivery report.
+    // record read at another partition/offset than its delivery report
+    // (which every record has, so that this last count means something).
+    assert_eq!(
+        report["delivery_offsets_known"], RECORDS,
+        "{name}: a delivery report with an offset for every record: {report}"
+    );
     for counted in ["duplicates", "bad_records", "delivery_mismatch"] {
         assert_eq!(
             report[counted].as_u64(),

@@ -11,17 +11,23 @@
                    routed to the other cluster, so its requests are split)
          Values are "<producer>:<n>", keys spread over the partitions.
          Prints one JSON line: per producer, every acknowledged record as
-         [topic, partition, n], the errors, and whether one was fatal.
+         [topic, partition, n, t] (t: when its delivery report came, Unix
+         seconds), how many deliveries failed, the distinct errors with
+         how often each came, whether one was fatal (error callback,
+         delivery report, or raised by produce()/poll()/flush()) and the
+         fatal errors' texts, and how many records flush() left undelivered.
+         A producer stops at a fatal error; the others go on.
   dump   --bootstrap B --topic T
          Reads every partition of T from offset 0 until idle, directly from
-         a cluster; prints {"records": [[partition, offset, value], ...]}.
+         a cluster; prints {"records": [[partition, offset, value], ...],
+         "errors": [...]} (consume errors other than end of partition).
 """
 import argparse
 import json
 import sys
 import time
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 
 def log(*a):
@@ -31,7 +37,8 @@ def log(*a):
 class Ledger:
     def __init__(self, name, bootstrap, topics, conf):
         self.name, self.topics = name, topics
-        self.acked, self.errors, self.fatal, self.sent = [], [], False, 0
+        self.acked, self.errors, self.fatal, self.sent = [], {}, False, 0
+        self.failed, self.unflushed, self.stopped, self.fatal_errors = 0, None, False, []
         base = {
             "bootstrap.servers": bootstrap,
             "client.id": f"flips-{name}",
@@ -41,37 +48,88 @@ class Ledger:
         base.update(conf)
         self.producer = Producer(base)
 
+    def set_fatal(self, text):
+        self.fatal = True
+        if text not in self.fatal_errors and len(self.fatal_errors) < 5:
+            self.fatal_errors.append(text)
+
     def on_error(self, err):
         if err.fatal():
-            self.fatal = True
+            self.set_fatal(f"error_cb: {err}")
         self.note(f"error_cb: {err}")
 
     def note(self, text):
-        if len(self.errors) < 20:
-            self.errors.append(text)
+        # Distinct errors with how often each came.
+        if text in self.errors or len(self.errors) < 20:
+            self.errors[text] = self.errors.get(text, 0) + 1
 
     def on_delivery(self, err, msg):
         if err is not None:
             if err.fatal():
-                self.fatal = True
+                self.set_fatal(f"delivery: {err}")
+            self.failed += 1
             self.note(f"delivery: {err}")
             return
         n = int(msg.value().decode().split(":")[1])
-        self.acked.append([msg.topic(), msg.partition(), n])
+        self.acked.append([msg.topic(), msg.partition(), n, round(time.time(), 4)])
+
+    def guarded(self, what, fn, *args, **kwargs):
+        """Calls a producer method. confluent-kafka raises a fatal error from
+        produce(), poll() and flush(): it stops this producer (every later
+        call would fail) and is reported; the other producers go on."""
+        try:
+            return fn(*args, **kwargs)
+        except KafkaException as e:
+            err = e.args[0] if e.args and isinstance(e.args[0], KafkaError) else None
+            if err is None or err.fatal() or err.code() == KafkaError._FATAL:
+                self.set_fatal(f"{what}: {e}")
+                self.cause()
+            self.note(f"{what}: {e}")
+            self.stopped = True
+            return None
+        except Exception as e:  # noqa: BLE001
+            # confluent-kafka 2.16 raises SystemError from flush() after a
+            # fatal error; any exception from the client is a failure.
+            self.set_fatal(f"{what} raised {type(e).__name__}: {e}")
+            self.note(f"{what} raised {type(e).__name__}: {e}")
+            self.stopped = True
+            return None
+
+    def cause(self):
+        """After a fatal error: serve the error callback, which names the
+        underlying error (produce() only says "Local: Fatal error")."""
+        try:
+            self.producer.poll(0.2)
+        except Exception as e:  # noqa: BLE001
+            self.set_fatal(f"poll: {e}")
 
     def produce_one(self):
         topic = self.topics[self.sent % len(self.topics)]
         value = f"{self.name}:{self.sent}".encode()
         try:
-            self.producer.produce(topic, key=f"k{self.sent}".encode(), value=value,
-                                  on_delivery=self.on_delivery)
+            self.guarded("produce", self.producer.produce, topic, key=f"k{self.sent}".encode(),
+                              value=value, on_delivery=self.on_delivery)
         except BufferError:
-            self.producer.poll(0.01)
+            self.poll(0.01)
             return
-        self.sent += 1
+        if not self.stopped:
+            self.sent += 1
+
+    def poll(self, timeout):
+        self.guarded("poll", self.producer.poll, timeout)
+
+    def flush(self, timeout):
+        left = self.guarded("flush", self.producer.flush, timeout)
+        if left is None:  # raised: what is still queued
+            left = self.guarded("flush", self.producer.flush, timeout)
+        self.unflushed = left if left is not None else len(self.producer)
+        if self.unflushed:
+            self.note(f"{self.unflushed} records not flushed")
 
     def report(self):
-        return {"sent": self.sent, "acked": self.acked, "errors": self.errors, "fatal": self.fatal}
+        return {"sent": self.sent, "acked": self.acked, "failed": self.failed,
+                "errors": sorted(([t, n] for t, n in self.errors.items()), key=lambda e: -e[1]),
+                "fatal": self.fatal, "fatal_errors": self.fatal_errors, "unflushed": self.unflushed}
 
 
 def ledger(a):
@@ -83,19 +141,19 @@ def ledger(a):
     ]
     print("STARTED", flush=True)
     deadline = time.time() + a.seconds
-    while time.time() < deadline and any(l.sent < a.max for l in ledgers):
+    going = lambda l: l.sent < a.max and not l.stopped
+    while time.time() < deadline and any(going(l) for l in ledgers):
         for l in ledgers:
-            if l.sent < a.max:
-                for _ in range(50):
+            for _ in range(50):
+                if going(l):
                     l.produce_one()
-            l.producer.poll(0)
+            if not l.stopped:
+                l.poll(0)
     produced_for = time.time() - (deadline - a.seconds)
     for l in ledgers:
-        left = l.producer.flush(60)
-        if left:
-            l.note(f"{left} records not flushed")
+        l.flush(20)
         log(l.name, "sent", l.sent, "in", round(produced_for, 1), "s, acked", len(l.acked),
-            "errors", len(l.errors))
+            "failed", l.failed, "unflushed", l.unflushed, "fatal", l.fatal_errors or l.fatal)
     print(json.dumps({l.name: l.report() for l in ledgers}), flush=True)
 
 
@@ -112,7 +170,7 @@ def dump(a):
         print(json.dumps({"records": [], "error": str(md.error if md else "missing")}), flush=True)
         return
     c.assign([TopicPartition(a.topic, p, 0) for p in md.partitions])
-    records, idle_since = [], time.time()
+    records, errors, idle_since = [], [], time.time()
     while time.time() - idle_since < 1.5:
         msgs = c.consume(1000, 0.2)
         for m in msgs:
@@ -120,10 +178,12 @@ def dump(a):
                 records.append([m.partition(), m.offset(), m.value().decode()])
             elif m.error().code() != KafkaError._PARTITION_EOF:
                 log("consume error", m.error())
+                if len(errors) < 20:
+                    errors.append(str(m.error()))
         if msgs:
             idle_since = time.time()
     c.close()
-    print(json.dumps({"records": records}), flush=True)
+    print(json.dumps({"records": records, "errors": errors}), flush=True)
 
 
 def main():
