@@ -14,22 +14,15 @@ use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
-use kafka_protocol::messages::offset_commit_response::{
-    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
-};
-use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+use super::groups::{group_error, group_ids};
 use super::{PartFailure, encode_response};
 
 /// Fetch v13 and Produce v13 name topics by id.
 const TOPIC_IDS_SINCE: i16 = 13;
-/// OffsetFetch v8 batches groups.
-const OFFSET_FETCH_GROUPS_SINCE: i16 = 8;
-/// OffsetFetch v2 has a top-level error code.
-const OFFSET_FETCH_ERROR_SINCE: i16 = 2;
 /// FindCoordinator v4 batches keys.
 const FIND_COORDINATOR_BATCHED_SINCE: i16 = 4;
 
@@ -155,51 +148,20 @@ pub fn error_response(
             }
             respond(&response)
         }
-        ApiKey::JoinGroup => respond(
-            &JoinGroupResponse::default()
-                .with_error_code(codes.group)
-                .with_generation_id(-1),
-        ),
-        ApiKey::SyncGroup => respond(&SyncGroupResponse::default().with_error_code(codes.group)),
-        ApiKey::Heartbeat => respond(&HeartbeatResponse::default().with_error_code(codes.group)),
-        ApiKey::LeaveGroup => respond(&LeaveGroupResponse::default().with_error_code(codes.group)),
-        ApiKey::OffsetCommit => {
-            let request = OffsetCommitRequest::decode(&mut body, version).ok()?;
-            let topics = request
-                .topics
-                .iter()
-                .map(|t| {
-                    OffsetCommitResponseTopic::default()
-                        .with_name(t.name.clone())
-                        .with_partitions(
-                            t.partitions
-                                .iter()
-                                .map(|p| {
-                                    OffsetCommitResponsePartition::default()
-                                        .with_partition_index(p.partition_index)
-                                        .with_error_code(codes.group)
-                                })
-                                .collect(),
-                        )
-                })
-                .collect();
-            respond(&OffsetCommitResponse::default().with_topics(topics))
-        }
-        ApiKey::OffsetFetch if version >= OFFSET_FETCH_GROUPS_SINCE => {
-            let request = OffsetFetchRequest::decode(&mut body, version).ok()?;
-            let groups = request
-                .groups
-                .iter()
-                .map(|g| {
-                    OffsetFetchResponseGroup::default()
-                        .with_group_id(g.group_id.clone())
-                        .with_error_code(codes.group)
-                })
-                .collect();
-            respond(&OffsetFetchResponse::default().with_groups(groups))
-        }
-        ApiKey::OffsetFetch if version >= OFFSET_FETCH_ERROR_SINCE => {
-            respond(&OffsetFetchResponse::default().with_error_code(codes.group))
+        ApiKey::JoinGroup
+        | ApiKey::SyncGroup
+        | ApiKey::Heartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::OffsetCommit
+        | ApiKey::OffsetFetch
+        | ApiKey::OffsetDelete
+        | ApiKey::DescribeGroups
+        | ApiKey::DeleteGroups
+        | ApiKey::ConsumerGroupHeartbeat => {
+            // The answers klink gives a group request routed elsewhere,
+            // with another code.
+            let groups = group_ids(api, version, payload).ok()?;
+            group_error(api, version, payload, id, &groups, codes.group).ok()
         }
         ApiKey::InitProducerId => respond(
             &InitProducerIdResponse::default()

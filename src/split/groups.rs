@@ -15,6 +15,9 @@ use kafka_protocol::messages::offset_commit_response::{
 use kafka_protocol::messages::offset_fetch_response::OffsetFetchResponseGroup;
 use kafka_protocol::messages::*;
 
+use bytes::Bytes;
+use kafka_protocol::protocol::Decodable;
+
 use super::{Cluster, Context, Destination, Part, Plan, decode_response, encode_response};
 use crate::error::Result;
 
@@ -98,7 +101,7 @@ pub async fn plan_find_coordinator<C: Cluster>(cx: &Context<'_, C>) -> Result<Pl
 
 /// Group APIs addressed to one coordinator.
 pub async fn plan_group<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
-    let groups = group_ids(cx)?;
+    let groups = group_ids(cx.api, cx.version, cx.payload)?;
     if groups
         .iter()
         .all(|g| cx.routes.group(g) == cx.home.cluster())
@@ -108,27 +111,58 @@ pub async fn plan_group<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     tracing::debug!(api = ?cx.api, ?groups, "group routed elsewhere: NOT_COORDINATOR");
     let correlation_id = crate::wire::RequestHeader::correlation_id_of(cx.payload)
         .ok_or_else(|| crate::error::Error::client(crate::error::Kind::Protocol, "no header"))?;
-    Ok(Plan::Answer(not_coordinator(cx, correlation_id, &groups)?))
+    Ok(Plan::Answer(group_error(
+        cx.api,
+        cx.version,
+        cx.payload,
+        correlation_id,
+        &groups,
+        NOT_COORDINATOR,
+    )?))
 }
 
-fn group_ids<C: Cluster>(cx: &Context<'_, C>) -> Result<Vec<String>> {
-    Ok(match cx.api {
-        ApiKey::JoinGroup => vec![cx.decode::<JoinGroupRequest>()?.1.group_id.to_string()],
-        ApiKey::SyncGroup => vec![cx.decode::<SyncGroupRequest>()?.1.group_id.to_string()],
-        ApiKey::Heartbeat => vec![cx.decode::<HeartbeatRequest>()?.1.group_id.to_string()],
-        ApiKey::LeaveGroup => vec![cx.decode::<LeaveGroupRequest>()?.1.group_id.to_string()],
-        ApiKey::OffsetCommit => vec![cx.decode::<OffsetCommitRequest>()?.1.group_id.to_string()],
-        ApiKey::OffsetDelete => vec![cx.decode::<OffsetDeleteRequest>()?.1.group_id.to_string()],
+/// The groups a group API request names.
+pub(super) fn group_ids(api: ApiKey, version: i16, payload: &Bytes) -> Result<Vec<String>> {
+    Ok(match api {
+        ApiKey::JoinGroup => vec![
+            decode_body::<JoinGroupRequest>(api, version, payload)?
+                .group_id
+                .to_string(),
+        ],
+        ApiKey::SyncGroup => vec![
+            decode_body::<SyncGroupRequest>(api, version, payload)?
+                .group_id
+                .to_string(),
+        ],
+        ApiKey::Heartbeat => vec![
+            decode_body::<HeartbeatRequest>(api, version, payload)?
+                .group_id
+                .to_string(),
+        ],
+        ApiKey::LeaveGroup => vec![
+            decode_body::<LeaveGroupRequest>(api, version, payload)?
+                .group_id
+                .to_string(),
+        ],
+        ApiKey::OffsetCommit => vec![
+            decode_body::<OffsetCommitRequest>(api, version, payload)?
+                .group_id
+                .to_string(),
+        ],
+        ApiKey::OffsetDelete => vec![
+            decode_body::<OffsetDeleteRequest>(api, version, payload)?
+                .group_id
+                .to_string(),
+        ],
         ApiKey::ConsumerGroupHeartbeat => {
             vec![
-                cx.decode::<ConsumerGroupHeartbeatRequest>()?
-                    .1
+                decode_body::<ConsumerGroupHeartbeatRequest>(api, version, payload)?
                     .group_id
                     .to_string(),
             ]
         }
         ApiKey::OffsetFetch => {
-            let request = cx.decode::<OffsetFetchRequest>()?.1;
+            let request = decode_body::<OffsetFetchRequest>(api, version, payload)?;
             if request.groups.is_empty() {
                 vec![request.group_id.to_string()]
             } else {
@@ -140,53 +174,69 @@ fn group_ids<C: Cluster>(cx: &Context<'_, C>) -> Result<Vec<String>> {
             }
         }
         ApiKey::DescribeGroups => {
-            let request = cx.decode::<DescribeGroupsRequest>()?.1;
+            let request = decode_body::<DescribeGroupsRequest>(api, version, payload)?;
             request.groups.iter().map(|g| g.to_string()).collect()
         }
         ApiKey::DeleteGroups => {
-            let request = cx.decode::<DeleteGroupsRequest>()?.1;
+            let request = decode_body::<DeleteGroupsRequest>(api, version, payload)?;
             request.groups_names.iter().map(|g| g.to_string()).collect()
         }
         _ => Vec::new(),
     })
 }
 
-fn not_coordinator<C: Cluster>(
-    cx: &Context<'_, C>,
+/// The answer to a group API request that fails with `e` for every group
+/// (and every partition) it names.
+pub(super) fn group_error(
+    api: ApiKey,
+    version: i16,
+    payload: &Bytes,
     correlation_id: i32,
     groups: &[String],
-) -> Result<bytes::Bytes> {
-    let e = NOT_COORDINATOR;
-    match cx.api {
-        ApiKey::JoinGroup => cx.encode_response(
+    e: i16,
+) -> Result<Bytes> {
+    match api {
+        ApiKey::JoinGroup => encode_response(
+            api,
+            version,
             correlation_id,
             &JoinGroupResponse::default()
                 .with_error_code(e)
                 .with_generation_id(-1),
         ),
-        ApiKey::SyncGroup => cx.encode_response(
+        ApiKey::SyncGroup => encode_response(
+            api,
+            version,
             correlation_id,
             &SyncGroupResponse::default().with_error_code(e),
         ),
-        ApiKey::Heartbeat => cx.encode_response(
+        ApiKey::Heartbeat => encode_response(
+            api,
+            version,
             correlation_id,
             &HeartbeatResponse::default().with_error_code(e),
         ),
-        ApiKey::LeaveGroup => cx.encode_response(
+        ApiKey::LeaveGroup => encode_response(
+            api,
+            version,
             correlation_id,
             &LeaveGroupResponse::default().with_error_code(e),
         ),
-        ApiKey::OffsetDelete => cx.encode_response(
+        ApiKey::OffsetDelete => encode_response(
+            api,
+            version,
             correlation_id,
             &OffsetDeleteResponse::default().with_error_code(e),
         ),
-        ApiKey::ConsumerGroupHeartbeat => cx.encode_response(
+        ApiKey::ConsumerGroupHeartbeat => encode_response(
+            api,
+            version,
             correlation_id,
             &ConsumerGroupHeartbeatResponse::default().with_error_code(e),
         ),
         ApiKey::OffsetCommit => {
             // Errors are per partition: every partition asked about.
-            let request = cx.decode::<OffsetCommitRequest>()?.1;
+            let request = decode_body::<OffsetCommitRequest>(api, version, payload)?;
             let topics = request
                 .topics
                 .iter()
@@ -206,13 +256,15 @@ fn not_coordinator<C: Cluster>(
                         )
                 })
                 .collect();
-            cx.encode_response(
+            encode_response(
+                api,
+                version,
                 correlation_id,
                 &OffsetCommitResponse::default().with_topics(topics),
             )
         }
         ApiKey::OffsetFetch => {
-            let response = if cx.version >= 8 {
+            let response = if version >= 8 {
                 OffsetFetchResponse::default().with_groups(
                     groups
                         .iter()
@@ -226,9 +278,11 @@ fn not_coordinator<C: Cluster>(
             } else {
                 OffsetFetchResponse::default().with_error_code(e)
             };
-            cx.encode_response(correlation_id, &response)
+            encode_response(api, version, correlation_id, &response)
         }
-        ApiKey::DescribeGroups => cx.encode_response(
+        ApiKey::DescribeGroups => encode_response(
+            api,
+            version,
             correlation_id,
             &DescribeGroupsResponse::default().with_groups(
                 groups
@@ -241,7 +295,9 @@ fn not_coordinator<C: Cluster>(
                     .collect(),
             ),
         ),
-        ApiKey::DeleteGroups => cx.encode_response(
+        ApiKey::DeleteGroups => encode_response(
+            api,
+            version,
             correlation_id,
             &DeleteGroupsResponse::default().with_results(
                 groups
@@ -256,9 +312,22 @@ fn not_coordinator<C: Cluster>(
         ),
         _ => Err(crate::error::Error::klink(
             crate::error::Kind::Unsupported,
-            format!("{:?} is not a group API", cx.api),
+            format!("{api:?} is not a group API"),
         )),
     }
+}
+
+/// A request's body, decoded from its payload (header first).
+fn decode_body<R: Decodable>(api: ApiKey, version: i16, payload: &Bytes) -> Result<R> {
+    let fail = |e: anyhow::Error| {
+        crate::error::Error::client(
+            crate::error::Kind::Protocol,
+            format!("{api:?} v{version}: {e}"),
+        )
+    };
+    let mut buf = payload.clone();
+    RequestHeader::decode(&mut buf, api.request_header_version(version)).map_err(fail)?;
+    R::decode(&mut buf, version).map_err(fail)
 }
 
 /// ListGroups lists what one broker coordinates; groups routed to the other
