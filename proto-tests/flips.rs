@@ -19,13 +19,9 @@ const FLIP_EVERY: Duration = Duration::from_millis(500);
 /// Flips at which klink's upstream connections to both clusters are cut
 /// just before the new route is in place: requests in flight to the old
 /// cluster lose their answers and the client's retries meet the new route.
-/// None today: klink sends such a retry where the route now points, so a
-/// batch that had reached the old cluster is written twice, and the old
-/// cluster's sequence space counts batches it never got, which an
-/// idempotent producer later meets as a fatal OUT_OF_ORDER_SEQUENCE_NUMBER.
-/// The fix (send a retry of a possibly-written batch to the cluster that
-/// may hold it) is open work; put 4, 6 and 8 back here with it.
-const CUT_AT_FLIP: [usize; 0] = [];
+/// klink sends such a retry where its first try went (the old cluster may
+/// hold it), not where the route now points.
+const CUT_AT_FLIP: [usize; 3] = [4, 6, 8];
 /// Flips after which the connections are cut halfway to the next flip:
 /// retries go to the cluster that lost the answers. The first flips have no
 /// cut, so that what a plain producer wrote before any failure can be held

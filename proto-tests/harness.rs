@@ -31,7 +31,10 @@ fn tool(env: &str, default: PathBuf) -> PathBuf {
 }
 
 pub fn tansu_bin() -> PathBuf {
-    tool("KLINK_TANSU", cache_dir().join("tansu-0.6.0/bin/tansu"))
+    tool(
+        "KLINK_TANSU",
+        cache_dir().join("tansu-0.6.0-dynostore-libsql/bin/tansu"),
+    )
 }
 
 pub fn python_bin() -> PathBuf {

@@ -6,7 +6,8 @@
 #   KLINK_CACHE   cache dir (default: $HOME/.cache/klink)
 #
 # Items:
-#   tansu 0.6.0   Kafka-compatible broker, cargo install into $KLINK_CACHE/tansu-0.6.0
+#   tansu 0.6.0   Kafka-compatible broker (memory and sqlite engines), cargo install into
+#                 $KLINK_CACHE/tansu-0.6.0-dynostore-libsql
 #   kcat          Debian package
 #   haproxy       Debian package
 #   venv          $KLINK_CACHE/venv with proto-tests/clients/requirements.txt
@@ -23,7 +24,10 @@ mkdir -p "$KLINK_CACHE"
 KLINK_CACHE="$(cd "$KLINK_CACHE" && pwd)"
 
 TANSU_VERSION=0.6.0
-TANSU_ROOT="$KLINK_CACHE/tansu-$TANSU_VERSION"
+# The sqlite engine (libsql) keeps data and SCRAM users across a broker restart;
+# the features are part of the directory name so an older build is not taken for it.
+TANSU_FEATURES=dynostore,libsql
+TANSU_ROOT="$KLINK_CACHE/tansu-$TANSU_VERSION-${TANSU_FEATURES//,/-}"
 TANSU_BIN="$TANSU_ROOT/bin/tansu"
 
 die() { echo "deps.sh: ERROR: $*" >&2; exit 1; }
@@ -144,8 +148,8 @@ else
         say "tansu $TANSU_VERSION: cached ($TANSU_BIN)"
     else
         command -v cargo >/dev/null || die "cargo not found (needed to build tansu)"
-        say "tansu $TANSU_VERSION: installing (cargo install tansu --version $TANSU_VERSION --features dynostore, ~15 min)"
-        cargo install tansu --version "$TANSU_VERSION" --features dynostore --locked --root "$TANSU_ROOT" >&2 \
+        say "tansu $TANSU_VERSION: installing (cargo install tansu --version $TANSU_VERSION --features $TANSU_FEATURES, ~15 min)"
+        cargo install tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" --locked --root "$TANSU_ROOT" >&2 \
             || die "cargo install tansu $TANSU_VERSION failed"
         tansu_ok || die "cargo install finished but $TANSU_BIN does not run"
     fi

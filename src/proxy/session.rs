@@ -524,6 +524,16 @@ impl Session {
                             // retriable error where its API has room for
                             // one, and the connection stays up.
                             tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "no answer from upstream");
+                            if api == ApiKey::Produce {
+                                split::note_lost_produce(
+                                    &self.ctx.producers,
+                                    &self.ctx.catalog,
+                                    self.ctx.routes.snapshot().default_cluster(),
+                                    &cluster,
+                                    version,
+                                    &request,
+                                );
+                            }
                             error_response(api, version, &request, PartFailure::Lost)
                                 .map(Segments::One)
                                 .ok_or(e)

@@ -7,12 +7,14 @@
 //! under a route that is not yet durable.
 
 mod catalog;
+mod in_doubt;
 mod producers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use catalog::{Catalog, TopicLayout};
+pub use in_doubt::BatchKey;
 pub use producers::{ClientProducer, Identity, Outcome, Placement, ProducerIds, outcome_of};
 
 use crate::config::Config;

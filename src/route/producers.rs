@@ -23,6 +23,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::in_doubt::{BatchKey, InDoubt};
+
 /// Kafka sequences wrap to 0 after `i32::MAX`: they count modulo 2^31.
 const SEQUENCE_MODULUS: i64 = 1 << 31;
 /// Recent batches remembered per space: enough to recognise the retries of
@@ -172,10 +174,13 @@ struct Inner {
 pub struct ProducerIds {
     /// A std mutex: map lookups only, never held across an await.
     inner: Mutex<Inner>,
-    /// Set once any partition's writes left its producer's issuing cluster:
-    /// from then on Produce requests cannot take the undecoded fast path,
-    /// since a batch returning to its issuer may need its sequence moved.
+    /// Set once any partition's writes left its producer's issuing cluster
+    /// or a batch's answer was lost: from then on Produce requests cannot
+    /// take the undecoded fast path, since a batch returning to its issuer
+    /// may need its sequence moved, and a retry may need to go where its
+    /// first try went rather than where the route points.
     any_remapped: AtomicBool,
+    doubts: InDoubt,
 }
 
 impl ProducerIds {
@@ -253,6 +258,23 @@ impl ProducerIds {
             client_sequence,
             sequence: wrap(start),
         })
+    }
+
+    /// Records that `cluster` may hold `batch`: it was sent there and its
+    /// answer was lost.
+    pub fn lost(&self, batch: BatchKey, cluster: Arc<str>) {
+        self.any_remapped.store(true, Ordering::Relaxed);
+        self.doubts.lost(batch, cluster);
+    }
+
+    /// The cluster a retry of `batch` must go to, whatever the route says.
+    pub fn held_by(&self, batch: &BatchKey) -> Option<Arc<str>> {
+        self.doubts.held_by(batch)
+    }
+
+    /// `cluster` answered for `batch`.
+    pub fn answered(&self, batch: &BatchKey, cluster: &str) {
+        self.doubts.answered(batch, cluster);
     }
 
     /// Reports what became of a placed batch.

@@ -26,7 +26,7 @@ pub use fetch::{FetchSessions, plan_fetch};
 pub use groups::{plan_find_coordinator, plan_group, plan_list_groups};
 pub use metadata::plan_metadata;
 pub use offsets::{plan_list_offsets, plan_read_side};
-pub use produce::plan_produce;
+pub use produce::{note_lost as note_lost_produce, plan_produce};
 
 use crate::error::{Error, Kind, Result};
 use crate::route::{Catalog, ClientProducer, Identity, ProducerIds, Routes};

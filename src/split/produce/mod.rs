@@ -15,7 +15,9 @@ use super::{
 };
 use crate::batch;
 use crate::error::Result;
-use crate::route::{ClientProducer, Identity, Outcome, Placement, ProducerIds, outcome_of};
+use crate::route::{
+    BatchKey, ClientProducer, Identity, Outcome, Placement, ProducerIds, outcome_of,
+};
 use crate::split::Destination;
 
 /// Produce v13 names topics by id (KIP-516).
@@ -25,12 +27,22 @@ const NOT_LEADER: i16 = ResponseError::NotLeaderOrFollower.code();
 const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
 
 /// One partition of a split request: how the client named its topic, the
-/// topic's name, and the batches klink placed in a sequence space.
+/// topic's name, the batches klink placed in a sequence space, and the
+/// client's idempotent batch as it sent it.
 struct Routed {
     client_key: TopicKey,
     name: String,
     data: PartitionProduceData,
     placements: Vec<Placement>,
+    batch: Option<BatchKey>,
+}
+
+/// What the merge needs of one partition it sent.
+struct Listed {
+    client_key: TopicKey,
+    index: i32,
+    placements: Vec<Placement>,
+    batch: Option<BatchKey>,
 }
 
 pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<Plan> {
@@ -49,28 +61,38 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
     let mut assigned: Vec<(Destination, Routed)> = Vec::new();
     let mut answered: HashMap<(TopicKey, i32), i16> = HashMap::new();
     let mut needs_translation = false;
-    for (topic, (client_key, name, cluster)) in request.topic_data.iter().zip(resolved) {
-        let (Some(name), Some(cluster)) = (name, cluster) else {
+    // A retry of a batch whose answer was lost goes where its first try
+    // went, and that cluster's answer must be seen per partition to end the
+    // doubt: such requests are never forwarded whole.
+    let mut settles_doubt = false;
+    let producers = cx.cluster.producers().cloned();
+    let issuer = cx.routes.default_cluster();
+    for (topic, (client_key, name, route)) in request.topic_data.iter().zip(resolved) {
+        let (Some(name), Some(route)) = (name, route) else {
             for p in &topic.partition_data {
                 order.push((client_key.clone(), p.index));
                 answered.insert((client_key.clone(), p.index), UNKNOWN_TOPIC_ID);
             }
             continue;
         };
-        if by_id {
-            match upstream_id_of(cx, &cluster, &name).await {
-                Some(id) => needs_translation |= id != topic.topic_id,
-                None => {
-                    for p in &topic.partition_data {
-                        order.push((client_key.clone(), p.index));
-                        answered.insert((client_key.clone(), p.index), UNKNOWN_TOPIC_ID);
-                    }
-                    continue;
-                }
-            }
-        }
         for p in &topic.partition_data {
             order.push((client_key.clone(), p.index));
+            let batch = batch_key(issuer, &name, p.index, p.records.as_ref());
+            let held_by = producers
+                .as_ref()
+                .zip(batch.as_ref())
+                .and_then(|(producers, batch)| producers.held_by(batch));
+            settles_doubt |= held_by.is_some();
+            let cluster = held_by.unwrap_or_else(|| route.clone());
+            if by_id {
+                match upstream_id_of(cx, &cluster, &name).await {
+                    Some(id) => needs_translation |= id != topic.topic_id,
+                    None => {
+                        answered.insert((client_key.clone(), p.index), UNKNOWN_TOPIC_ID);
+                        continue;
+                    }
+                }
+            }
             let Some(destination) = cx.partition_destination(&cluster, &name, p.index).await else {
                 // No leader klink could reach: the client refreshes its
                 // metadata and retries, as after a leader change.
@@ -96,17 +118,22 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                 name: name.clone(),
                 data,
                 placements,
+                batch,
             };
             assigned.push((destination, routed));
         }
     }
-    if answered.is_empty() && !needs_translation && assigned.iter().all(|(d, _)| d == cx.home) {
+    if answered.is_empty()
+        && !needs_translation
+        && !settles_doubt
+        && assigned.iter().all(|(d, _)| d == cx.home)
+    {
         return Ok(Plan::Forward(cx.home.clone()));
     }
     let mut parts = Vec::new();
     // Per part: its partitions, and the upstream's key for each topic back
     // to the client's.
-    let mut part_partitions: Vec<Vec<(TopicKey, i32, Vec<Placement>)>> = Vec::new();
+    let mut part_partitions: Vec<Vec<Listed>> = Vec::new();
     let mut part_topics: Vec<UpstreamKeys> = Vec::new();
     for (destination, partitions) in group_by(assigned) {
         let mut sub = request.clone().with_topic_data(Vec::new());
@@ -128,7 +155,12 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
             entry(&mut sub.topic_data, &upstream_key)
                 .partition_data
                 .push(routed.data);
-            listed.push((routed.client_key, index, routed.placements));
+            listed.push(Listed {
+                client_key: routed.client_key,
+                index,
+                placements: routed.placements,
+                batch: routed.batch,
+            });
         }
         parts.push(Part {
             frame: cx.encode_request(&header, &sub)?,
@@ -142,7 +174,6 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
         // No answer will tell: every placed batch keeps its place.
         return Ok(Plan::Split { parts, merge: None });
     }
-    let producers = cx.cluster.producers().cloned();
     let catalog = cx.catalog.clone();
     let (api, version, correlation_id) = (cx.api, cx.version, header.correlation_id);
     let merge = Box::new(move |answers: Vec<PartAnswer>| {
@@ -158,13 +189,18 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                 PartAnswer::Answered(frame) => frame,
                 PartAnswer::Failed(failure) => {
                     let (code, outcome) = failed_part(failure);
-                    for (client_key, index, placements) in listed {
-                        settle(producers.as_ref(), &placements, outcome);
+                    for listed in listed {
+                        settle(producers.as_ref(), &listed.placements, outcome);
+                        if failure == PartFailure::Lost
+                            && let (Some(producers), Some(batch)) = (&producers, listed.batch)
+                        {
+                            producers.lost(batch, cluster.clone());
+                        }
                         let result = PartitionProduceResponse::default()
-                            .with_index(index)
+                            .with_index(listed.index)
                             .with_error_code(code)
                             .with_base_offset(-1);
-                        results.insert((client_key, index), result);
+                        results.insert((listed.client_key, listed.index), result);
                     }
                     continue;
                 }
@@ -180,9 +216,9 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                     merged.node_endpoints.push(endpoint);
                 }
             }
-            let mut placed: HashMap<(TopicKey, i32), Vec<Placement>> = listed
+            let mut placed: HashMap<(TopicKey, i32), Listed> = listed
                 .into_iter()
-                .map(|(key, index, placements)| ((key, index), placements))
+                .map(|listed| ((listed.client_key.clone(), listed.index), listed))
                 .collect();
             for topic in response.responses {
                 let upstream_key = TopicKey::new(by_id, topic.name.as_str(), topic.topic_id);
@@ -194,16 +230,21 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                     if leader_moved(p.error_code) {
                         catalog.mark_stale(&cluster, name);
                     }
-                    if let Some(placements) = placed.remove(&(client_key.clone(), p.index)) {
-                        settle(producers.as_ref(), &placements, outcome_of(p.error_code));
+                    if let Some(listed) = placed.remove(&(client_key.clone(), p.index)) {
+                        answered_for(producers.as_ref(), &listed, &cluster, p.error_code);
                     }
                     results.insert((client_key.clone(), p.index), p);
                 }
             }
             // A partition the answer left out was not taken.
-            for ((client_key, index), placements) in placed {
+            for ((client_key, index), listed) in placed {
                 tracing::error!(%cluster, topic = ?client_key, index, "Produce answer left out a partition");
-                settle(producers.as_ref(), &placements, Outcome::Refused);
+                answered_for(
+                    producers.as_ref(),
+                    &listed,
+                    &cluster,
+                    ResponseError::UnknownServerError.code(),
+                );
             }
         }
         for (client_key, index) in order {
@@ -254,6 +295,81 @@ fn failed_part(failure: PartFailure) -> (i16, Outcome) {
         PartFailure::NotSent => (NOT_LEADER, Outcome::Refused),
         PartFailure::Unsupported => (ResponseError::UnsupportedVersion.code(), Outcome::Refused),
         PartFailure::Lost => (ResponseError::RequestTimedOut.code(), Outcome::Kept),
+    }
+}
+
+/// A cluster's answer for one partition it was sent: its batches are
+/// settled and no longer in doubt there.
+fn answered_for(
+    producers: Option<&Arc<ProducerIds>>,
+    listed: &Listed,
+    cluster: &Arc<str>,
+    error_code: i16,
+) {
+    settle(producers, &listed.placements, outcome_of(error_code));
+    if let (Some(producers), Some(batch)) = (producers, &listed.batch) {
+        producers.answered(batch, cluster);
+    }
+}
+
+/// The idempotent batch a partition's records start with, as the client
+/// sent it (its producer id was issued by `issuer`; see `reidentify`).
+fn batch_key(
+    issuer: &Arc<str>,
+    topic: &str,
+    partition: i32,
+    records: Option<&Bytes>,
+) -> Option<BatchKey> {
+    let first = batch::BatchHeader::parse(records?).ok()??;
+    (first.producer_id >= 0).then(|| BatchKey {
+        client: ClientProducer {
+            issuer: issuer.clone(),
+            identity: Identity {
+                producer_id: first.producer_id,
+                epoch: first.producer_epoch,
+            },
+        },
+        topic: topic.to_string(),
+        partition,
+        client_sequence: first.base_sequence,
+    })
+}
+
+/// The idempotent batches of a Produce request forwarded whole to
+/// `cluster` whose answer was lost: each is in doubt there. Topic ids
+/// (v13+) are `cluster`'s own on that path.
+pub fn note_lost(
+    producers: &ProducerIds,
+    catalog: &crate::route::Catalog,
+    issuer: &Arc<str>,
+    cluster: &Arc<str>,
+    version: i16,
+    payload: &Bytes,
+) {
+    use kafka_protocol::protocol::Decodable;
+    let mut body = payload.clone();
+    let decoded = kafka_protocol::messages::RequestHeader::decode(
+        &mut body,
+        kafka_protocol::messages::ApiKey::Produce.request_header_version(version),
+    )
+    .and_then(|_| ProduceRequest::decode(&mut body, version));
+    let Ok(request) = decoded else {
+        return;
+    };
+    for topic in &request.topic_data {
+        let name = if version >= TOPIC_IDS_SINCE {
+            catalog.name_by_upstream_id(cluster, &topic.topic_id)
+        } else {
+            Some(topic.name.to_string())
+        };
+        let Some(name) = name else {
+            continue;
+        };
+        for p in &topic.partition_data {
+            if let Some(batch) = batch_key(issuer, &name, p.index, p.records.as_ref()) {
+                producers.lost(batch, cluster.clone());
+            }
+        }
     }
 }
 

@@ -287,98 +287,173 @@ fn sent_identity(part: &Part) -> (i64, i16, i32) {
     )
 }
 
-#[tokio::test]
-async fn idempotent_batches_follow_their_partition_back_and_forth() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let table = routes(dir.path());
-    let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
-        crate::state::StateStore::open(dir.path()).expect("state"),
-    )));
-    let cluster = Remapping {
-        leaders: FixedLeaders(HashMap::from([("payments".to_string(), 1)])),
-        producers: Arc::default(),
-    };
-    let home = Destination::Any(Arc::from("source"));
-    async fn plan_at(
-        cluster: &Remapping,
-        catalog: &Arc<crate::route::Catalog>,
-        home: &Destination,
-        sequence: i32,
-        routes: Arc<crate::route::Routes>,
-    ) -> Plan {
-        let payload = idempotent_request(sequence);
-        let cx = Context {
-            cluster,
-            routes: &routes,
+/// The answer `part`'s cluster gives its one partition.
+fn answer_with(part: &Part, error_code: i16) -> crate::wire::Frame {
+    let mut payload = part.frame.slice(4..);
+    RequestHeader::decode(&mut payload, ApiKey::Produce.request_header_version(9)).expect("header");
+    let sub = ProduceRequest::decode(&mut payload, 9).expect("sub");
+    let response = ProduceResponse::default().with_responses(vec![
+        TopicProduceResponse::default()
+            .with_name(sub.topic_data[0].name.clone())
+            .with_partition_responses(vec![
+                PartitionProduceResponse::default()
+                    .with_index(0)
+                    .with_error_code(error_code),
+            ]),
+    ]);
+    frame_of(encode_response(ApiKey::Produce, 9, 77, &response).expect("encode"))
+}
+
+/// A route table, a catalog and a cluster where the target issues klink
+/// id 900, planning the idempotent batch of client producer 4242 at a
+/// given base sequence.
+struct Flipping {
+    _dir: tempfile::TempDir,
+    table: crate::route::RouteTable,
+    catalog: Arc<crate::route::Catalog>,
+    cluster: Remapping,
+    home: Destination,
+}
+
+impl Flipping {
+    fn new() -> Flipping {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = routes(dir.path());
+        let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+            crate::state::StateStore::open(dir.path()).expect("state"),
+        )));
+        Flipping {
+            _dir: dir,
+            table,
             catalog,
-            home,
+            cluster: Remapping {
+                leaders: FixedLeaders(HashMap::from([("payments".to_string(), 1)])),
+                producers: Arc::default(),
+            },
+            home: Destination::Any(Arc::from("source")),
+        }
+    }
+
+    fn writes_to(&self, cluster: &str) {
+        self.table
+            .route_topic("payments", Some(cluster), None)
+            .expect("route");
+    }
+
+    async fn plan(&self, sequence: i32) -> Plan {
+        let payload = idempotent_request(sequence);
+        let routes = self.table.snapshot();
+        let cx = Context {
+            cluster: &self.cluster,
+            routes: &routes,
+            catalog: &self.catalog,
+            home: &self.home,
             api: ApiKey::Produce,
             version: 9,
             payload: &payload,
         };
         plan_produce(&cx, -1).await.expect("plan")
     }
-    let plan = |sequence: i32, routes: Arc<crate::route::Routes>| {
-        plan_at(&cluster, &catalog, &home, sequence, routes)
-    };
-    // On its own cluster the batch goes as it is.
-    assert!(matches!(
-        plan(100, table.snapshot()).await,
-        Plan::Forward(_)
-    ));
 
-    table
-        .route_topic("payments", Some("target"), None)
-        .expect("route");
-    let Plan::Split { parts, merge } = plan(104, table.snapshot()).await else {
-        panic!("rewritten");
-    };
-    assert_eq!(sent_identity(&parts[0]), (900, 0, 0), "target's id, from 0");
+    /// The one part a split plan sends, and its merge.
+    async fn split(&self, sequence: i32) -> (Part, crate::split::Merge) {
+        let Plan::Split { mut parts, merge } = self.plan(sequence).await else {
+            panic!("split");
+        };
+        assert_eq!(parts.len(), 1);
+        (parts.remove(0), merge.expect("merge"))
+    }
+}
+
+#[tokio::test]
+async fn idempotent_batches_follow_their_partition_back_and_forth() {
+    let f = Flipping::new();
+    // On its own cluster the batch goes as it is.
+    assert!(matches!(f.plan(100).await, Plan::Forward(_)));
+
+    f.writes_to("target");
+    let (part, merge) = f.split(104).await;
+    assert_eq!(sent_identity(&part), (900, 0, 0), "target's id, from 0");
     // Refused (leader moved): the place is given back...
-    let refused = |part: &Part| {
-        let mut payload = part.frame.slice(4..);
-        RequestHeader::decode(&mut payload, ApiKey::Produce.request_header_version(9))
-            .expect("header");
-        let sub = ProduceRequest::decode(&mut payload, 9).expect("sub");
-        let response = ProduceResponse::default().with_responses(vec![
-            TopicProduceResponse::default()
-                .with_name(sub.topic_data[0].name.clone())
-                .with_partition_responses(vec![
-                    PartitionProduceResponse::default()
-                        .with_index(0)
-                        .with_error_code(NOT_LEADER),
-                ]),
-        ]);
-        frame_of(encode_response(ApiKey::Produce, 9, 77, &response).expect("encode"))
-    };
-    (merge.expect("merge"))(vec![PartAnswer::Answered(refused(&parts[0]))]).expect("merge");
+    merge(vec![PartAnswer::Answered(answer_with(&part, NOT_LEADER))]).expect("merge");
     // ... so the retry takes it again, and the next batch follows.
-    let Plan::Split { parts, .. } = plan(104, table.snapshot()).await else {
-        panic!("rewritten");
-    };
-    assert_eq!(sent_identity(&parts[0]), (900, 0, 0));
-    let Plan::Split { parts, .. } = plan(108, table.snapshot()).await else {
-        panic!("rewritten");
-    };
-    assert_eq!(sent_identity(&parts[0]), (900, 0, 4));
+    let (part, _) = f.split(104).await;
+    assert_eq!(sent_identity(&part), (900, 0, 0));
+    let (part, _) = f.split(108).await;
+    assert_eq!(sent_identity(&part), (900, 0, 4));
 
     // Back on the source: the client's own id, continuing where the
     // source left off (it last saw 100..103).
-    table
-        .route_topic("payments", Some("source"), None)
-        .expect("route");
-    let Plan::Split { parts, .. } = plan(112, table.snapshot()).await else {
-        panic!("rewritten, not forwarded: the sequence moves");
-    };
-    assert_eq!(sent_identity(&parts[0]), (4242, 3, 104));
+    f.writes_to("source");
+    let (part, _) = f.split(112).await;
+    assert_eq!(
+        sent_identity(&part),
+        (4242, 3, 104),
+        "rewritten, not forwarded: the sequence moves"
+    );
     // And to the target again: it continues after 0..7.
-    table
-        .route_topic("payments", Some("target"), None)
-        .expect("route");
-    let Plan::Split { parts, .. } = plan(116, table.snapshot()).await else {
-        panic!("rewritten");
-    };
-    assert_eq!(sent_identity(&parts[0]), (900, 0, 8));
+    f.writes_to("target");
+    let (part, _) = f.split(116).await;
+    assert_eq!(sent_identity(&part), (900, 0, 8));
+}
+
+#[tokio::test]
+async fn a_retry_of_a_batch_whose_answer_was_lost_goes_where_its_first_try_went() {
+    let f = Flipping::new();
+    f.writes_to("target");
+    let (part, merge) = f.split(104).await;
+    assert_eq!(sent_identity(&part), (900, 0, 0));
+    // The target's answer is lost, and the writes flip back meanwhile.
+    merge(vec![PartAnswer::Failed(PartFailure::Lost)]).expect("merge");
+    f.writes_to("source");
+    // The retry goes to the target, in its old place: the target either
+    // has it (and answers it as a duplicate) or takes it now. Following
+    // the route would write it twice, and leave the target's sequence
+    // space with a hole the next batch there would be refused at.
+    let (part, merge) = f.split(104).await;
+    assert_eq!(part.destination.cluster().as_ref(), "target");
+    assert_eq!(sent_identity(&part), (900, 0, 0));
+    // Lost again: still held there.
+    merge(vec![PartAnswer::Failed(PartFailure::Lost)]).expect("merge");
+    let (part, merge) = f.split(104).await;
+    assert_eq!(part.destination.cluster().as_ref(), "target");
+    // The target answers: the doubt is over and writes follow the route.
+    merge(vec![PartAnswer::Answered(answer_with(&part, 0))]).expect("merge");
+    let (part, _) = f.split(108).await;
+    assert_eq!(part.destination.cluster().as_ref(), "source");
+    assert_eq!(sent_identity(&part), (4242, 3, 104));
+    // And the target's space continues after the batch it holds.
+    f.writes_to("target");
+    let (part, _) = f.split(112).await;
+    assert_eq!(sent_identity(&part), (900, 0, 4));
+}
+
+#[tokio::test]
+async fn a_request_forwarded_whole_whose_answer_was_lost_pins_its_retry() {
+    let f = Flipping::new();
+    // Forwarded to the source as it is (the fast path), and lost.
+    assert!(matches!(f.plan(100).await, Plan::Forward(_)));
+    note_lost(
+        &f.cluster.producers,
+        &f.catalog,
+        &Arc::from("source"),
+        &Arc::from("source"),
+        9,
+        &idempotent_request(100),
+    );
+    f.writes_to("target");
+    let (part, merge) = f.split(100).await;
+    assert_eq!(part.destination.cluster().as_ref(), "source");
+    assert_eq!(
+        sent_identity(&part),
+        (4242, 3, 100),
+        "as it was: the source deduplicates it"
+    );
+    // A refusal ends the doubt too: the broker certainly did not take it.
+    merge(vec![PartAnswer::Answered(answer_with(&part, NOT_LEADER))]).expect("merge");
+    let (part, _) = f.split(100).await;
+    assert_eq!(part.destination.cluster().as_ref(), "target");
+    assert_eq!(sent_identity(&part), (900, 0, 0));
 }
 
 /// Counts the Metadata lookups planning asks for.
