@@ -1,10 +1,9 @@
 //! The mirror's copy path against real brokers: records written directly
 //! to a source cluster are copied to a target cluster byte for byte
 //! (keys, values, headers, timestamps, codecs), exactly once, including
-//! after a crash that lost the end of the offset map.
-//!
-//! These drive klink's copier as a library; running it for linked topics
-//! from `klink proxy` is the next step of the mirror work.
+//! after a crash that lost the end of the offset map; then the same run
+//! by `klink proxy` for linked topics (kill -9, a refused foreign topic, a
+//! `latest` link, a producer that bypasses klink).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,17 +28,29 @@ fn mirror_py(args: &[&str]) -> Value {
 }
 
 fn produce(broker: &Broker, topic: &str, start: u64, count: u64) {
-    let report = mirror_py(&[
+    produce_to(&broker.addr.to_string(), topic, start, count, None);
+}
+
+/// `count` records to `bootstrap` (a broker or klink), to one partition
+/// or by key.
+fn produce_to(bootstrap: &str, topic: &str, start: u64, count: u64, partition: Option<i32>) {
+    let (start, count_arg) = (start.to_string(), count.to_string());
+    let mut args = vec![
         "produce",
         "--bootstrap",
-        &broker.addr.to_string(),
+        bootstrap,
         "--topic",
         topic,
         "--start",
-        &start.to_string(),
+        &start,
         "--count",
-        &count.to_string(),
-    ]);
+        &count_arg,
+    ];
+    let partition = partition.map(|p| p.to_string());
+    if let Some(p) = &partition {
+        args.extend(["--partition", p]);
+    }
+    let report = mirror_py(&args);
     assert_eq!(report["delivered"], count, "{report}");
 }
 
@@ -320,4 +331,92 @@ fn a_latest_link_copies_only_what_comes_after_it_started() {
     assert!(values.iter().all(|v| *v >= 3_000));
     let offsets = klink.ctl_ok(&["offsets", "orders", "0"]);
     assert!(offsets.contains("not the identity"), "{offsets}");
+}
+
+/// Records a mirroring topic's source partition got from a producer that
+/// writes to the source directly: the mirror's bypass warning.
+fn bypass_warnings(klink: &Klink) -> Vec<String> {
+    topic_status(klink, "orders")["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| Some(w.as_str()?.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_producer_writing_to_the_source_directly_is_named_as_a_bypass() {
+    let source = Broker::start("bypass-source");
+    let target = Broker::start("bypass-target");
+    create(&source, "orders");
+    let klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            clusters: vec![("target".into(), target.addr)],
+            extra_config: mirror_link("\"orders\"", "latest"),
+            ..Default::default()
+        },
+    );
+    wait_caught_up(&klink, "orders");
+    // Through klink (four producers, every codec, batching): every record
+    // is one klink forwarded, so no warning.
+    produce_to(&klink.bootstrap_str(), "orders", 0, 20_000, None);
+    wait_caught_up(&klink, "orders");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        bypass_warnings(&klink),
+        Vec::<String>::new(),
+        "klink log:\n{}",
+        klink.process.log_text()
+    );
+
+    // 300 records straight to the source's partition 1.
+    produce_to(&source.addr.to_string(), "orders", 20_000, 300, Some(1));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let warnings = loop {
+        let warnings = bypass_warnings(&klink);
+        if !warnings.is_empty() {
+            break warnings;
+        }
+        assert!(Instant::now() < deadline, "no bypass warning");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("bypass: partition 1: 300 records"),
+        "{warnings:?}"
+    );
+    // More through klink: the warning stays as it was.
+    produce_to(&klink.bootstrap_str(), "orders", 20_300, 5_000, None);
+    wait_caught_up(&klink, "orders");
+    std::thread::sleep(Duration::from_millis(500));
+    let warnings = bypass_warnings(&klink);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("bypass: partition 1: 300 records"));
+    assert!(
+        klink
+            .ctl_ok(&["status"])
+            .contains("orders: warning: bypass: partition 1")
+    );
+    let mirror: Value =
+        serde_json::from_str(&klink.ctl_ok(&["mirror", "orders", "--json"])).expect("json");
+    let bypassed: Vec<(i64, i64)> = mirror["mirror"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap_or(-1),
+                p["bypassed"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(bypassed, vec![(0, 0), (1, 300), (2, 0)]);
+    let logged = klink
+        .process
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("bypass:"))
+        .count();
+    assert_eq!(logged, 1, "one log line for the episode");
 }

@@ -1,10 +1,11 @@
 """Records for the mirror tests (proto-tests/mirror.rs), written and read
 directly on a cluster.
 
-  produce --bootstrap B --topic T --count N --start S
+  produce --bootstrap B --topic T --count N --start S [--partition P]
           N keyed records with headers, values "v<S+i>", from four producers
           with batching on, one per codec (none, gzip, lz4, zstd), each
-          taking every fourth record. Prints {"delivered": n, "failed": n}.
+          taking every fourth record; all to partition P if given, else by
+          key. Prints {"delivered": n, "failed": n}.
   dump    --bootstrap B --topic T
           Every record of every partition from offset 0, in log order:
           {"partitions": {"0": [[key, value, headers, timestamp], ...], ...}}
@@ -40,9 +41,10 @@ def produce(a):
         p = producers[i % len(producers)]
         while True:
             try:
+                extra = {} if a.partition is None else {"partition": a.partition}
                 p.produce(a.topic, key=f"k{n % 97}".encode(), value=f"v{n}".encode(),
                           headers=[("n", str(n).encode()), ("codec", codecs[i % 4].encode())],
-                          timestamp=1_700_000_000_000 + n, on_delivery=on_delivery)
+                          timestamp=1_700_000_000_000 + n, on_delivery=on_delivery, **extra)
                 break
             except BufferError:
                 p.poll(0.01)
@@ -86,6 +88,7 @@ def main():
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--partition", type=int, default=None)
     a = ap.parse_args()
     {"produce": produce, "dump": dump}[a.command](a)
 

@@ -82,12 +82,17 @@ pub fn table(status: &Status) -> String {
             t.note.as_deref().unwrap_or_default()
         ));
     }
+    for t in &status.topics {
+        for warning in &t.warnings {
+            out.push_str(&format!("\n{}: warning: {warning}\n", t.topic));
+        }
+    }
     out
 }
 
 /// A topic's mirror, one line per partition.
 pub fn mirror_table(partitions: &[PartitionMirror]) -> String {
-    let rows: Vec<[String; 7]> = partitions
+    let rows: Vec<[String; 8]> = partitions
         .iter()
         .map(|p| {
             [
@@ -97,6 +102,7 @@ pub fn mirror_table(partitions: &[PartitionMirror]) -> String {
                 p.target_end.to_string(),
                 p.lag.to_string(),
                 format!("{:.0}", p.records_per_sec),
+                p.bypassed.to_string(),
                 p.last_error.clone().unwrap_or_else(|| "-".into()),
             ]
         })
@@ -111,6 +117,7 @@ pub fn mirror_table(partitions: &[PartitionMirror]) -> String {
             "TARGET END",
             "LAG",
             "RECORDS/S",
+            "BYPASSED",
             "LAST ERROR",
         ],
         &rows,
@@ -178,6 +185,9 @@ mod tests {
                 reads: "source".into(),
                 lag: None,
                 note: None,
+                warnings: vec![
+                    "bypass: partition 1: 3 records written to the source without klink".into(),
+                ],
             }],
             groups: vec![GroupStatus {
                 group: "billing".into(),
@@ -195,6 +205,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("billing  -     target"), "{text}");
+        assert!(
+            text.contains("orders: warning: bypass: partition 1: 3 records"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub struct TopicStatus {
     /// Why the topic is not mirroring when its link says it should.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// What the operator should look at: records written to the source
+    /// without klink (a producer a cutover would leave behind).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +155,7 @@ pub fn status(routes: &Routes, mirrors: &Mirrors) -> Status {
                     writes: r.writes.to_string(),
                     reads: r.reads.to_string(),
                     lag: mirror.as_ref().and_then(|m| m.lag()),
+                    warnings: mirror.as_ref().map(bypass_warnings).unwrap_or_default(),
                     note: mirror.and_then(|m| m.note),
                 }
             })
@@ -165,6 +170,26 @@ pub fn status(routes: &Routes, mirrors: &Mirrors) -> Status {
             })
             .collect(),
     }
+}
+
+fn bypass_warnings(mirror: &crate::mirror::TopicMirror) -> Vec<String> {
+    mirror
+        .partitions
+        .values()
+        .filter(|p| p.bypassed > 0)
+        .map(|p| {
+            format!(
+                "bypass: partition {}: {} records written to the source without klink{}",
+                p.partition,
+                p.bypassed,
+                if p.bypass_active {
+                    " (in the last minute)"
+                } else {
+                    " (none in the last minute)"
+                }
+            )
+        })
+        .collect()
 }
 
 /// Carries out one request line.

@@ -25,6 +25,9 @@ pub struct Walked {
     pub last_offset: i64,
     pub records: i32,
     pub copy: bool,
+    /// A transaction marker: written by the transaction coordinator, not
+    /// by a producer.
+    pub control: bool,
 }
 
 /// The whole batches of `records` (a cut-off last one is left out), each
@@ -58,6 +61,7 @@ pub fn walk(records: &[u8], aborted: &[AbortedTransaction]) -> Result<Vec<Walked
             last_offset: header.last_offset(),
             records: header.record_count,
             copy,
+            control: header.is_control(),
         });
         start += header.total_len;
     }

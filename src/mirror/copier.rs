@@ -28,6 +28,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 
+use super::bypass::BypassWatch;
 use super::committed::{Walked, walk};
 use super::offset_map::OffsetLog;
 use super::requests::{fetch, init_producer_id};
@@ -75,6 +76,8 @@ pub struct Progress {
     pub position: i64,
     /// Where this step's fetch started.
     pub fetched_from: i64,
+    /// Records found on the source that klink did not write there.
+    pub bypassed: i64,
 }
 
 impl Progress {
@@ -110,6 +113,7 @@ pub struct PartitionCopier {
     /// short wait (tansu holds a fetch for its whole wait whenever it cannot
     /// fill it), an idle one with the configured wait.
     busy: bool,
+    bypass: Option<BypassWatch>,
 }
 
 impl Drop for PartitionCopier {
@@ -156,6 +160,7 @@ impl PartitionCopier {
             prefetched: None,
             busy: false,
             pool: Arc::default(),
+            bypass: None,
         };
         copier.target_end = match copier.log.map().target_end() {
             Some(end) => end,
@@ -169,6 +174,13 @@ impl PartitionCopier {
     /// partitions of one topic): their batches go out in the same requests.
     pub fn with_pool(mut self, pool: Arc<SenderPool>) -> PartitionCopier {
         self.pool = pool;
+        self
+    }
+
+    /// Checks the source's new batches for writes that did not go through
+    /// klink (DESIGN trap 13).
+    pub fn with_bypass_watch(mut self, watch: BypassWatch) -> PartitionCopier {
+        self.bypass = Some(watch);
         self
     }
 
@@ -226,6 +238,14 @@ impl PartitionCopier {
             .into_iter()
             .filter(|w| w.last_offset < stable && w.last_offset >= self.position)
             .collect();
+        if let Some(watch) = &mut self.bypass {
+            let written: Vec<(i64, i64, i64)> = walked
+                .iter()
+                .filter(|w| !w.control)
+                .map(|w| (w.base_offset, w.last_offset, i64::from(w.records)))
+                .collect();
+            progress.bypassed = watch.saw(&written, fetched.high_watermark);
+        }
         let fetched_in = began.elapsed();
         // Fetch the next run while this one is copied: where it starts is
         // known (after the last batch walked), and a copy that falls short

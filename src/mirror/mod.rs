@@ -12,11 +12,13 @@
 //!
 //! - [`runner`]: copiers for every topic of a mirroring link, started by
 //!   `klink proxy`: mirror topic creation, refusal of a target topic that
-//!   is not klink's, retries with backoff, what `status`/`mirror` show.
-//!
-//! Still to come (issue "Mirror"): bypass detection, the mirror benchmark,
-//! and a mirror of many partitions sharing target connections.
+//!   is not klink's, retries with backoff, what `status`/`mirror` show;
+//! - [`sender`]: one Produce stream per target broker for a topic's
+//!   partitions;
+//! - [`bypass`]: records written to a mirroring topic's source without
+//!   klink, found by the copier from where klink's own writes landed.
 
+pub mod bypass;
 pub mod committed;
 pub mod copier;
 pub mod offset_map;
@@ -24,6 +26,7 @@ mod requests;
 pub mod runner;
 pub mod sender;
 
+pub use bypass::{BypassWatch, ForwardedWrites, SentWrites};
 pub use copier::{CopyConfig, PartitionCopier, Progress};
 pub use requests::log_bounds;
 

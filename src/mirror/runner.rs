@@ -22,6 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::bypass::{BypassWatch, ForwardedWrites};
 use super::copier::{CopyConfig, PartitionCopier};
 use super::offset_map::Run;
 use super::requests::log_bounds;
@@ -50,6 +51,15 @@ pub struct PartitionMirror {
     pub lag: i64,
     pub records_per_sec: f64,
     pub last_error: Option<String>,
+    /// Records found on the source that no write through klink explains
+    /// (DESIGN trap 13), since klink started.
+    #[serde(default)]
+    pub bypassed: i64,
+    /// Whether such records were found in the last minute.
+    #[serde(default)]
+    pub bypass_active: bool,
+    #[serde(skip)]
+    pub bypass_last_seen: Option<Instant>,
     /// The offset map (source ranges -> target ranges).
     #[serde(skip)]
     pub runs: Vec<Run>,
@@ -117,6 +127,7 @@ struct Job {
     routes: Arc<RouteTable>,
     state: Arc<StateStore>,
     mirrors: Arc<Mirrors>,
+    forwarded: Arc<ForwardedWrites>,
     shutdown: CancellationToken,
 }
 
@@ -125,6 +136,7 @@ pub fn spawn(
     config: &Config,
     routes: Arc<RouteTable>,
     state: Arc<StateStore>,
+    forwarded: Arc<ForwardedWrites>,
     shutdown: CancellationToken,
 ) -> Arc<Mirrors> {
     let mirrors = Arc::new(Mirrors::default());
@@ -153,6 +165,7 @@ pub fn spawn(
                 routes: routes.clone(),
                 state: state.clone(),
                 mirrors: mirrors.clone(),
+                forwarded: forwarded.clone(),
                 shutdown: shutdown.clone(),
             };
             mirrors.note(topic, Some("starting".into()));
@@ -398,7 +411,13 @@ async fn run_partition(
         let mut copier = tokio::select! {
             _ = job.shutdown.cancelled() => return,
             opened = opened => match opened {
-                Ok(copier) => copier.with_pool(pool.clone()),
+                Ok(copier) => copier.with_pool(pool.clone()).with_bypass_watch(BypassWatch::new(
+                    job.forwarded.clone(),
+                    job.routes.clone(),
+                    Arc::from(job.link.source.as_str()),
+                    &job.topic,
+                    partition,
+                )),
                 Err(e) => {
                     report.last_error = Some(e.to_string());
                     job.mirrors.partition(&job.topic, report.clone());
@@ -432,6 +451,7 @@ async fn run_partition(
                     report.target_end = copier.map().target_end().unwrap_or(0);
                     report.runs = copier.map().runs().to_vec();
                     report.last_error = None;
+                    note_bypass(&job.topic, &mut report, progress.bypassed);
                     job.mirrors.partition(&job.topic, report.clone());
                 }
                 Err(e) => {
@@ -449,6 +469,35 @@ async fn run_partition(
             }
         }
     }
+}
+
+/// How long without new bypassed records ends an episode: the next one is
+/// logged again.
+const BYPASS_EPISODE: Duration = Duration::from_secs(60);
+
+/// Adds records found written to the source without klink; logs once per
+/// episode.
+fn note_bypass(topic: &str, report: &mut PartitionMirror, bypassed: i64) {
+    let now = Instant::now();
+    if bypassed > 0 {
+        let quiet = report
+            .bypass_last_seen
+            .is_none_or(|at| now.duration_since(at) >= BYPASS_EPISODE);
+        if quiet {
+            tracing::warn!(
+                topic,
+                partition = report.partition,
+                records = bypassed,
+                "bypass: records were written to the source partition without going through klink; \
+                 a cutover would leave that producer behind"
+            );
+        }
+        report.bypassed += bypassed;
+        report.bypass_last_seen = Some(now);
+    }
+    report.bypass_active = report
+        .bypass_last_seen
+        .is_some_and(|at| now.duration_since(at) < BYPASS_EPISODE);
 }
 
 /// True when klink is shutting down.

@@ -42,6 +42,9 @@ pub struct ProxyContext {
     pub routes: Arc<RouteTable>,
     pub catalog: Arc<Catalog>,
     pub producers: Arc<ProducerIds>,
+    /// Where klink's writes to mirroring topics landed, for the mirror's
+    /// bypass detection.
+    pub forwarded: Arc<crate::mirror::ForwardedWrites>,
     pub(super) clusters: Vec<Cluster>,
     /// Per cluster (same order as `clusters`): klink's own connection for
     /// the Metadata requests that find partition leaders, behind a lock so

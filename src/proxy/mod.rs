@@ -73,6 +73,7 @@ pub async fn run_with_listener(
         routes: routes.clone(),
         catalog: Arc::new(catalog),
         producers: Arc::default(),
+        forwarded: Arc::default(),
         metadata_askers: clusters.iter().map(|_| Default::default()).collect(),
         clusters,
         upstream_versions,
@@ -104,8 +105,13 @@ pub async fn run_with_listener(
     for broker in ctx.registry.all() {
         ctx.listen_virtual(broker).await?;
     }
-    let mirrors =
-        crate::mirror::runner::spawn(&ctx.config, routes.clone(), state, shutdown.clone());
+    let mirrors = crate::mirror::runner::spawn(
+        &ctx.config,
+        routes.clone(),
+        state,
+        ctx.forwarded.clone(),
+        shutdown.clone(),
+    );
     tokio::spawn(crate::control::serve(
         control,
         routes,

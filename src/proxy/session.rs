@@ -2,7 +2,7 @@
 //! (many in flight), and responses are written back strictly in request
 //! order, whichever upstream answers first.
 //!
-//! Longer than most files here (~650 lines) on purpose: the reader, the
+//! Longer than most files here (~700 lines) on purpose: the reader, the
 //! writer and what each does when an upstream fails are one pipeline, and
 //! reading them together is how one checks that every request gets exactly
 //! one answer, in order.
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::ProxyContext;
 use crate::broker::VirtualBroker;
 use crate::error::{Error, Kind, Result};
+use crate::mirror::SentWrites;
 use crate::rewrite::{BrokerView, Rewrite, Segments, needs_rewrite};
 use crate::split::{
     self, Context, Destination, FetchSessions, Merge, PartAnswer, PartFailure, Plan, error_response,
@@ -71,6 +72,13 @@ enum PartReply {
     Failed(PartFailure),
 }
 
+/// A request's place in the writer's queue: what is owed, and (Produce to
+/// a mirroring topic) what its answer tells the bypass detection.
+struct Queued {
+    pending: Pending,
+    watched: Option<SentWrites>,
+}
+
 /// A session's upstream connections, opened on first use.
 type Upstreams = HashMap<Destination, UpstreamConn>;
 
@@ -110,7 +118,7 @@ impl Session {
     async fn read_requests(
         &self,
         read: OwnedReadHalf,
-        queue: mpsc::Sender<Pending>,
+        queue: mpsc::Sender<Queued>,
         writer_gone: CancellationToken,
     ) {
         let codec = FrameCodec::requests(self.ctx.max_frame_bytes());
@@ -140,8 +148,8 @@ impl Session {
                 .dispatch(frame, &mut upstreams, &mut fetch_sessions)
                 .await
             {
-                Ok(Some(pending)) => {
-                    if queue.send(pending).await.is_err() {
+                Ok(Some(queued)) => {
+                    if queue.send(queued).await.is_err() {
                         break;
                     }
                 }
@@ -164,10 +172,38 @@ impl Session {
         frame: Frame,
         upstreams: &mut Upstreams,
         fetch_sessions: &mut FetchSessions,
-    ) -> Result<Option<Pending>> {
+    ) -> Result<Option<Queued>> {
         let payload = frame.payload();
         let header = RequestHeader::parse(&payload)
             .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
+        // Writes to a mirroring topic are noted before they go out: the
+        // mirror may read them on the source before their answer is back.
+        let routes = self.ctx.routes.snapshot();
+        let watched = if header.known_api == Some(ApiKey::Produce) && routes.any_mirroring() {
+            let acks = produce_acks(&payload, &header).unwrap_or(-1);
+            self.ctx
+                .forwarded
+                .sent(&routes, header.api_version, &payload, acks, |id| {
+                    self.ctx.catalog.name_by_client_id(id)
+                })
+        } else {
+            None
+        };
+        let pending = self
+            .dispatch_pending(frame, header, routes, upstreams, fetch_sessions)
+            .await?;
+        Ok(pending.map(|pending| Queued { pending, watched }))
+    }
+
+    async fn dispatch_pending(
+        &self,
+        frame: Frame,
+        header: RequestHeader,
+        routes: Arc<crate::route::Routes>,
+        upstreams: &mut Upstreams,
+        fetch_sessions: &mut FetchSessions,
+    ) -> Result<Option<Pending>> {
+        let payload = frame.payload();
         let Some(api) = header.known_api else {
             return Err(Error::client(
                 Kind::Unsupported,
@@ -195,7 +231,6 @@ impl Session {
             _ => -1,
         };
         let version = header.api_version;
-        let routes = self.ctx.routes.snapshot();
         // One cluster's worth of routes and a connection to it: nothing to
         // decide per topic, the request goes where the client sent it.
         // Topic ids (Fetch, Produce v13+) are the clients' own only where the
@@ -455,14 +490,14 @@ impl Session {
     async fn write_responses(
         &self,
         write: OwnedWriteHalf,
-        mut queue: mpsc::Receiver<Pending>,
+        mut queue: mpsc::Receiver<Queued>,
         writer_gone: CancellationToken,
     ) {
         let mut out = FrameWriter::new(write);
         loop {
             // Flush only when nothing is ready to go next, so pipelined
             // responses share writes without one waiting on another.
-            let pending = match queue.try_recv() {
+            let Queued { pending, watched } = match queue.try_recv() {
                 Ok(p) => p,
                 Err(TryRecvError::Empty) => {
                     if out.flush().await.is_err() {
@@ -548,6 +583,12 @@ impl Session {
                     }
                 }
             };
+            if let Some(watched) = watched {
+                match &segments {
+                    Segments::One(bytes) => watched.answered(bytes),
+                    Segments::Many(parts) => watched.answered(&parts.concat()),
+                }
+            }
             match segments {
                 Segments::One(bytes) => out.push(bytes),
                 Segments::Many(parts) => parts.into_iter().for_each(|part| out.push(part)),

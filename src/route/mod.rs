@@ -48,6 +48,8 @@ pub struct Routes {
     /// True while every topic and group routes to the default cluster: the
     /// hot path then needs no per-topic decision at all.
     all_default: bool,
+    /// True while some topic mirrors: its writes are watched for bypasses.
+    any_mirroring: bool,
 }
 
 impl Routes {
@@ -82,6 +84,11 @@ impl Routes {
         self.all_default
     }
 
+    /// Whether some topic is mirroring.
+    pub fn any_mirroring(&self) -> bool {
+        self.any_mirroring
+    }
+
     /// Clusters that serve at least one topic's reads, default first.
     pub fn read_clusters(&self) -> Vec<Arc<str>> {
         let mut clusters = vec![self.default_cluster.clone()];
@@ -108,6 +115,10 @@ impl Routes {
             .values()
             .all(|r| r.writes == *d && r.reads == *d)
             && self.groups.values().all(|g| g.cluster == *d);
+        self.any_mirroring = self
+            .topics
+            .values()
+            .any(|r| r.state == TopicState::Mirroring);
     }
 }
 
@@ -185,6 +196,7 @@ impl RouteTable {
             default_cluster: cluster(&config.proxy.default_cluster)?,
             generation: 0,
             all_default: true,
+            any_mirroring: false,
         };
         routes.refresh_all_default();
         let table = RouteTable {
