@@ -124,7 +124,7 @@ else
 fi
 
 # ---------------------------------------------------------------- tansu broker
-# cargo install takes ~13 min on 2 cores; a lock keeps two concurrent runs from
+# cargo install takes ~25 min on 2 cores (with the sqlite engine); a lock keeps two concurrent runs from
 # building twice, and a build already running into the same root (started by hand,
 # without the lock) is waited for rather than duplicated.
 tansu_ok() { [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version >/dev/null 2>&1; }
@@ -148,7 +148,7 @@ else
         say "tansu $TANSU_VERSION: cached ($TANSU_BIN)"
     else
         command -v cargo >/dev/null || die "cargo not found (needed to build tansu)"
-        say "tansu $TANSU_VERSION: installing (cargo install tansu --version $TANSU_VERSION --features $TANSU_FEATURES, ~15 min)"
+        say "tansu $TANSU_VERSION: installing (cargo install tansu --version $TANSU_VERSION --features $TANSU_FEATURES, ~25 min on 2 cores)"
         cargo install tansu --version "$TANSU_VERSION" --features "$TANSU_FEATURES" --locked --root "$TANSU_ROOT" >&2 \
             || die "cargo install tansu $TANSU_VERSION failed"
         tansu_ok || die "cargo install finished but $TANSU_BIN does not run"
