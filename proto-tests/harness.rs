@@ -169,11 +169,23 @@ impl Drop for Process {
     }
 }
 
-/// A tansu broker with memory storage on a free loopback port.
+/// A tansu broker on a free loopback port: memory storage, or sqlite
+/// storage that survives a restart.
 pub struct Broker {
     pub addr: SocketAddr,
     pub process: Process,
     _dir: Arc<tempfile::TempDir>,
+    /// How to start it again (same port, same storage).
+    launch: Launch,
+}
+
+#[derive(Clone)]
+struct Launch {
+    storage: String,
+    port: u16,
+    advertised: u16,
+    cluster_id: String,
+    starts: u32,
 }
 
 /// Tests share the machine (2 cores in CI); a full-speed load test takes it
@@ -235,30 +247,79 @@ impl Broker {
     /// A broker that tells clients to reach it at `advertised` (a relay in
     /// front of it) while it listens on `port`.
     pub fn start_advertising(port: u16, advertised: u16, cluster_id: &str) -> Broker {
+        Broker::launch(Launch {
+            storage: "memory://tansu/".into(),
+            port,
+            advertised,
+            cluster_id: cluster_id.into(),
+            starts: 0,
+        })
+    }
+
+    /// A broker keeping its data in a sqlite file, so that it survives
+    /// [`Broker::restart`].
+    pub fn start_persistent(cluster_id: &str) -> Broker {
+        let port = free_port();
+        Broker::launch(Launch {
+            // Set once the directory exists.
+            storage: String::new(),
+            port,
+            advertised: port,
+            cluster_id: cluster_id.into(),
+            starts: 0,
+        })
+    }
+
+    fn launch(mut launch: Launch) -> Broker {
         share_machine();
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://127.0.0.1:{advertised}");
+        if launch.storage.is_empty() {
+            // Four slashes: sqlite:// and an absolute path.
+            launch.storage = format!("sqlite:///{}", dir.path().join("tansu.db").display());
+        }
+        let process = Broker::spawn(&launch, dir.path());
+        Broker {
+            addr: ([127, 0, 0, 1], launch.port).into(),
+            process,
+            _dir: dir,
+            launch,
+        }
+    }
+
+    fn spawn(launch: &Launch, dir: &Path) -> Process {
+        let url = format!("tcp://127.0.0.1:{}", launch.port);
+        let advertised = format!("tcp://127.0.0.1:{}", launch.advertised);
         let mut command = Command::new(tansu_bin());
         command
-            .current_dir(dir.path())
-            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .current_dir(dir)
+            .args(["broker", "--storage-engine", &launch.storage])
             .args([
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
                 &advertised,
             ])
-            .args(["--cluster-id", cluster_id])
+            .args(["--cluster-id", &launch.cluster_id])
             .env("RUST_LOG", "warn");
-        let process = Process::spawn("tansu", command, dir.path().join("tansu.log"));
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_for_port(addr, Duration::from_secs(30));
-        Broker {
-            addr,
-            process,
-            _dir: dir,
-        }
+        let log = dir.join(format!("tansu-{}.log", launch.starts));
+        let process = Process::spawn("tansu", command, log);
+        wait_for_port(
+            ([127, 0, 0, 1], launch.port).into(),
+            Duration::from_secs(30),
+        );
+        process
+    }
+
+    /// Kills the broker (SIGKILL), and returns once its port is closed.
+    pub fn kill(&mut self) {
+        self.process.signal("KILL");
+        self.process.wait_exit(Duration::from_secs(10));
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.launch.starts += 1;
+        self.process = Broker::spawn(&self.launch, self._dir.path());
     }
 }
 

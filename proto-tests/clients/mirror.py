@@ -59,24 +59,29 @@ def dump(a):
         "bootstrap.servers": a.bootstrap,
         "group.id": "mirror-dump-unused",
         "enable.auto.commit": False,
+        "enable.partition.eof": True,
         "fetch.wait.max.ms": 10,
         "client.id": "mirror-dump",
     })
     md = c.list_topics(a.topic, timeout=10).topics[a.topic]
     c.assign([TopicPartition(a.topic, p, 0) for p in md.partitions])
     out = {str(p): [] for p in md.partitions}
-    idle_since = time.time()
-    while time.time() - idle_since < 1.5:
-        msgs = c.consume(1000, 0.2)
-        for m in msgs:
+    # Until every partition reports its end: tansu's sqlite engine takes
+    # seconds to answer a partition's first fetch.
+    remaining = set(md.partitions)
+    deadline = time.time() + 120
+    while remaining:
+        if time.time() > deadline:
+            raise SystemExit(f"dump: partitions {sorted(remaining)} never reached their end")
+        for m in c.consume(1000, 0.2):
             if m.error() is None:
                 headers = [[k, v.decode()] for k, v in (m.headers() or [])]
                 out[str(m.partition())].append(
                     [m.key().decode(), m.value().decode(), headers, m.timestamp()[1]])
-            elif m.error().code() != KafkaError._PARTITION_EOF:
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                remaining.discard(m.partition())
+            else:
                 raise SystemExit(f"consume error {m.error()}")
-        if msgs:
-            idle_since = time.time()
     c.close()
     print(json.dumps({"partitions": out}), flush=True)
 
