@@ -10,13 +10,18 @@
 #
 #   raw     `klink perf producer` writing the same number of records straight
 #           to the target: what the target takes from a batching producer
+#   busy    the same raw produce while `klink perf consumer` reads the source
+#           topic at full speed, over and over: what the target takes while
+#           the source also serves reads on the same cores, as it does
+#           during a mirror (the brokers share this machine's 2 cores; in a
+#           migration they run on machines of their own)
 #   mirror  `klink proxy` with a link on the filled topic: records copied per
 #           second from the moment the mirror runs until its lag is 0, read
 #           from `klink ctl mirror --json`; and klink's CPU seconds (utime +
 #           stime from /proc/PID/stat) per GiB copied
 #
-# It prints each round and the medians, and the ratio mirror/raw (the goal
-# is at least 0.9). Not part of scripts/test.sh. Knobs: ROUNDS (3), RECORDS
+# It prints each round and the medians, and the ratios mirror/raw (the goal
+# is at least 0.9) and mirror/busy. Not part of scripts/test.sh. Knobs: ROUNDS (3), RECORDS
 # (200000), KLINK_CACHE.
 set -euo pipefail
 
@@ -96,11 +101,23 @@ for round in $(seq "$ROUNDS"); do
     start_tansu "$target_port" "target-$round"
     create_topic "$source_port" bench
     create_topic "$target_port" raw
+    create_topic "$target_port" busy
     say "round $round: filling the source with $RECORDS x $RECORD_SIZE B"
     produce "$source_port" bench >/dev/null
     say "round $round: raw produce to the target"
     raw="$(produce "$target_port" raw)"
     say "  raw: $raw records/s"
+    say "round $round: raw produce to the target while the source serves reads"
+    ( while :; do
+        RUST_LOG=warn timeout 120 "$KLINK" perf consumer --topic bench --messages "$RECORDS" \
+            --bootstrap-server "127.0.0.1:$source_port" >/dev/null 2>&1 || true
+      done ) &
+    reader=$!
+    busy="$(produce "$target_port" busy)"
+    kill "$reader" 2>/dev/null || true
+    pkill -f "perf consumer --topic bench .*127.0.0.1:$source_port" 2>/dev/null || true
+    wait "$reader" 2>/dev/null || true
+    say "  busy: $busy records/s"
 
     dir="$WORK/klink-$round"; mkdir -p "$dir"
     cat >"$dir/klink.toml" <<EOF
@@ -140,10 +157,10 @@ EOF
         sleep 0.05
     done
     t1="$(now)"; c1="$(cpu_ticks "$pid")"
-    echo "$round $raw $start_copied $copied $t0 $t1 $c0 $c1" | awk -v hz="$CLK_TCK" -v size="$RECORD_SIZE" '{
+    echo "$round $raw $start_copied $copied $t0 $t1 $c0 $c1 $busy" | awk -v hz="$CLK_TCK" -v size="$RECORD_SIZE" '{
         n = $4 - $3; secs = $6 - $5; rate = n / secs
         gib = n * size / 1073741824; cpu = ($8 - $7) / hz
-        printf "%s\t%.0f\t%.0f\t%.2f\t%d\n", $1, $2, rate, (gib > 0 ? cpu / gib : 0), n
+        printf "%s\t%.0f\t%.0f\t%.2f\t%d\t%.0f\n", $1, $2, rate, (gib > 0 ? cpu / gib : 0), n, $9
     }' >>"$RESULTS"
     say "  mirror: $(tail -1 "$RESULTS" | awk '{printf "%s records/s, %s CPU s/GiB (%s records timed)", $3, $4, $5}')"
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -151,10 +168,12 @@ EOF
     PIDS=()
 done
 
-echo "round  raw rec/s  mirror rec/s  mirror/raw  mirror CPU s/GiB"
-awk '{printf "%-5s  %9s  %12s  %10.3f  %16s\n", $1, $2, $3, $3 / $2, $4}' "$RESULTS"
+echo "round  raw rec/s  busy rec/s  mirror rec/s  mirror/raw  mirror/busy  mirror CPU s/GiB"
+awk '{printf "%-5s  %9s  %10s  %12s  %10.3f  %11.3f  %16s\n", $1, $2, $6, $3, $3 / $2, $3 / $6, $4}' "$RESULTS"
 sort -n -k2 "$RESULTS" | awk '{a[NR]=$2} END {print "median raw:    " a[int((NR+1)/2)]}'
 sort -n -k3 "$RESULTS" | awk '{a[NR]=$3} END {print "median mirror: " a[int((NR+1)/2)]}'
 awk '{printf "%.6f\n", $3 / $2}' "$RESULTS" | sort -n |
     awk '{a[NR]=$1} END {printf "median mirror/raw: %.3f\n", a[int((NR+1)/2)]}'
+awk '{printf "%.6f\n", $3 / $6}' "$RESULTS" | sort -n |
+    awk '{a[NR]=$1} END {printf "median mirror/busy: %.3f\n", a[int((NR+1)/2)]}'
 sort -n -k4 "$RESULTS" | awk '{a[NR]=$4} END {print "median mirror CPU s/GiB: " a[int((NR+1)/2)]}'

@@ -56,7 +56,7 @@ pub struct CopyConfig {
 impl Default for CopyConfig {
     fn default() -> Self {
         CopyConfig {
-            window: 64,
+            window: 16,
             fetch_max_bytes: 8 * 1024 * 1024,
             fetch_wait: Duration::from_millis(100),
             retries: 5,
