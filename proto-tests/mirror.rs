@@ -306,31 +306,42 @@ fn a_linked_topic_mirrors_by_itself_survives_kill_9_and_a_foreign_topic_is_refus
 fn a_latest_link_copies_only_what_comes_after_it_started() {
     let source = Broker::start("latest-source");
     let target = Broker::start("latest-target");
-    create(&source, "orders");
-    produce(&source, "orders", 0, 3_000);
+    // Two topics: their mirrors share the target's Produce streams.
+    for topic in ["orders", "payments"] {
+        create(&source, topic);
+        produce(&source, topic, 0, 3_000);
+    }
     let klink = Klink::start_with(
         &source,
         KlinkOptions {
             clusters: vec![("target".into(), target.addr)],
-            extra_config: mirror_link("\"orders\"", "latest"),
+            extra_config: mirror_link("\"orders\", \"payments\"", "latest"),
             ..Default::default()
         },
     );
-    wait_caught_up(&klink, "orders");
-    produce(&source, "orders", 3_000, 1_000);
-    wait_caught_up(&klink, "orders");
-    let on_target = dump(&target, "orders");
-    let values: Vec<u64> = on_target
-        .as_object()
-        .into_iter()
-        .flat_map(|o| o.values())
-        .flat_map(|records| records.as_array().cloned().unwrap_or_default())
-        .filter_map(|r| r[1].as_str()?.strip_prefix('v')?.parse().ok())
-        .collect();
-    assert_eq!(values.len(), 1_000, "only the records after the start");
-    assert!(values.iter().all(|v| *v >= 3_000));
-    let offsets = klink.ctl_ok(&["offsets", "orders", "0"]);
-    assert!(offsets.contains("not the identity"), "{offsets}");
+    for topic in ["orders", "payments"] {
+        wait_caught_up(&klink, topic);
+        produce(&source, topic, 3_000, 1_000);
+    }
+    for topic in ["orders", "payments"] {
+        wait_caught_up(&klink, topic);
+        let on_target = dump(&target, topic);
+        let values: Vec<u64> = on_target
+            .as_object()
+            .into_iter()
+            .flat_map(|o| o.values())
+            .flat_map(|records| records.as_array().cloned().unwrap_or_default())
+            .filter_map(|r| r[1].as_str()?.strip_prefix('v')?.parse().ok())
+            .collect();
+        assert_eq!(
+            values.len(),
+            1_000,
+            "{topic}: only the records after the start"
+        );
+        assert!(values.iter().all(|v| *v >= 3_000));
+        let offsets = klink.ctl_ok(&["offsets", topic, "0"]);
+        assert!(offsets.contains("not the identity"), "{offsets}");
+    }
 }
 
 /// Records a mirroring topic's source partition got from a producer that

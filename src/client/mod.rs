@@ -23,6 +23,7 @@ mod brokers;
 mod fetch_response;
 mod fetcher;
 mod partitioner;
+mod produce_request;
 mod producer;
 mod sender;
 mod shared;
@@ -34,6 +35,7 @@ pub(crate) use fetch_response::scan as scan_fetch_response;
 pub use fetch_response::{AbortedTransaction, PartitionResponse};
 pub use fetcher::{FetchConfig, Fetched, Fetcher};
 pub use partitioner::{murmur2, partition_for_key};
+pub use produce_request::{produce_answers, produce_request};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerMetrics, ProducerRecord, RecordMetadata,
 };

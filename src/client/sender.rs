@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::ProduceRequest;
 
 use super::accumulator::{BatchAck, ProducerBatch};
 use super::shared::{Acks, Shared};
-use super::{broker_error, is_stale_metadata};
+use super::{broker_error, is_stale_metadata, produce_answers, produce_request};
 use crate::error::{Error, Kind, Result};
 use crate::wire::Frame;
 
@@ -197,7 +195,7 @@ impl Sender {
                 return self.retry_all(done.batches, e);
             }
         };
-        let answers = answers(&response);
+        let answers = produce_answers(&response);
         for batch in done.batches {
             match answers.get(&(batch.topic.as_ref(), batch.partition)) {
                 Some(&(0, base_offset)) => {
@@ -304,42 +302,13 @@ fn encode_request(
     acks: Acks,
     timeout: Duration,
 ) -> Result<(ProduceRequest, usize)> {
-    let mut topics: Vec<TopicProduceData> = Vec::new();
+    let mut encoded = Vec::with_capacity(batches.len());
     let mut bytes = 0;
     for batch in batches {
         let records = batch.encode(compression)?;
         bytes += records.len();
-        let data = PartitionProduceData::default()
-            .with_index(batch.partition)
-            .with_records(Some(records));
-        match topics
-            .iter_mut()
-            .find(|t| t.name.0.as_str() == batch.topic.as_ref())
-        {
-            Some(topic) => topic.partition_data.push(data),
-            None => topics.push(
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(batch.topic.to_string())))
-                    .with_partition_data(vec![data]),
-            ),
-        }
+        encoded.push((batch.topic.as_ref(), batch.partition, records));
     }
-    let request = ProduceRequest::default()
-        .with_acks(acks.code())
-        .with_timeout_ms(i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX))
-        .with_topic_data(topics);
-    Ok((request, bytes))
-}
-
-/// (error code, base offset) per (topic, partition).
-fn answers(response: &ProduceResponse) -> HashMap<(&str, i32), (i16, i64)> {
-    response
-        .responses
-        .iter()
-        .flat_map(|t| {
-            t.partition_responses
-                .iter()
-                .map(move |p| ((t.name.0.as_str(), p.index), (p.error_code, p.base_offset)))
-        })
-        .collect()
+    let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    Ok((produce_request(encoded, acks.code(), timeout_ms), bytes))
 }

@@ -19,12 +19,32 @@ use crate::route::Identity;
 pub async fn log_bounds(client: &Client, topic: &str, partition: i32) -> Result<(i64, i64)> {
     let meta = client.topic(topic).await?;
     let earliest = client.list_offsets(&meta, &[partition], -2).await?;
-    let start = earliest.get(&partition).copied().unwrap_or(0);
+    let mut start = earliest.get(&partition).copied().unwrap_or(0);
     let config = CopyConfig {
         fetch_max_bytes: 1,
         fetch_wait: Duration::ZERO,
         ..Default::default()
     };
+    if start > 0 {
+        // tansu answers "earliest" with the batch stored first by the
+        // clock, which under concurrent producers need not be the lowest
+        // offset (README quirks). A log that really starts there answers a
+        // fetch from 0 with OFFSET_OUT_OF_RANGE; one that does not hands
+        // back its first batch.
+        if let Ok(answer) = fetch(client, topic, partition, 0, 0, &config).await
+            && let Ok(Some(first)) = crate::batch::BatchHeader::parse(&answer.records)
+            && first.base_offset < start
+        {
+            tracing::info!(
+                topic,
+                partition,
+                listed = start,
+                first = first.base_offset,
+                "the source's earliest offset is below what ListOffsets said; starting there"
+            );
+            start = first.base_offset;
+        }
+    }
     let answer = fetch(client, topic, partition, start, 0, &config).await?;
     Ok((start, answer.high_watermark))
 }

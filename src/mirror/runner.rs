@@ -122,13 +122,33 @@ struct Job {
     link: LinkConfig,
     topic: String,
     source: ClientConfig,
-    target: ClientConfig,
+    target: Arc<TargetStreams>,
     maps: PathBuf,
     routes: Arc<RouteTable>,
     state: Arc<StateStore>,
     mirrors: Arc<Mirrors>,
     forwarded: Arc<ForwardedWrites>,
     shutdown: CancellationToken,
+}
+
+/// What every mirror writing to one target cluster shares: one client (one
+/// connection per broker) and one Produce stream per broker, so that the
+/// batches of all its topics' partitions go out together.
+struct TargetStreams {
+    config: ClientConfig,
+    client: tokio::sync::OnceCell<Client>,
+    pool: Arc<SenderPool>,
+}
+
+impl TargetStreams {
+    /// The shared client, connected on first use (and again after a failed
+    /// first try).
+    async fn client(&self) -> Result<Client> {
+        self.client
+            .get_or_try_init(|| Client::connect(self.config.clone()))
+            .await
+            .cloned()
+    }
 }
 
 /// Starts a mirror task for every topic of every mirroring link.
@@ -140,8 +160,9 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Arc<Mirrors> {
     let mirrors = Arc::new(Mirrors::default());
+    let mut targets: BTreeMap<String, Arc<TargetStreams>> = BTreeMap::new();
     for link in config.links.iter().filter(|l| l.mirror) {
-        let client = |cluster: &str| {
+        let client = |cluster: &str, client_id: String| {
             let bootstrap = config
                 .clusters
                 .get(cluster)
@@ -150,17 +171,27 @@ pub fn spawn(
             ClientConfig {
                 name: cluster.to_string(),
                 bootstrap,
-                client_id: format!("klink-mirror-{}", link.id),
+                client_id,
                 max_frame_bytes: config.proxy.max_frame_bytes,
                 ..Default::default()
             }
         };
+        let target = targets
+            .entry(link.target.clone())
+            .or_insert_with(|| {
+                Arc::new(TargetStreams {
+                    config: client(&link.target, format!("klink-mirror-to-{}", link.target)),
+                    client: tokio::sync::OnceCell::new(),
+                    pool: Arc::default(),
+                })
+            })
+            .clone();
         for topic in &link.topics {
             let job = Job {
                 link: link.clone(),
                 topic: topic.clone(),
-                source: client(&link.source),
-                target: client(&link.target),
+                source: client(&link.source, format!("klink-mirror-{}", link.id)),
+                target: target.clone(),
                 maps: config.proxy.state_dir.join("mirror").join(&link.id),
                 routes: routes.clone(),
                 state: state.clone(),
@@ -198,8 +229,8 @@ async fn run_topic(job: Job) {
     };
     job.mirrors.note(&job.topic, None);
     job.mirrors.expect(&job.topic, record.start.len());
-    // The topic's partitions share one Produce stream per target broker.
-    let pool: Arc<SenderPool> = Arc::default();
+    // Every mirrored partition shares one Produce stream per target broker.
+    let pool = job.target.pool.clone();
     for (partition, start) in record.start {
         tokio::spawn(run_partition(
             job.clone(),
@@ -214,7 +245,7 @@ async fn run_topic(job: Job) {
 /// `None` when the target's topic is someone else's.
 async fn prepare(job: &Job) -> Result<Option<(Client, Client, MirrorRecord)>> {
     let source = Client::connect(job.source.clone()).await?;
-    let target = Client::connect(job.target.clone()).await?;
+    let target = job.target.client().await?;
     let meta = source.topic(&job.topic).await?;
     let configs = topic_configs(&source, &job.topic, &meta).await?;
     let partitions = meta.partitions.len();

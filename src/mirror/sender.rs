@@ -12,12 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::Client;
+use crate::client::{Client, produce_answers, produce_request};
 use crate::error::{Error, Kind, Result};
 use crate::upstream::UpstreamConn;
 
@@ -177,24 +175,10 @@ async fn run(target: Client, conn: UpstreamConn, mut queued: mpsc::UnboundedRece
 }
 
 fn request_for(batches: &[Queued]) -> ProduceRequest {
-    let mut topics: Vec<TopicProduceData> = Vec::new();
-    for q in batches {
-        let partition = PartitionProduceData::default()
-            .with_index(q.partition)
-            .with_records(Some(q.records.clone()));
-        match topics.iter_mut().find(|t| t.name.as_str() == &*q.topic) {
-            Some(topic) => topic.partition_data.push(partition),
-            None => topics.push(
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_string(q.topic.to_string())))
-                    .with_partition_data(vec![partition]),
-            ),
-        }
-    }
-    ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(30_000)
-        .with_topic_data(topics)
+    let batches = batches
+        .iter()
+        .map(|q| (&*q.topic, q.partition, q.records.clone()));
+    produce_request(batches, -1, 30_000)
 }
 
 fn distribute(batches: Vec<Queued>, answer: Result<ProduceResponse>, cluster: &Arc<str>) {
@@ -207,22 +191,14 @@ fn distribute(batches: Vec<Queued>, answer: Result<ProduceResponse>, cluster: &A
             return;
         }
     };
-    let mut landed: HashMap<(&str, i32), Landed> = HashMap::new();
-    for topic in &response.responses {
-        for p in &topic.partition_responses {
-            landed.insert(
-                (topic.name.as_str(), p.index),
-                Landed {
-                    error_code: p.error_code,
-                    base_offset: p.base_offset,
-                },
-            );
-        }
-    }
+    let landed = produce_answers(&response);
     for q in batches {
         let result = landed
             .get(&(&*q.topic, q.partition))
-            .copied()
+            .map(|&(error_code, base_offset)| Landed {
+                error_code,
+                base_offset,
+            })
             .ok_or_else(|| {
                 Error::upstream(
                     cluster,
