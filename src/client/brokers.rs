@@ -295,6 +295,14 @@ impl Client {
         {
             return Ok(conn.clone());
         }
+        let conn = self.new_broker_conn(node_id).await?;
+        lock(&self.inner.conns).insert(node_id, conn.clone());
+        Ok(conn)
+    }
+
+    /// A connection to a broker of the caller's own, not shared with the
+    /// client's other requests.
+    pub async fn new_broker_conn(&self, node_id: i32) -> Result<UpstreamConn> {
         let addr = self
             .metadata()
             .brokers
@@ -307,14 +315,12 @@ impl Client {
                     format!("no address for broker {node_id}"),
                 )
             })?;
-        let conn = UpstreamConn::connect(
+        UpstreamConn::connect(
             self.cluster_name().clone(),
             &addr,
             self.inner.config.max_frame_bytes,
         )
-        .await?;
-        lock(&self.inner.conns).insert(node_id, conn.clone());
-        Ok(conn)
+        .await
     }
 
     /// Returns once every request queued so far on every broker connection

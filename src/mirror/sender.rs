@@ -83,18 +83,23 @@ pub struct SenderPool {
 }
 
 impl SenderPool {
+    /// The broker's stream, on a connection of its own: the client's other
+    /// requests (leaders, log ends) never queue behind a window of Produce
+    /// requests. (Several streams per broker, a partition always on the
+    /// same, copied no faster on benches/mirror.sh and cost more CPU.)
     pub async fn get(&self, target: &Client, broker: i32) -> Result<BatchSender> {
-        if let Some(sender) = self.lock().get(&broker).filter(|s| !s.is_closed()) {
+        let key = broker;
+        if let Some(sender) = self.lock().get(&key).filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let conn = target.broker_conn(broker).await?;
+        let conn = target.new_broker_conn(broker).await?;
         let mut senders = self.lock();
         // Another copier may have started one meanwhile.
-        if let Some(sender) = senders.get(&broker).filter(|s| !s.is_closed()) {
+        if let Some(sender) = senders.get(&key).filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
         let sender = BatchSender::start(target.clone(), conn);
-        senders.insert(broker, sender.clone());
+        senders.insert(key, sender.clone());
         Ok(sender)
     }
 
