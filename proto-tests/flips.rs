@@ -28,7 +28,7 @@ const CUT_AT_FLIP: [usize; 3] = [4, 6, 8];
 /// to exactly once, in order.
 const CUT_BETWEEN_FLIPS: [usize; 3] = [3, 6, 9];
 
-fn flips_py(args: &[&str]) -> Command {
+pub(crate) fn flips_py(args: &[&str]) -> Command {
     let mut command = Command::new(python_bin());
     command
         .arg(repo_root().join("proto-tests/clients/flips.py"))
@@ -38,7 +38,7 @@ fn flips_py(args: &[&str]) -> Command {
 
 /// Every record of `topic` on one cluster, read directly: per partition,
 /// the values in log order.
-fn dump(broker: &Broker, topic: &str) -> BTreeMap<i64, Vec<String>> {
+pub(crate) fn dump(broker: &Broker, topic: &str) -> BTreeMap<i64, Vec<String>> {
     let (status, stdout, stderr) = run_bounded(
         flips_py(&[
             "dump",

@@ -7,6 +7,7 @@ mod raw;
 
 mod bad_input;
 mod clients;
+mod cutover;
 mod flips;
 mod hung;
 mod lifecycle;

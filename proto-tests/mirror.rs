@@ -203,7 +203,7 @@ fn a_crash_that_lost_the_end_of_the_offset_map_copies_nothing_twice() {
 }
 
 /// A topic's line of `klink ctl status --json`.
-fn topic_status(klink: &Klink, topic: &str) -> Value {
+pub(crate) fn topic_status(klink: &Klink, topic: &str) -> Value {
     let status: Value =
         serde_json::from_str(&klink.ctl_ok(&["status", "--json"])).expect("status json");
     status["topics"]
@@ -213,7 +213,7 @@ fn topic_status(klink: &Klink, topic: &str) -> Value {
 }
 
 /// Waits until `topic` is mirroring with no lag left.
-fn wait_caught_up(klink: &Klink, topic: &str) {
+pub(crate) fn wait_caught_up(klink: &Klink, topic: &str) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = topic_status(klink, topic);

@@ -30,6 +30,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod cutover;
 pub mod error;
 pub mod mirror;
 pub mod perf;

@@ -81,6 +81,13 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move a mirroring topic's reads and writes to its link's target,
+    /// holding new writes while the mirror drains (exit 1 if aborted).
+    Promote {
+        topic: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +137,7 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             partition,
             json,
         } => (Request::Offsets { topic, partition }, json),
+        CtlCommand::Promote { topic, json } => (Request::Promote { topic }, json),
     };
     let reply = control::client::send(&config.proxy.control_socket, &request);
     if let Some(line) = reply.as_ref().ok().and_then(control::client::warning_line) {
@@ -153,6 +161,14 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             ..
         }) => {
             print!("{}", control::client::mirror_table(&partitions));
+            ExitCode::SUCCESS
+        }
+        Ok(Reply {
+            ok: true,
+            promotion: Some(promotion),
+            ..
+        }) => {
+            print!("{}", control::client::promotion_text(&promotion));
             ExitCode::SUCCESS
         }
         Ok(Reply {

@@ -140,15 +140,19 @@ def ledger(a):
         Ledger("split", a.bootstrap, [a.topic, a.other], {"enable.idempotence": True, "acks": "all"}),
     ]
     print("STARTED", flush=True)
-    deadline = time.time() + a.seconds
-    going = lambda l: l.sent < a.max and not l.stopped
-    while time.time() < deadline and any(going(l) for l in ledgers):
+    began = time.time()
+    deadline = began + a.seconds
+    allowed = lambda: a.max if not a.pace else min(a.max, (time.time() - began) * a.pace)
+    going = lambda l: l.sent < allowed() and not l.stopped
+    while time.time() < deadline and any(l.sent < a.max and not l.stopped for l in ledgers):
         for l in ledgers:
             for _ in range(50):
                 if going(l):
                     l.produce_one()
             if not l.stopped:
                 l.poll(0)
+        if a.pace:
+            time.sleep(0.002)
     produced_for = time.time() - (deadline - a.seconds)
     for l in ledgers:
         l.flush(20)
@@ -194,6 +198,8 @@ def main():
     ap.add_argument("--other", default="")
     ap.add_argument("--seconds", type=float, default=6)
     ap.add_argument("--max", type=int, default=100000)
+    ap.add_argument("--pace", type=float, default=0,
+                    help="records per second per producer at most (0: as fast as they go)")
     a = ap.parse_args()
     {"ledger": ledger, "dump": dump}[a.command](a)
 

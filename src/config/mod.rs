@@ -18,6 +18,30 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     #[serde(default)]
     pub links: Vec<LinkConfig>,
+    #[serde(default)]
+    pub cutover: CutoverConfig,
+}
+
+/// How a promotion behaves (`[cutover]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    /// A promotion whose fence, drain and flip take longer aborts: held
+    /// writes go to the source and the topic stays mirroring.
+    #[serde(default = "default_fence_timeout_ms")]
+    pub fence_timeout_ms: u64,
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        CutoverConfig {
+            fence_timeout_ms: default_fence_timeout_ms(),
+        }
+    }
+}
+
+fn default_fence_timeout_ms() -> u64 {
+    10_000
 }
 
 /// A named migration: which topics and groups move from `source` to `target`.

@@ -125,6 +125,24 @@ pub fn mirror_table(partitions: &[PartitionMirror]) -> String {
     out
 }
 
+/// What a promotion did: the fence, and each partition's drain.
+pub fn promotion_text(promotion: &crate::cutover::Promotion) -> String {
+    if promotion.already {
+        return format!("{} is promoted already\n", promotion.topic);
+    }
+    let mut out = format!(
+        "promoted {}: writes held for {:.1} ms\n",
+        promotion.topic, promotion.fence_ms
+    );
+    for d in &promotion.partitions {
+        out.push_str(&format!(
+            "  partition {}: mirrored to the source end {} at {:.1} ms\n",
+            d.partition, d.source_end, d.drained_ms
+        ));
+    }
+    out
+}
+
 /// A partition's offset map, one line per run.
 pub fn offsets_table(offsets: &OffsetsStatus) -> String {
     let rows: Vec<[String; 2]> = offsets

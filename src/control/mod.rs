@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::cutover::{Cutover, Promotion};
 use crate::error::{Error, Kind, Result};
 use crate::mirror::{Mirrors, PartitionMirror};
 use crate::route::{RouteTable, Routes};
@@ -46,6 +47,10 @@ pub enum Command {
     Offsets {
         topic: String,
         partition: i32,
+    },
+    /// Move a mirroring topic's reads and writes to its target.
+    Promote {
+        topic: String,
     },
 }
 
@@ -115,6 +120,8 @@ pub struct Reply {
     pub mirror: Option<Vec<PartitionMirror>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsets: Option<OffsetsStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
 }
 
 impl Reply {
@@ -126,6 +133,7 @@ impl Reply {
             status: None,
             mirror: None,
             offsets: None,
+            promotion: None,
         }
     }
 
@@ -137,6 +145,7 @@ impl Reply {
             status: Some(status),
             mirror: None,
             offsets: None,
+            promotion: None,
         }
     }
 }
@@ -230,6 +239,9 @@ pub fn handle(routes: &RouteTable, mirrors: &Mirrors, line: &str) -> Reply {
         }
         Command::Mirror { topic } => return mirror(routes, mirrors, &topic),
         Command::Offsets { topic, partition } => return offsets(mirrors, &topic, partition),
+        Command::Promote { .. } => {
+            return Reply::failed("promote runs on the control socket's async path");
+        }
     };
     match done {
         Ok(warning) => Reply {
@@ -284,6 +296,7 @@ fn offsets(mirrors: &Mirrors, topic: &str, partition: i32) -> Reply {
         warning: None,
         status: None,
         mirror: None,
+        promotion: None,
         offsets: Some(OffsetsStatus {
             topic: topic.to_string(),
             partition,
@@ -329,6 +342,7 @@ pub async fn serve(
     listener: UnixListener,
     routes: Arc<RouteTable>,
     mirrors: Arc<Mirrors>,
+    cutover: Arc<Cutover>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -338,7 +352,12 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, routes.clone(), mirrors.clone()));
+                tokio::spawn(serve_connection(
+                    stream,
+                    routes.clone(),
+                    mirrors.clone(),
+                    cutover.clone(),
+                ));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
@@ -348,7 +367,12 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(stream: UnixStream, routes: Arc<RouteTable>, mirrors: Arc<Mirrors>) {
+async fn serve_connection(
+    stream: UnixStream,
+    routes: Arc<RouteTable>,
+    mirrors: Arc<Mirrors>,
+    cutover: Arc<Cutover>,
+) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -372,6 +396,15 @@ async fn serve_connection(stream: UnixStream, routes: Arc<RouteTable>, mirrors: 
             Reply::failed(format!("request longer than {MAX_LINE} bytes"))
         } else if line.trim().is_empty() {
             continue;
+        } else if let Ok(Command::Promote { topic }) = serde_json::from_str(&line) {
+            // Waits on the network: async, bounded by the fence timeout.
+            match cutover.promote(&topic).await {
+                Ok(promotion) => Reply {
+                    promotion: Some(promotion),
+                    ..Reply::done(status(&routes.snapshot(), &mirrors))
+                },
+                Err(e) => Reply::failed(e.context),
+            }
         } else {
             // Route changes write and fsync the state file: keep that off
             // the async workers.

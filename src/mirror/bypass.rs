@@ -157,7 +157,7 @@ impl ForwardedWrites {
             let Some(route) = routes.topic(&name) else {
                 continue;
             };
-            if route.state != TopicState::Mirroring {
+            if !watched_state(route.state) {
                 continue;
             }
             for p in &topic.partition_data {
@@ -219,6 +219,16 @@ impl ForwardedWrites {
         Some(uncovered - excused)
     }
 
+    /// Produce requests klink sent to `cluster` for `topic` that have no
+    /// answer yet (a promotion waits for none to be left).
+    pub fn unanswered(&self, cluster: &str, topic: &str) -> usize {
+        self.lock()
+            .iter()
+            .filter(|((c, t, _), _)| &**c == cluster && t == topic)
+            .map(|(_, w)| w.unanswered.len())
+            .sum()
+    }
+
     fn next_send(&self, key: &PartitionKey) -> u64 {
         self.lock().get(key).map_or(0, |w| w.next_send)
     }
@@ -271,6 +281,25 @@ impl SentWrites {
             }
         }
     }
+}
+
+impl SentWrites {
+    /// Takes the request back: it was not sent after all (held by a fence;
+    /// it is noted again when it goes).
+    pub fn cancel(mut self) {
+        let mut partitions = self.forwarded.lock();
+        for part in self.parts.drain(..) {
+            if let Some(written) = partitions.get_mut(&part.key) {
+                written.unanswered.remove(&part.send);
+            }
+        }
+    }
+}
+
+/// Whether a topic in this state has its writes go through klink to the
+/// source while the mirror copies them.
+fn watched_state(state: TopicState) -> bool {
+    matches!(state, TopicState::Mirroring | TopicState::Promoting)
 }
 
 impl Drop for SentWrites {
@@ -358,7 +387,7 @@ impl BypassWatch {
         let routes = self.routes.snapshot();
         routes
             .topic(&self.key.1)
-            .is_some_and(|r| r.state == TopicState::Mirroring && r.writes == self.key.0)
+            .is_some_and(|r| watched_state(r.state) && r.writes == self.key.0)
     }
 
     /// Takes note of the data batches (not transaction markers) of one

@@ -463,6 +463,18 @@ async fn run_partition(
         };
         let mut window = (Instant::now(), 0u64);
         loop {
+            // A promoted topic takes its writes on the target: copying on
+            // would write behind the clients' backs.
+            let copying =
+                job.routes.snapshot().topic(&job.topic).is_some_and(|r| {
+                    matches!(r.state, TopicState::Mirroring | TopicState::Promoting)
+                });
+            if !copying {
+                if sleep_or_shutdown(&job.shutdown, Duration::from_millis(100)).await {
+                    return;
+                }
+                continue;
+            }
             let stepped = tokio::select! {
                 _ = job.shutdown.cancelled() => return,
                 stepped = copier.step() => stepped,

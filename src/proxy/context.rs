@@ -45,6 +45,8 @@ pub struct ProxyContext {
     /// Where klink's writes to mirroring topics landed, for the mirror's
     /// bypass detection.
     pub forwarded: Arc<crate::mirror::ForwardedWrites>,
+    /// Topics a promotion holds new writes for.
+    pub fences: Arc<crate::cutover::Fences>,
     pub(super) clusters: Vec<Cluster>,
     /// Per cluster (same order as `clusters`): klink's own connection for
     /// the Metadata requests that find partition leaders, behind a lock so

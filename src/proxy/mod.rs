@@ -74,6 +74,7 @@ pub async fn run_with_listener(
         catalog: Arc::new(catalog),
         producers: Arc::default(),
         forwarded: Arc::default(),
+        fences: Arc::default(),
         metadata_askers: clusters.iter().map(|_| Default::default()).collect(),
         clusters,
         upstream_versions,
@@ -112,10 +113,18 @@ pub async fn run_with_listener(
         ctx.forwarded.clone(),
         shutdown.clone(),
     );
+    let cutover = Arc::new(crate::cutover::Cutover::new(
+        ctx.config.clone(),
+        routes.clone(),
+        mirrors.clone(),
+        ctx.forwarded.clone(),
+        ctx.fences.clone(),
+    ));
     tokio::spawn(crate::control::serve(
         control,
         routes,
         mirrors,
+        cutover,
         shutdown.clone(),
     ));
     let bootstrap = listener.local_addr().ok();

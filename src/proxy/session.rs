@@ -176,23 +176,55 @@ impl Session {
         let payload = frame.payload();
         let header = RequestHeader::parse(&payload)
             .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
-        // Writes to a mirroring topic are noted before they go out: the
-        // mirror may read them on the source before their answer is back.
-        let routes = self.ctx.routes.snapshot();
-        let watched = if header.known_api == Some(ApiKey::Produce) && routes.any_mirroring() {
-            let acks = produce_acks(&payload, &header).unwrap_or(-1);
-            self.ctx
-                .forwarded
-                .sent(&routes, header.api_version, &payload, acks, |id| {
-                    self.ctx.catalog.name_by_client_id(id)
-                })
+        let (routes, watched) = if header.known_api == Some(ApiKey::Produce) {
+            self.note_writes(&header, &payload).await
         } else {
-            None
+            (self.ctx.routes.snapshot(), None)
         };
         let pending = self
             .dispatch_pending(frame, header, routes, upstreams, fetch_sessions)
             .await?;
         Ok(pending.map(|pending| Queued { pending, watched }))
+    }
+
+    /// A Produce request's writes to mirroring topics, noted before they go
+    /// out (the mirror may read them on the source before their answer is
+    /// back), and the routes it goes by. A request for a topic behind a
+    /// promotion's fence waits here until the fence lifts, then goes by the
+    /// routes of that moment. Noting comes before looking at the fences: a
+    /// promotion raises its fence before it counts the writes in flight,
+    /// so every write either is counted or sees the fence.
+    async fn note_writes(
+        &self,
+        header: &RequestHeader,
+        payload: &Bytes,
+    ) -> (Arc<crate::route::Routes>, Option<SentWrites>) {
+        let name_of_id = |id: &uuid::Uuid| self.ctx.catalog.name_by_client_id(id);
+        loop {
+            let routes = self.ctx.routes.snapshot();
+            let watched = if routes.any_mirroring() {
+                let acks = produce_acks(payload, header).unwrap_or(-1);
+                self.ctx
+                    .forwarded
+                    .sent(&routes, header.api_version, payload, acks, name_of_id)
+            } else {
+                None
+            };
+            if !self.ctx.fences.any() {
+                return (routes, watched);
+            }
+            let topics = crate::cutover::produce_topics(header.api_version, payload, name_of_id);
+            let held = self.ctx.fences.holding(topics.iter().map(String::as_str));
+            if held.is_empty() {
+                return (routes, watched);
+            }
+            if let Some(watched) = watched {
+                watched.cancel();
+            }
+            for lifted in held {
+                lifted.wait().await;
+            }
+        }
     }
 
     async fn dispatch_pending(

@@ -118,7 +118,7 @@ impl Routes {
         self.any_mirroring = self
             .topics
             .values()
-            .any(|r| r.state == TopicState::Mirroring);
+            .any(|r| matches!(r.state, TopicState::Mirroring | TopicState::Promoting));
     }
 }
 
@@ -275,6 +275,26 @@ impl RouteTable {
             })?;
             route.state = state;
             Ok(())
+        })
+        .map(|applied| applied.value)
+    }
+
+    /// Moves a topic's reads and writes to `to` and its state to `state`
+    /// in one durable change: a crash leaves the old routes or the new,
+    /// never a mix (the cutover's flip).
+    pub fn move_topic(&self, topic: &str, to: &str, state: TopicState) -> Result<TopicRoute> {
+        let to = self.cluster(to)?;
+        self.change(|routes| {
+            let route = routes.topics.get_mut(topic).ok_or_else(|| {
+                Error::klink(
+                    Kind::Config,
+                    format!("unknown topic `{topic}`: no link names it"),
+                )
+            })?;
+            route.writes = to.clone();
+            route.reads = to;
+            route.state = state;
+            Ok(route.clone())
         })
         .map(|applied| applied.value)
     }

@@ -1,0 +1,173 @@
+//! The cutover under running clients: a mirrored topic promoted to its
+//! target while producers write through klink.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::flips::{dump, flips_py};
+use crate::harness::{Broker, Klink, KlinkOptions};
+use crate::mirror::{topic_status, wait_caught_up};
+use crate::routing::{KillOnDrop, py};
+
+fn create(broker: &Broker, topic: &str) {
+    py(&[
+        "create",
+        "--bootstrap",
+        &broker.addr.to_string(),
+        "--topic",
+        topic,
+        "--partitions",
+        "3",
+    ]);
+}
+
+/// Four confluent-kafka producers (idempotent, plain, acks=0, and one
+/// whose requests also name an unlinked topic, so klink splits them after
+/// the promotion) write through klink at a steady pace; `orders` is
+/// promoted mid-stream. Every acknowledged record of `orders` is on the
+/// target exactly once, in producer order per partition; nothing failed,
+/// nothing fatal; the unlinked topic stays on the source.
+#[test]
+fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothing() {
+    let source = Broker::start("cutover-source");
+    let target = Broker::start("cutover-target");
+    create(&source, "orders");
+    create(&source, "payments");
+    let klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            clusters: vec![("target".into(), target.addr)],
+            extra_config: "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\n\
+                           topics = [\"orders\"]\n"
+                .into(),
+            ..Default::default()
+        },
+    );
+    wait_caught_up(&klink, "orders");
+
+    let mut ledger = KillOnDrop(
+        flips_py(&[
+            "ledger",
+            "--bootstrap",
+            &klink.bootstrap_str(),
+            "--topic",
+            "orders",
+            "--other",
+            "payments",
+            "--seconds",
+            "5",
+            "--pace",
+            "3000",
+            "--max",
+            "1000000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start producers"),
+    );
+    let mut lines = BufReader::new(ledger.0.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).unwrap_or_default(),
+        "STARTED"
+    );
+    std::thread::sleep(Duration::from_millis(2000));
+    let (code, stdout, stderr) = klink.ctl(&["promote", "orders", "--json"]);
+    assert!(
+        code.success(),
+        "promote failed: {stdout}{stderr}\nklink log:\n{}",
+        klink.process.log_text()
+    );
+    let answer: Value = serde_json::from_str(&stdout).expect("json");
+    let promotion = &answer["promotion"];
+    eprintln!("cutover: {promotion}");
+    assert_eq!(promotion["already"], false, "{answer}");
+    assert_eq!(promotion["partitions"].as_array().map(Vec::len), Some(3));
+    let status = topic_status(&klink, "orders");
+    assert_eq!(status["state"], "promoted", "{status}");
+    assert_eq!(status["writes"], "target", "{status}");
+    assert_eq!(status["reads"], "target", "{status}");
+    // Promoting again says so and changes nothing.
+    let again = klink.ctl_ok(&["promote", "orders"]);
+    assert!(again.contains("promoted already"), "{again}");
+
+    let last = lines.map_while(Result::ok).last().unwrap_or_default();
+    assert!(ledger.0.wait().expect("producers").success());
+    let report: Value = serde_json::from_str(&last).expect("ledger json");
+    let on_target = dump(&target, "orders");
+    let on_source_payments = dump(&source, "payments");
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for values in on_target.values() {
+        for value in values {
+            *copies.entry(value.as_str()).or_default() += 1;
+        }
+    }
+    let payments: usize = on_source_payments.values().map(Vec::len).sum();
+    assert!(payments > 0, "payments written to the source");
+    for name in ["idem", "plain", "acks0", "split"] {
+        let producer = &report[name];
+        assert_eq!(producer["fatal"], false, "{name}: {producer}");
+        assert_eq!(producer["unflushed"], 0, "{name}: {producer}");
+        if name == "acks0" {
+            let twice: Vec<_> = copies
+                .iter()
+                .filter(|(v, n)| v.starts_with("acks0:") && **n > 1)
+                .take(5)
+                .collect();
+            assert!(twice.is_empty(), "acks0 records written twice: {twice:?}");
+            continue;
+        }
+        assert_eq!(producer["failed"], 0, "{name}: {producer}");
+        let acked = producer["acked"].as_array().cloned().unwrap_or_default();
+        assert!(acked.len() > 5_000, "{name} produced: {}", acked.len());
+        let mut orders = 0;
+        for record in &acked {
+            if record[0] != "orders" {
+                continue;
+            }
+            orders += 1;
+            let value = format!("{name}:{}", record[2]);
+            let found = copies.get(value.as_str()).copied().unwrap_or(0);
+            if found != 1 {
+                let on_source = dump(&source, "orders");
+                let partition = record[1].as_i64().unwrap_or(-1);
+                let near = |values: Option<&Vec<String>>| -> Vec<String> {
+                    let values = values.cloned().unwrap_or_default();
+                    let at = values.iter().position(|v| *v == value).unwrap_or(0);
+                    values[at.saturating_sub(3)..(at + 3).min(values.len())].to_vec()
+                };
+                panic!(
+                    "{value} (partition {partition}) on the target {found} times; \
+                     around it on the target: {:?}; on the source: {:?}\npromotion: {answer}\nklink log:\n{}",
+                    near(on_target.get(&partition)),
+                    near(on_source.get(&partition)),
+                    klink.process.log_text()
+                );
+            }
+        }
+        assert!(orders > 0, "{name} wrote orders");
+    }
+    // In producer order per partition.
+    for (partition, values) in &on_target {
+        let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+        for value in values {
+            let Some((name, n)) = value.split_once(':') else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            if name == "acks0" {
+                continue;
+            }
+            if let Some(before) = last.insert(name, n) {
+                assert!(
+                    before < n,
+                    "{name} out of order on the target, partition {partition}: {before} before {n}"
+                );
+            }
+        }
+    }
+}

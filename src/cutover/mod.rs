@@ -1,0 +1,279 @@
+//! The cutover: promoting a mirrored topic to its target under running
+//! clients (DESIGN "Topic states", traps 6-10).
+//!
+//! Built in steps. What is here: `promote` of one topic whose offset map
+//! is the identity's concern of the mirror, with the fence, the wait for
+//! writes already forwarded, the per-partition drain, one durable flip of
+//! reads, writes and state, and the release; an abort at
+//! `cutover.fence_timeout_ms` that sends the held writes to the source.
+//! Still to come (issue "Cutover"): group hand-over with offsets
+//! translated through the map, the reverse mirror, rollback and commit,
+//! offset and epoch translation for non-identity maps, crash recovery of
+//! a persisted `promoting`.
+
+mod fence;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use fence::{Fence, Fences, Lifted, produce_topics};
+
+use crate::client::{Client, ClientConfig};
+use crate::config::{Config, LinkConfig};
+use crate::error::{Error, Kind, Result};
+use crate::mirror::{ForwardedWrites, Mirrors, log_bounds};
+use crate::route::{RouteTable, TopicState};
+
+/// How often the promotion looks at writes in flight and the mirror's
+/// progress while the fence stands.
+const POLL: Duration = Duration::from_millis(1);
+
+/// What a promotion did, for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub topic: String,
+    /// The topic was promoted already: nothing was done.
+    pub already: bool,
+    /// How long new writes were held, in milliseconds.
+    pub fence_ms: f64,
+    pub partitions: Vec<Drained>,
+}
+
+/// One partition's drain: the source end the mirror had to reach, and
+/// when (from the fence) it did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drained {
+    pub partition: i32,
+    pub source_end: i64,
+    pub drained_ms: f64,
+}
+
+pub struct Cutover {
+    config: Config,
+    routes: Arc<RouteTable>,
+    mirrors: Arc<Mirrors>,
+    forwarded: Arc<ForwardedWrites>,
+    fences: Arc<Fences>,
+    /// One promotion at a time: two would race on the routes they flip.
+    promoting: tokio::sync::Mutex<()>,
+}
+
+impl Cutover {
+    pub fn new(
+        config: Config,
+        routes: Arc<RouteTable>,
+        mirrors: Arc<Mirrors>,
+        forwarded: Arc<ForwardedWrites>,
+        fences: Arc<Fences>,
+    ) -> Cutover {
+        Cutover {
+            config,
+            routes,
+            mirrors,
+            forwarded,
+            fences,
+            promoting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Moves `topic`'s reads and writes to its link's target once the
+    /// mirror holds everything written to the source: `mirroring ->
+    /// promoting -> promoted`, or back to `mirroring` with nothing lost if
+    /// that takes longer than the fence bound.
+    pub async fn promote(&self, topic: &str) -> Result<Promotion> {
+        let _one = self.promoting.lock().await;
+        let link = self.link_of(topic)?;
+        let route = self
+            .routes
+            .snapshot()
+            .topic(topic)
+            .cloned()
+            .ok_or_else(|| unknown_topic(topic))?;
+        match route.state {
+            TopicState::Promoted | TopicState::Committed if &*route.writes == link.target => {
+                return Ok(Promotion {
+                    topic: topic.to_string(),
+                    already: true,
+                    fence_ms: 0.0,
+                    partitions: Vec::new(),
+                });
+            }
+            TopicState::Mirroring => {}
+            other => {
+                return Err(Error::client(
+                    Kind::Config,
+                    format!(
+                        "`{topic}` is {}: only a mirroring topic can be promoted",
+                        other.as_str()
+                    ),
+                ));
+            }
+        }
+        let mirror = self.mirrors.topic(topic).unwrap_or_default();
+        if mirror.lag().is_none() {
+            return Err(Error::client(
+                Kind::Config,
+                format!(
+                    "`{topic}`'s mirror is not running yet: {}",
+                    mirror
+                        .note
+                        .as_deref()
+                        .unwrap_or("no partition has reported")
+                ),
+            ));
+        }
+        let partitions: Vec<i32> = mirror.partitions.keys().copied().collect();
+        // Connected before the fence: the fence should hold writes only
+        // for the drain itself.
+        let source = Client::connect(self.source_client(&link)).await?;
+
+        self.set_state(topic, TopicState::Promoting).await?;
+        let fence = self.fences.raise(&[topic.to_string()]);
+        let fenced_at = Instant::now();
+        let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
+        let drained = tokio::time::timeout(
+            bound,
+            self.drain(&link, topic, &partitions, &source, fenced_at),
+        )
+        .await;
+        let failure = match drained {
+            Ok(Ok(partitions)) => {
+                let (routes, topic_name, target) =
+                    (self.routes.clone(), topic.to_string(), link.target.clone());
+                let flipped = tokio::task::spawn_blocking(move || {
+                    routes.move_topic(&topic_name, &target, TopicState::Promoted)
+                })
+                .await
+                .map_err(|e| Error::klink(Kind::Io, format!("flip failed: {e}")))
+                .and_then(|flipped| flipped);
+                match flipped {
+                    Ok(_) => {
+                        // Released under the new routes.
+                        drop(fence);
+                        let fence_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
+                        tracing::info!(topic, fence_ms, target = %link.target, "promoted");
+                        return Ok(Promotion {
+                            topic: topic.to_string(),
+                            already: false,
+                            fence_ms,
+                            partitions,
+                        });
+                    }
+                    Err(e) => e,
+                }
+            }
+            Ok(Err(e)) => e,
+            Err(_) => Error::klink(
+                Kind::Timeout,
+                format!(
+                    "the drain did not finish within cutover.fence_timeout_ms ({} ms)",
+                    bound.as_millis()
+                ),
+            ),
+        };
+        // Back to mirroring before the held writes go, to the source.
+        let restored = self.set_state(topic, TopicState::Mirroring).await;
+        drop(fence);
+        tracing::warn!(topic, error = %failure, "promotion aborted; the topic stays mirroring");
+        let mut error = Error::klink(
+            failure.kind,
+            format!(
+                "promotion of `{topic}` aborted: {}; held writes went to the source, the topic stays mirroring",
+                failure.context
+            ),
+        );
+        if let Err(e) = restored {
+            error.context.push_str(&format!(
+                " (but its state could not be set back: {})",
+                e.context
+            ));
+        }
+        Err(error)
+    }
+
+    /// Waits until every write klink forwarded to the source is answered,
+    /// then until the mirror has copied each partition up to the source's
+    /// end after them.
+    async fn drain(
+        &self,
+        link: &LinkConfig,
+        topic: &str,
+        partitions: &[i32],
+        source: &Client,
+        fenced_at: Instant,
+    ) -> Result<Vec<Drained>> {
+        while self.forwarded.unanswered(&link.source, topic) > 0 {
+            tokio::time::sleep(POLL).await;
+        }
+        let mut ends = BTreeMap::new();
+        for &partition in partitions {
+            let (_, end) = log_bounds(source, topic, partition).await?;
+            ends.insert(partition, end);
+        }
+        let mut drained: Vec<Drained> = Vec::with_capacity(ends.len());
+        while drained.len() < ends.len() {
+            let mirror = self.mirrors.topic(topic).unwrap_or_default();
+            for (&partition, &end) in &ends {
+                if drained.iter().any(|d| d.partition == partition) {
+                    continue;
+                }
+                let Some(p) = mirror.partitions.get(&partition) else {
+                    continue;
+                };
+                if p.mirrored_to >= end {
+                    drained.push(Drained {
+                        partition,
+                        source_end: end,
+                        drained_ms: fenced_at.elapsed().as_secs_f64() * 1000.0,
+                    });
+                }
+            }
+            if drained.len() < ends.len() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        drained.sort_by_key(|d| d.partition);
+        Ok(drained)
+    }
+
+    async fn set_state(&self, topic: &str, state: TopicState) -> Result<()> {
+        let (routes, topic) = (self.routes.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || routes.set_state(&topic, state))
+            .await
+            .map_err(|e| Error::klink(Kind::Io, format!("state change failed: {e}")))?
+    }
+
+    fn link_of(&self, topic: &str) -> Result<LinkConfig> {
+        self.config
+            .links
+            .iter()
+            .find(|l| l.mirror && l.topics.iter().any(|t| t == topic))
+            .cloned()
+            .ok_or_else(|| unknown_topic(topic))
+    }
+
+    fn source_client(&self, link: &LinkConfig) -> ClientConfig {
+        ClientConfig {
+            name: link.source.clone(),
+            bootstrap: self
+                .config
+                .clusters
+                .get(&link.source)
+                .map(|c| c.bootstrap_addrs())
+                .unwrap_or_default(),
+            client_id: format!("klink-cutover-{}", link.id),
+            max_frame_bytes: self.config.proxy.max_frame_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+fn unknown_topic(topic: &str) -> Error {
+    Error::client(
+        Kind::Config,
+        format!("`{topic}` is not a topic of any mirroring link"),
+    )
+}
