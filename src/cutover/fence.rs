@@ -81,32 +81,6 @@ impl Drop for Fence {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_fence_holds_its_topics_until_dropped() {
-        let fences = Arc::new(Fences::default());
-        assert!(!fences.any());
-        let fence = fences.raise(&["orders".to_string()]);
-        assert!(fences.any());
-        assert!(fences.holding(["payments"]).is_empty());
-        let mut held = fences.holding(["payments", "orders"]);
-        assert_eq!(held.len(), 1);
-        let waiter = tokio::spawn(held.remove(0).wait());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished(), "held while the fence stands");
-        drop(fence);
-        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
-            .await
-            .expect("released")
-            .expect("task");
-        assert!(!fences.any());
-        assert!(fences.holding(["orders"]).is_empty());
-    }
-}
-
 /// The topics a Produce request writes, by name (ids resolved with
 /// `name_of_id`); empty when the request cannot be read (the session's
 /// routing refuses it later).
@@ -134,4 +108,30 @@ pub fn produce_topics(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_fence_holds_its_topics_until_dropped() {
+        let fences = Arc::new(Fences::default());
+        assert!(!fences.any());
+        let fence = fences.raise(&["orders".to_string()]);
+        assert!(fences.any());
+        assert!(fences.holding(["payments"]).is_empty());
+        let mut held = fences.holding(["payments", "orders"]);
+        assert_eq!(held.len(), 1);
+        let waiter = tokio::spawn(held.remove(0).wait());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "held while the fence stands");
+        drop(fence);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("released")
+            .expect("task");
+        assert!(!fences.any());
+        assert!(fences.holding(["orders"]).is_empty());
+    }
 }

@@ -93,7 +93,7 @@ impl Cutover {
             .cloned()
             .ok_or_else(|| unknown_topic(topic))?;
         match route.state {
-            TopicState::Promoted | TopicState::Committed if &*route.writes == link.target => {
+            TopicState::Promoted | TopicState::Committed if *route.writes == *link.target => {
                 return Ok(Promotion {
                     topic: topic.to_string(),
                     already: true,
