@@ -133,11 +133,15 @@ class Ledger:
 
 
 def ledger(a):
+    # One record per batch: a consumer resuming from a committed offset then
+    # always starts at a batch boundary (tansu drops the rest of a batch a
+    # fetch starts inside; README quirks).
+    one = {"linger.ms": 0, "batch.num.messages": 1} if a.one_per_batch else {}
     ledgers = [
-        Ledger("idem", a.bootstrap, [a.topic], {"enable.idempotence": True, "acks": "all"}),
-        Ledger("plain", a.bootstrap, [a.topic], {"enable.idempotence": False, "acks": "all"}),
-        Ledger("acks0", a.bootstrap, [a.topic], {"enable.idempotence": False, "acks": "0"}),
-        Ledger("split", a.bootstrap, [a.topic, a.other], {"enable.idempotence": True, "acks": "all"}),
+        Ledger("idem", a.bootstrap, [a.topic], {"enable.idempotence": True, "acks": "all", **one}),
+        Ledger("plain", a.bootstrap, [a.topic], {"enable.idempotence": False, "acks": "all", **one}),
+        Ledger("acks0", a.bootstrap, [a.topic], {"enable.idempotence": False, "acks": "0", **one}),
+        Ledger("split", a.bootstrap, [a.topic, a.other], {"enable.idempotence": True, "acks": "all", **one}),
     ]
     print("STARTED", flush=True)
     began = time.time()
@@ -159,6 +163,39 @@ def ledger(a):
         log(l.name, "sent", l.sent, "in", round(produced_for, 1), "s, acked", len(l.acked),
             "failed", l.failed, "unflushed", l.unflushed, "fatal", l.fatal_errors or l.fatal)
     print(json.dumps({l.name: l.report() for l in ledgers}), flush=True)
+
+
+def consume(a):
+    """A group member reading --topic for --seconds, committing after every
+    batch it got; prints every value it saw (duplicates included)."""
+    errors, commit_errors, values = [], [], []
+    c = Consumer({
+        "bootstrap.servers": a.bootstrap,
+        "group.id": a.group,
+        "client.id": "flips-consume",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "fetch.wait.max.ms": 10,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+        "topic.metadata.refresh.interval.ms": 1000,
+        "error_cb": lambda e: errors.append(str(e)),
+    })
+    c.subscribe([a.topic])
+    print("STARTED", flush=True)
+    deadline = time.time() + a.seconds
+    while time.time() < deadline:
+        msgs = c.consume(500, 0.1)
+        got = [m for m in msgs if m.error() is None]
+        values.extend(m.value().decode() for m in got)
+        if got:
+            try:
+                c.commit(asynchronous=False)
+            except KafkaException as e:
+                commit_errors.append(str(e))
+    c.close()
+    print(json.dumps({"values": values, "commit_errors": commit_errors[-5:],
+                      "errors": errors[-5:]}), flush=True)
 
 
 def dump(a):
@@ -192,7 +229,9 @@ def dump(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["ledger", "dump"])
+    ap.add_argument("command", choices=["ledger", "dump", "consume"])
+    ap.add_argument("--group", default="")
+    ap.add_argument("--one-per-batch", action="store_true")
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--other", default="")
@@ -201,7 +240,7 @@ def main():
     ap.add_argument("--pace", type=float, default=0,
                     help="records per second per producer at most (0: as fast as they go)")
     a = ap.parse_args()
-    {"ledger": ledger, "dump": dump}[a.command](a)
+    {"ledger": ledger, "dump": dump, "consume": consume}[a.command](a)
 
 
 if __name__ == "__main__":

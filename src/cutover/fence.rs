@@ -1,6 +1,7 @@
-//! The fence a promotion raises around its topics: new Produce requests
-//! for them wait inside klink (not answered, not failed) until it lifts,
-//! and then go wherever the routes point by then.
+//! The fence a promotion raises around its topics and groups: new Produce
+//! requests for those topics, and offset commits of those groups, wait
+//! inside klink (not answered, not failed) until it lifts, and then go
+//! wherever the routes point by then.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,13 +15,48 @@ pub struct Fences {
     raised: Mutex<HashMap<String, watch::Receiver<()>>>,
     /// How many topics are fenced: sessions look at the map only then.
     count: AtomicUsize,
+    /// Offset commits sent upstream and not answered yet, per group: a
+    /// hand-over reads a group's offsets only once none is in flight.
+    commits: Mutex<HashMap<String, usize>>,
+}
+
+/// An offset commit on its way; dropped once its answer went to the
+/// client (or the connection closed).
+pub struct CommitInFlight {
+    fences: Arc<Fences>,
+    group: String,
+}
+
+impl Drop for CommitInFlight {
+    fn drop(&mut self) {
+        let mut commits = self
+            .fences
+            .commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = commits.get_mut(&self.group) {
+            *n -= 1;
+            if *n == 0 {
+                commits.remove(&self.group);
+            }
+        }
+    }
 }
 
 /// A raised fence; dropping it lifts the fence and wakes every waiter.
 pub struct Fence {
     fences: Arc<Fences>,
-    topics: Vec<String>,
+    keys: Vec<String>,
     _lift: watch::Sender<()>,
+}
+
+// Topics and groups may share names: each has a key space of its own.
+fn topic_key(topic: &str) -> String {
+    format!("topic:{topic}")
+}
+
+fn group_key(group: &str) -> String {
+    format!("group:{group}")
 }
 
 impl Fences {
@@ -28,18 +64,23 @@ impl Fences {
         self.raised.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fences `topics` until the returned fence is dropped.
-    pub fn raise(self: &Arc<Self>, topics: &[String]) -> Fence {
+    /// Fences `topics` and `groups` until the returned fence is dropped.
+    pub fn raise(self: &Arc<Self>, topics: &[String], groups: &[String]) -> Fence {
         let (lift, lifted) = watch::channel(());
+        let keys: Vec<String> = topics
+            .iter()
+            .map(|t| topic_key(t))
+            .chain(groups.iter().map(|g| group_key(g)))
+            .collect();
         let mut raised = self.lock();
-        for topic in topics {
-            if raised.insert(topic.clone(), lifted.clone()).is_none() {
+        for key in &keys {
+            if raised.insert(key.clone(), lifted.clone()).is_none() {
                 self.count.fetch_add(1, Ordering::SeqCst);
             }
         }
         Fence {
             fences: self.clone(),
-            topics: topics.to_vec(),
+            keys,
             _lift: lift,
         }
     }
@@ -54,9 +95,39 @@ impl Fences {
         let raised = self.lock();
         topics
             .into_iter()
-            .filter_map(|t| raised.get(t).cloned())
+            .filter_map(|t| raised.get(&topic_key(t)).cloned())
             .map(Lifted)
             .collect()
+    }
+
+    /// Counts an offset commit of `group` as in flight until the returned
+    /// guard is dropped.
+    pub fn commit_started(self: &Arc<Self>, group: &str) -> CommitInFlight {
+        *self
+            .commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(group.to_string())
+            .or_default() += 1;
+        CommitInFlight {
+            fences: self.clone(),
+            group: group.to_string(),
+        }
+    }
+
+    /// Offset commits of `group` in flight.
+    pub fn commits_in_flight(&self, group: &str) -> usize {
+        self.commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The fence `group`'s offset commits are behind, if any.
+    pub fn holding_group(&self, group: &str) -> Option<Lifted> {
+        self.lock().get(&group_key(group)).cloned().map(Lifted)
     }
 }
 
@@ -73,12 +144,26 @@ impl Lifted {
 impl Drop for Fence {
     fn drop(&mut self) {
         let mut raised = self.fences.lock();
-        for topic in &self.topics {
-            if raised.remove(topic).is_some() {
+        for key in &self.keys {
+            if raised.remove(key).is_some() {
                 self.fences.count.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
+}
+
+/// The group an OffsetCommit request commits for.
+pub fn offset_commit_group(version: i16, payload: &bytes::Bytes) -> Option<String> {
+    use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, RequestHeader};
+    use kafka_protocol::protocol::Decodable;
+    let mut body = payload.clone();
+    RequestHeader::decode(
+        &mut body,
+        ApiKey::OffsetCommit.request_header_version(version),
+    )
+    .ok()?;
+    let request = OffsetCommitRequest::decode(&mut body, version).ok()?;
+    Some(request.group_id.to_string())
 }
 
 /// The topics a Produce request writes, by name (ids resolved with
@@ -118,9 +203,11 @@ mod tests {
     async fn a_fence_holds_its_topics_until_dropped() {
         let fences = Arc::new(Fences::default());
         assert!(!fences.any());
-        let fence = fences.raise(&["orders".to_string()]);
+        let fence = fences.raise(&["orders".to_string()], &["billing".to_string()]);
         assert!(fences.any());
-        assert!(fences.holding(["payments"]).is_empty());
+        assert!(fences.holding(["payments", "billing"]).is_empty());
+        assert!(fences.holding_group("billing").is_some());
+        assert!(fences.holding_group("orders").is_none());
         let mut held = fences.holding(["payments", "orders"]);
         assert_eq!(held.len(), 1);
         let waiter = tokio::spawn(held.remove(0).wait());

@@ -1,17 +1,18 @@
 //! The cutover: promoting a mirrored topic to its target under running
 //! clients (DESIGN "Topic states", traps 6-10).
 //!
-//! Built in steps. What is here: `promote` of one topic whose offset map
-//! is the identity's concern of the mirror, with the fence, the wait for
-//! writes already forwarded, the per-partition drain, one durable flip of
-//! reads, writes and state, and the release; an abort at
-//! `cutover.fence_timeout_ms` that sends the held writes to the source.
-//! Still to come (issue "Cutover"): group hand-over with offsets
-//! translated through the map, the reverse mirror, rollback and commit,
-//! offset and epoch translation for non-identity maps, crash recovery of
-//! a persisted `promoting`.
+//! Built in steps. What is here: `promote` of one topic, with the fence
+//! (the topic's writes and the link's groups' commits), the wait for
+//! writes already forwarded, the per-partition drain, the groups' committed
+//! offsets handed over through the offset map, one durable flip of reads,
+//! writes, groups and state, and the release; an abort at
+//! `cutover.fence_timeout_ms` that sends the held requests to the source.
+//! Still to come (issue "Cutover"): the reverse mirror, rollback and
+//! commit, offset and epoch translation for clients where the map is not
+//! the identity, crash recovery of a persisted `promoting`.
 
 mod fence;
+mod groups;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use fence::{Fence, Fences, Lifted, produce_topics};
+pub use fence::{CommitInFlight, Fence, Fences, Lifted, offset_commit_group, produce_topics};
 
 use crate::client::{Client, ClientConfig};
 use crate::config::{Config, LinkConfig};
@@ -40,6 +41,9 @@ pub struct Promotion {
     /// How long new writes were held, in milliseconds.
     pub fence_ms: f64,
     pub partitions: Vec<Drained>,
+    /// Per group handed over, the offsets committed on the target.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeMap<i32, i64>>,
 }
 
 /// One partition's drain: the source end the mirror had to reach, and
@@ -99,6 +103,7 @@ impl Cutover {
                     already: true,
                     fence_ms: 0.0,
                     partitions: Vec::new(),
+                    groups: BTreeMap::new(),
                 });
             }
             TopicState::Mirroring => {}
@@ -128,23 +133,33 @@ impl Cutover {
         let partitions: Vec<i32> = mirror.partitions.keys().copied().collect();
         // Connected before the fence: the fence should hold writes only
         // for the drain itself.
-        let source = Client::connect(self.source_client(&link)).await?;
+        let source = Client::connect(self.client_config(&link, &link.source)).await?;
+        let target = Client::connect(self.client_config(&link, &link.target)).await?;
 
         self.set_state(topic, TopicState::Promoting).await?;
-        let fence = self.fences.raise(&[topic.to_string()]);
+        let fence = self.fences.raise(&[topic.to_string()], &link.groups);
         let fenced_at = Instant::now();
         let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
-        let drained = tokio::time::timeout(
-            bound,
-            self.drain(&link, topic, &partitions, &source, fenced_at),
-        )
+        let drained = tokio::time::timeout(bound, async {
+            let drained = self
+                .drain(&link, topic, &partitions, &source, fenced_at)
+                .await?;
+            let groups = self
+                .hand_over(&link, topic, &partitions, &source, &target)
+                .await?;
+            Ok::<_, Error>((drained, groups))
+        })
         .await;
         let failure = match drained {
-            Ok(Ok(partitions)) => {
-                let (routes, topic_name, target) =
-                    (self.routes.clone(), topic.to_string(), link.target.clone());
+            Ok(Ok((partitions, groups))) => {
+                let (routes, topic_name, target, moved) = (
+                    self.routes.clone(),
+                    topic.to_string(),
+                    link.target.clone(),
+                    link.groups.clone(),
+                );
                 let flipped = tokio::task::spawn_blocking(move || {
-                    routes.move_topic(&topic_name, &target, TopicState::Promoted)
+                    routes.move_topic(&topic_name, &moved, &target, TopicState::Promoted)
                 })
                 .await
                 .map_err(|e| Error::klink(Kind::Io, format!("flip failed: {e}")))
@@ -160,6 +175,7 @@ impl Cutover {
                             already: false,
                             fence_ms,
                             partitions,
+                            groups,
                         });
                     }
                     Err(e) => e,
@@ -239,6 +255,37 @@ impl Cutover {
         Ok(drained)
     }
 
+    /// Writes the link's groups' committed offsets for `topic` on the
+    /// target, translated through the offset map. Their commits are held
+    /// by the fence, so what is read here is final.
+    async fn hand_over(
+        &self,
+        link: &LinkConfig,
+        topic: &str,
+        partitions: &[i32],
+        source: &Client,
+        target: &Client,
+    ) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+        let mirror = self.mirrors.topic(topic).unwrap_or_default();
+        let runs: BTreeMap<i32, Vec<crate::mirror::Run>> = mirror
+            .partitions
+            .iter()
+            .map(|(p, m)| (*p, m.runs.clone()))
+            .collect();
+        let mut handed = BTreeMap::new();
+        for group in &link.groups {
+            // Commits that passed before the fence rose land first.
+            while self.fences.commits_in_flight(group) > 0 {
+                tokio::time::sleep(POLL).await;
+            }
+            let committed = groups::fetch_committed(source, group, topic, partitions).await?;
+            let on_target = groups::translate_all(&runs, &committed)?;
+            groups::commit(target, group, topic, &on_target).await?;
+            handed.insert(group.clone(), on_target);
+        }
+        Ok(handed)
+    }
+
     async fn set_state(&self, topic: &str, state: TopicState) -> Result<()> {
         let (routes, topic) = (self.routes.clone(), topic.to_string());
         tokio::task::spawn_blocking(move || routes.set_state(&topic, state))
@@ -255,13 +302,13 @@ impl Cutover {
             .ok_or_else(|| unknown_topic(topic))
     }
 
-    fn source_client(&self, link: &LinkConfig) -> ClientConfig {
+    fn client_config(&self, link: &LinkConfig, cluster: &str) -> ClientConfig {
         ClientConfig {
-            name: link.source.clone(),
+            name: cluster.to_string(),
             bootstrap: self
                 .config
                 .clusters
-                .get(&link.source)
+                .get(cluster)
                 .map(|c| c.bootstrap_addrs())
                 .unwrap_or_default(),
             client_id: format!("klink-cutover-{}", link.id),

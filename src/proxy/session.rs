@@ -77,6 +77,8 @@ enum PartReply {
 struct Queued {
     pending: Pending,
     watched: Option<SentWrites>,
+    /// An offset commit in flight, for a promotion's group hand-over.
+    _commit: Option<crate::cutover::CommitInFlight>,
 }
 
 /// A session's upstream connections, opened on first use.
@@ -181,10 +183,19 @@ impl Session {
         } else {
             (self.ctx.routes.snapshot(), None)
         };
+        let (routes, commit) = if header.known_api == Some(ApiKey::OffsetCommit) {
+            self.note_commit(&header, &payload, routes).await
+        } else {
+            (routes, None)
+        };
         let pending = self
             .dispatch_pending(frame, header, routes, upstreams, fetch_sessions)
             .await?;
-        Ok(pending.map(|pending| Queued { pending, watched }))
+        Ok(pending.map(|pending| Queued {
+            pending,
+            watched,
+            _commit: commit,
+        }))
     }
 
     /// A Produce request's writes to mirroring topics, noted before they go
@@ -224,6 +235,40 @@ impl Session {
             for lifted in held {
                 lifted.wait().await;
             }
+        }
+    }
+
+    /// An offset commit, counted in flight until answered; one for a group
+    /// a promotion is handing over waits until the fence lifts, then goes
+    /// by the routes of that moment (counted before the fence is looked
+    /// at, as writes are).
+    async fn note_commit(
+        &self,
+        header: &RequestHeader,
+        payload: &Bytes,
+        routes: Arc<crate::route::Routes>,
+    ) -> (
+        Arc<crate::route::Routes>,
+        Option<crate::cutover::CommitInFlight>,
+    ) {
+        let Some(group) = crate::cutover::offset_commit_group(header.api_version, payload) else {
+            return (routes, None);
+        };
+        let mut routes = routes;
+        loop {
+            let commit = self.ctx.fences.commit_started(&group);
+            let Some(lifted) = self
+                .ctx
+                .fences
+                .any()
+                .then(|| self.ctx.fences.holding_group(&group))
+                .flatten()
+            else {
+                return (routes, Some(commit));
+            };
+            drop(commit);
+            lifted.wait().await;
+            routes = self.ctx.routes.snapshot();
         }
     }
 
@@ -529,7 +574,11 @@ impl Session {
         loop {
             // Flush only when nothing is ready to go next, so pipelined
             // responses share writes without one waiting on another.
-            let Queued { pending, watched } = match queue.try_recv() {
+            let Queued {
+                pending,
+                watched,
+                _commit,
+            } = match queue.try_recv() {
                 Ok(p) => p,
                 Err(TryRecvError::Empty) => {
                     if out.flush().await.is_err() {

@@ -279,12 +279,27 @@ impl RouteTable {
         .map(|applied| applied.value)
     }
 
-    /// Moves a topic's reads and writes to `to` and its state to `state`
-    /// in one durable change: a crash leaves the old routes or the new,
-    /// never a mix (the cutover's flip).
-    pub fn move_topic(&self, topic: &str, to: &str, state: TopicState) -> Result<TopicRoute> {
+    /// Moves a topic's reads and writes, and `groups`, to `to` and the
+    /// topic's state to `state` in one durable change: a crash leaves the
+    /// old routes or the new, never a mix (the cutover's flip).
+    pub fn move_topic(
+        &self,
+        topic: &str,
+        groups: &[String],
+        to: &str,
+        state: TopicState,
+    ) -> Result<TopicRoute> {
         let to = self.cluster(to)?;
         self.change(|routes| {
+            for group in groups {
+                let route = routes.groups.get_mut(group).ok_or_else(|| {
+                    Error::klink(
+                        Kind::Config,
+                        format!("unknown group `{group}`: no link names it"),
+                    )
+                })?;
+                route.cluster = to.clone();
+            }
             let route = routes.topics.get_mut(topic).ok_or_else(|| {
                 Error::klink(
                     Kind::Config,
