@@ -134,7 +134,6 @@ impl Cutover {
         // Connected before the fence: the fence should hold writes only
         // for the drain itself.
         let source = Client::connect(self.client_config(&link, &link.source)).await?;
-        let target = Client::connect(self.client_config(&link, &link.target)).await?;
 
         self.set_state(topic, TopicState::Promoting).await?;
         let fence = self.fences.raise(&[topic.to_string()], &link.groups);
@@ -144,14 +143,12 @@ impl Cutover {
             let drained = self
                 .drain(&link, topic, &partitions, &source, fenced_at)
                 .await?;
-            let groups = self
-                .hand_over(&link, topic, &partitions, &source, &target)
-                .await?;
+            let groups = self.hand_over(&link, topic, &partitions, &source).await?;
             Ok::<_, Error>((drained, groups))
         })
         .await;
         let failure = match drained {
-            Ok(Ok((partitions, groups))) => {
+            Ok(Ok((drained_partitions, groups))) => {
                 let (routes, topic_name, target, moved) = (
                     self.routes.clone(),
                     topic.to_string(),
@@ -168,13 +165,16 @@ impl Cutover {
                     Ok(_) => {
                         // Released under the new routes.
                         drop(fence);
+                        // The limits stay: a copier step that looked at
+                        // the state before the flip must still stop at the
+                        // drain end (clients now write the target).
                         let fence_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
                         tracing::info!(topic, fence_ms, target = %link.target, "promoted");
                         return Ok(Promotion {
                             topic: topic.to_string(),
                             already: false,
                             fence_ms,
-                            partitions,
+                            partitions: drained_partitions,
                             groups,
                         });
                     }
@@ -192,6 +192,7 @@ impl Cutover {
         };
         // Back to mirroring before the held writes go, to the source.
         let restored = self.set_state(topic, TopicState::Mirroring).await;
+        self.lift_limits(topic, &partitions);
         drop(fence);
         tracing::warn!(topic, error = %failure, "promotion aborted; the topic stays mirroring");
         let mut error = Error::klink(
@@ -229,6 +230,17 @@ impl Cutover {
             let (_, end) = log_bounds(source, topic, partition).await?;
             ends.insert(partition, end);
         }
+        // The mirror copies up to these ends and no further: an acks=0
+        // write landing on the source after them must not reach the target
+        // once clients write there. A report from after this moment comes
+        // from a step with nothing in flight, the next one from a step that
+        // knew the limit.
+        for (&partition, &end) in &ends {
+            self.mirrors
+                .limit(topic, partition)
+                .store(end, std::sync::atomic::Ordering::SeqCst);
+        }
+        let limited_at = Instant::now();
         let mut drained: Vec<Drained> = Vec::with_capacity(ends.len());
         while drained.len() < ends.len() {
             let mirror = self.mirrors.topic(topic).unwrap_or_default();
@@ -239,7 +251,7 @@ impl Cutover {
                 let Some(p) = mirror.partitions.get(&partition) else {
                     continue;
                 };
-                if p.mirrored_to >= end {
+                if p.mirrored_to >= end && p.reported_at.is_some_and(|at| at > limited_at) {
                     drained.push(Drained {
                         partition,
                         source_end: end,
@@ -264,8 +276,10 @@ impl Cutover {
         topic: &str,
         partitions: &[i32],
         source: &Client,
-        target: &Client,
     ) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+        // Connected even without groups: a target that cannot be reached
+        // is no place to send the writes.
+        let target = Client::connect(self.client_config(link, &link.target)).await?;
         let mirror = self.mirrors.topic(topic).unwrap_or_default();
         let runs: BTreeMap<i32, Vec<crate::mirror::Run>> = mirror
             .partitions
@@ -280,10 +294,18 @@ impl Cutover {
             }
             let committed = groups::fetch_committed(source, group, topic, partitions).await?;
             let on_target = groups::translate_all(&runs, &committed)?;
-            groups::commit(target, group, topic, &on_target).await?;
+            groups::commit(&target, group, topic, &on_target).await?;
             handed.insert(group.clone(), on_target);
         }
         Ok(handed)
+    }
+
+    fn lift_limits(&self, topic: &str, partitions: &[i32]) {
+        for &partition in partitions {
+            self.mirrors
+                .limit(topic, partition)
+                .store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     async fn set_state(&self, topic: &str, state: TopicState) -> Result<()> {

@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
@@ -114,6 +114,11 @@ pub struct PartitionCopier {
     /// fill it), an idle one with the configured wait.
     busy: bool,
     bypass: Option<BypassWatch>,
+    /// A hole seen in the source's offsets: where, and since when.
+    hole: Option<(i64, std::time::Instant)>,
+    /// Source offsets from here on are not copied (a promotion's drain
+    /// end, while it flips the routes); `i64::MAX` otherwise.
+    limit: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Drop for PartitionCopier {
@@ -126,6 +131,40 @@ impl Drop for PartitionCopier {
 
 /// A busy copier's fetch wait (see `busy`).
 const BUSY_FETCH_WAIT: Duration = Duration::from_millis(5);
+/// How long a hole in the source's offsets is fetched again before it
+/// counts as a gap.
+const HOLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The batches from `position` up to the first hole in their offsets,
+/// unless that hole has stood since `HOLE_WAIT` ago; and the hole still
+/// waited on, with when it was first seen. tansu can answer a fetch with a
+/// batch missing below later ones while its write is still under way
+/// (README quirks): copying past it would leave it behind for good. A
+/// hole that stays (a batch compacted away) becomes a gap in the map.
+fn up_to_a_hole(
+    walked: Vec<Walked>,
+    position: i64,
+    seen: Option<(i64, Instant)>,
+    now: Instant,
+) -> (Vec<Walked>, Option<(i64, Instant)>) {
+    let mut expected = position;
+    for (index, batch) in walked.iter().enumerate() {
+        if batch.base_offset > expected {
+            let since = match seen {
+                Some((at, since)) if at == expected => since,
+                _ => now,
+            };
+            if now.duration_since(since) < HOLE_WAIT {
+                return (
+                    walked.into_iter().take(index).collect(),
+                    Some((expected, since)),
+                );
+            }
+        }
+        expected = expected.max(batch.last_offset + 1);
+    }
+    (walked, None)
+}
 /// How often a busy copier fsyncs its offset map.
 const SYNC_EVERY: Duration = Duration::from_millis(500);
 
@@ -161,6 +200,8 @@ impl PartitionCopier {
             busy: false,
             pool: Arc::default(),
             bypass: None,
+            hole: None,
+            limit: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
         };
         copier.target_end = match copier.log.map().target_end() {
             Some(end) => end,
@@ -174,6 +215,13 @@ impl PartitionCopier {
     /// partitions of one topic): their batches go out in the same requests.
     pub fn with_pool(mut self, pool: Arc<SenderPool>) -> PartitionCopier {
         self.pool = pool;
+        self
+    }
+
+    /// Copies nothing from `limit`'s offset on (shared with the promotion
+    /// that sets it).
+    pub fn with_limit(mut self, limit: Arc<std::sync::atomic::AtomicI64>) -> PartitionCopier {
+        self.limit = limit;
         self
     }
 
@@ -234,10 +282,12 @@ impl PartitionCopier {
         } else {
             fetched.high_watermark
         };
+        let limit = self.limit.load(std::sync::atomic::Ordering::SeqCst);
         let walked: Vec<Walked> = walked
             .into_iter()
-            .filter(|w| w.last_offset < stable && w.last_offset >= self.position)
+            .filter(|w| w.last_offset < stable.min(limit) && w.last_offset >= self.position)
             .collect();
+        let walked = self.up_to_a_hole(walked);
         if let Some(watch) = &mut self.bypass {
             let written: Vec<(i64, i64, i64)> = walked
                 .iter()
@@ -373,7 +423,7 @@ impl PartitionCopier {
                 }
             };
             if landed_at != expected {
-                return Err(Error::upstream(
+                let mut error = Error::upstream(
                     self.target.cluster_name(),
                     Kind::Protocol,
                     format!(
@@ -381,7 +431,10 @@ impl PartitionCopier {
                          something else writes the mirror topic; mirroring stops here",
                         self.topic, self.partition
                     ),
-                ));
+                );
+                // Sending again would only write the batches twice.
+                error.retriable = false;
+                return Err(error);
             }
             self.log
                 .append(batch.base_offset, batch.last_offset, landed_at)?;
@@ -393,6 +446,20 @@ impl PartitionCopier {
             progress.bytes += (batch.bytes.end - batch.bytes.start) as u64;
             done += 1;
         }
+    }
+
+    fn up_to_a_hole(&mut self, walked: Vec<Walked>) -> Vec<Walked> {
+        let (kept, hole) = up_to_a_hole(walked, self.position, self.hole, Instant::now());
+        if let Some((at, _)) = hole
+            && self.hole.is_none_or(|(seen, _)| seen != at)
+        {
+            tracing::debug!(topic = %self.topic, partition = self.partition, at, "mirror: a hole in the source's offsets; fetching it again");
+        }
+        if self.hole.is_some() && hole.is_none() {
+            tracing::info!(topic = %self.topic, partition = self.partition, "mirror: a hole in the source's offsets stayed: a gap in the offset map");
+        }
+        self.hole = hole;
+        kept
     }
 
     fn fetch_config(&self) -> CopyConfig {
@@ -527,5 +594,51 @@ impl PartitionCopier {
                 self.topic, self.partition
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(base: i64, last: i64) -> Walked {
+        Walked {
+            bytes: 0..0,
+            base_offset: base,
+            last_offset: last,
+            records: i32::try_from(last - base + 1).expect("small"),
+            copy: true,
+            control: false,
+        }
+    }
+
+    fn bases(walked: &[Walked]) -> Vec<i64> {
+        walked.iter().map(|w| w.base_offset).collect()
+    }
+
+    #[test]
+    fn a_hole_in_the_source_offsets_is_fetched_again_before_it_counts_as_a_gap() {
+        let t0 = Instant::now();
+        let fetched = || vec![batch(10, 10), batch(12, 12), batch(13, 14)];
+        // 11 is missing: copy up to it, wait for it.
+        let (kept, hole) = up_to_a_hole(fetched(), 10, None, t0);
+        assert_eq!(bases(&kept), vec![10]);
+        assert_eq!(hole, Some((11, t0)));
+        // Still missing a moment later: still waited on, since t0.
+        let (kept, hole) = up_to_a_hole(fetched()[1..].to_vec(), 11, hole, t0 + HOLE_WAIT / 2);
+        assert!(kept.is_empty());
+        assert_eq!(hole, Some((11, t0)));
+        // It arrived: no hole.
+        let (kept, hole) = up_to_a_hole(vec![batch(11, 11), batch(12, 12)], 11, hole, t0);
+        assert_eq!(bases(&kept), vec![11, 12]);
+        assert_eq!(hole, None);
+        // It never arrives: after HOLE_WAIT the rest is copied.
+        let (kept, hole) =
+            up_to_a_hole(fetched()[1..].to_vec(), 11, Some((11, t0)), t0 + HOLE_WAIT);
+        assert_eq!(bases(&kept), vec![12, 13]);
+        assert_eq!(hole, None);
+        // A fetch starting inside the batch at the position is no hole.
+        let (kept, _) = up_to_a_hole(vec![batch(8, 12), batch(13, 13)], 10, None, t0);
+        assert_eq!(bases(&kept), vec![8, 13]);
     }
 }

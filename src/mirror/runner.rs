@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,6 +61,9 @@ pub struct PartitionMirror {
     pub bypass_active: bool,
     #[serde(skip)]
     pub bypass_last_seen: Option<Instant>,
+    /// When the copier last finished a step (nothing of it in flight).
+    #[serde(skip)]
+    pub reported_at: Option<Instant>,
     /// The offset map (source ranges -> target ranges).
     #[serde(skip)]
     pub runs: Vec<Run>,
@@ -87,6 +91,8 @@ impl TopicMirror {
 #[derive(Default)]
 pub struct Mirrors {
     topics: Mutex<BTreeMap<String, TopicMirror>>,
+    /// Per partition, where copying stops (a promotion's drain end).
+    limits: Mutex<BTreeMap<(String, i32), Arc<AtomicI64>>>,
 }
 
 impl Mirrors {
@@ -96,6 +102,17 @@ impl Mirrors {
 
     pub fn topic(&self, topic: &str) -> Option<TopicMirror> {
         self.with(|t| t.get(topic).cloned())
+    }
+
+    /// Where the partition's copier stops; `i64::MAX` unless a promotion
+    /// set it.
+    pub fn limit(&self, topic: &str, partition: i32) -> Arc<AtomicI64> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| Arc::new(AtomicI64::new(i64::MAX)))
+            .clone()
     }
 
     fn note(&self, topic: &str, note: Option<String>) {
@@ -442,7 +459,10 @@ async fn run_partition(
         let mut copier = tokio::select! {
             _ = job.shutdown.cancelled() => return,
             opened = opened => match opened {
-                Ok(copier) => copier.with_pool(pool.clone()).with_bypass_watch(BypassWatch::new(
+                Ok(copier) => copier
+                    .with_pool(pool.clone())
+                    .with_limit(job.mirrors.limit(&job.topic, partition))
+                    .with_bypass_watch(BypassWatch::new(
                     job.forwarded.clone(),
                     job.routes.clone(),
                     Arc::from(job.link.source.as_str()),
@@ -494,6 +514,7 @@ async fn run_partition(
                     report.target_end = copier.map().target_end().unwrap_or(0);
                     report.runs = copier.map().runs().to_vec();
                     report.last_error = None;
+                    report.reported_at = Some(Instant::now());
                     note_bypass(&job.topic, &mut report, progress.bypassed);
                     job.mirrors.partition(&job.topic, report.clone());
                 }

@@ -157,9 +157,18 @@ impl RouteTable {
         let persisted = state.snapshot();
         let mut topics = HashMap::new();
         for (name, r) in &persisted.topics {
+            // A promotion cut short by a crash: its flip (routes and
+            // `promoted` together) never happened, so the routes are the
+            // old ones; the topic mirrors again and can be promoted anew.
+            let state = if r.state == TopicState::Promoting {
+                tracing::warn!(topic = %name, "a promotion was cut short (klink stopped during it); the topic is mirroring again");
+                TopicState::Mirroring
+            } else {
+                r.state
+            };
             let route = TopicRoute {
                 link: r.link.clone(),
-                state: r.state,
+                state,
                 writes: cluster(&r.writes)?,
                 reads: cluster(&r.reads)?,
             };
@@ -405,6 +414,52 @@ groups = ["billing"]
 "#,
         )
         .expect("config")
+    }
+
+    #[test]
+    fn a_promotion_cut_short_by_a_crash_leaves_the_old_routes_and_a_flip_the_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let load = || {
+            let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+            RouteTable::load(&config(), state).expect("load")
+        };
+        let table = load();
+        table
+            .set_state("orders", TopicState::Promoting)
+            .expect("promoting");
+        // klink dies here: on restart the topic mirrors again, on the
+        // source.
+        let routes = load().snapshot();
+        let orders = routes.topic("orders").expect("orders");
+        assert_eq!(orders.state, TopicState::Mirroring);
+        assert_eq!((&*orders.writes, &*orders.reads), ("source", "source"));
+        assert!(routes.any_mirroring());
+        // The flip moves routes, groups and state in one change.
+        let table = load();
+        table
+            .move_topic(
+                "orders",
+                &["billing".to_string()],
+                "target",
+                TopicState::Promoted,
+            )
+            .expect("flip");
+        let routes = load().snapshot();
+        let orders = routes.topic("orders").expect("orders");
+        assert_eq!(orders.state, TopicState::Promoted);
+        assert_eq!((&*orders.writes, &*orders.reads), ("target", "target"));
+        assert_eq!(&**routes.group("billing"), "target");
+        assert!(
+            table
+                .move_topic(
+                    "orders",
+                    &["nobody".to_string()],
+                    "target",
+                    TopicState::Promoted
+                )
+                .is_err(),
+            "an unknown group changes nothing"
+        );
     }
 
     #[test]
