@@ -21,6 +21,7 @@
 pub mod bypass;
 pub mod committed;
 pub mod copier;
+mod holes;
 pub mod offset_map;
 mod requests;
 pub mod runner;

@@ -2,10 +2,16 @@
 //! (many in flight), and responses are written back strictly in request
 //! order, whichever upstream answers first.
 //!
-//! Longer than most files here (~700 lines) on purpose: the reader, the
+//! Longer than most files here (~650 lines) on purpose: the reader, the
 //! writer and what each does when an upstream fails are one pipeline, and
 //! reading them together is how one checks that every request gets exactly
-//! one answer, in order.
+//! one answer, in order. Opening upstream connections ([`upstreams`]) and
+//! noting what a promotion waits on ([`held`]) live beside it.
+
+mod held;
+mod upstreams;
+
+use upstreams::extra_wait;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +20,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::Decodable;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -196,80 +201,6 @@ impl Session {
             watched,
             _commit: commit,
         }))
-    }
-
-    /// A Produce request's writes to mirroring topics, noted before they go
-    /// out (the mirror may read them on the source before their answer is
-    /// back), and the routes it goes by. A request for a topic behind a
-    /// promotion's fence waits here until the fence lifts, then goes by the
-    /// routes of that moment. Noting comes before looking at the fences: a
-    /// promotion raises its fence before it counts the writes in flight,
-    /// so every write either is counted or sees the fence.
-    async fn note_writes(
-        &self,
-        header: &RequestHeader,
-        payload: &Bytes,
-    ) -> (Arc<crate::route::Routes>, Option<SentWrites>) {
-        let name_of_id = |id: &uuid::Uuid| self.ctx.catalog.name_by_client_id(id);
-        loop {
-            let routes = self.ctx.routes.snapshot();
-            let watched = if routes.any_mirroring() {
-                let acks = produce_acks(payload, header).unwrap_or(-1);
-                self.ctx
-                    .forwarded
-                    .sent(&routes, header.api_version, payload, acks, name_of_id)
-            } else {
-                None
-            };
-            if !self.ctx.fences.any() {
-                return (routes, watched);
-            }
-            let topics = crate::cutover::produce_topics(header.api_version, payload, name_of_id);
-            let held = self.ctx.fences.holding(topics.iter().map(String::as_str));
-            if held.is_empty() {
-                return (routes, watched);
-            }
-            if let Some(watched) = watched {
-                watched.cancel();
-            }
-            for lifted in held {
-                lifted.wait().await;
-            }
-        }
-    }
-
-    /// An offset commit, counted in flight until answered; one for a group
-    /// a promotion is handing over waits until the fence lifts, then goes
-    /// by the routes of that moment (counted before the fence is looked
-    /// at, as writes are).
-    async fn note_commit(
-        &self,
-        header: &RequestHeader,
-        payload: &Bytes,
-        routes: Arc<crate::route::Routes>,
-    ) -> (
-        Arc<crate::route::Routes>,
-        Option<crate::cutover::CommitInFlight>,
-    ) {
-        let Some(group) = crate::cutover::offset_commit_group(header.api_version, payload) else {
-            return (routes, None);
-        };
-        let mut routes = routes;
-        loop {
-            let commit = self.ctx.fences.commit_started(&group);
-            let Some(lifted) = self
-                .ctx
-                .fences
-                .any()
-                .then(|| self.ctx.fences.holding_group(&group))
-                .flatten()
-            else {
-                return (routes, Some(commit));
-            };
-            drop(commit);
-            lifted.wait().await;
-            routes = self.ctx.routes.snapshot();
-        }
     }
 
     async fn dispatch_pending(
@@ -510,60 +441,6 @@ impl Session {
         )))
     }
 
-    /// The connection to `destination`, opened on first use.
-    async fn upstream(
-        &self,
-        upstreams: &mut Upstreams,
-        destination: &Destination,
-    ) -> Result<UpstreamConn> {
-        if let Some(conn) = upstreams.get(destination)
-            && !conn.is_closed()
-        {
-            return Ok(conn.clone());
-        }
-        let cluster = self.ctx.cluster(destination.cluster()).ok_or_else(|| {
-            Error::klink(
-                Kind::Config,
-                format!("cluster {} is not configured", destination.cluster()),
-            )
-        })?;
-        let conn = match destination {
-            Destination::Any(_) => cluster.connect_any().await?,
-            Destination::Broker { upstream_id, .. } => {
-                let address = |ctx: &ProxyContext| {
-                    let broker = ctx.registry.by_upstream(&cluster.name, *upstream_id)?;
-                    ctx.registry.upstream_address(&broker)
-                };
-                let addr = match address(&self.ctx) {
-                    Some(addr) => addr,
-                    None => {
-                        // Remembered from before a restart but not announced
-                        // since: ask the cluster where it is now.
-                        self.ctx.discover(cluster).await?;
-                        address(&self.ctx).ok_or_else(|| {
-                            Error::upstream(
-                                &cluster.name,
-                                Kind::Closed,
-                                format!(
-                                    "upstream broker {upstream_id} is no longer in the cluster"
-                                ),
-                            )
-                        })?
-                    }
-                };
-                UpstreamConn::connect_timed(
-                    cluster.name.clone(),
-                    &addr,
-                    self.ctx.max_frame_bytes(),
-                    cluster.request_timeout(),
-                )
-                .await?
-            }
-        };
-        upstreams.insert(destination.clone(), conn.clone());
-        Ok(conn)
-    }
-
     async fn write_responses(
         &self,
         write: OwnedWriteHalf,
@@ -769,25 +646,4 @@ impl Session {
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
-}
-
-/// How much longer than the request timeout an upstream may rightly hold a
-/// request: a JoinGroup waits for the whole group, up to its rebalance
-/// timeout (v1+; the session timeout before).
-fn extra_wait(api: ApiKey, version: i16, payload: &Bytes) -> std::time::Duration {
-    if api != ApiKey::JoinGroup {
-        return std::time::Duration::ZERO;
-    }
-    let mut body = payload.clone();
-    let decoded = kafka_protocol::messages::RequestHeader::decode(
-        &mut body,
-        api.request_header_version(version),
-    )
-    .and_then(|_| kafka_protocol::messages::JoinGroupRequest::decode(&mut body, version));
-    let waits_ms = match decoded {
-        Ok(join) if version >= 1 => join.rebalance_timeout_ms,
-        Ok(join) => join.session_timeout_ms,
-        Err(_) => 0,
-    };
-    std::time::Duration::from_millis(u64::try_from(waits_ms).unwrap_or(0))
 }
