@@ -134,6 +134,12 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
     // Promoting again says so and changes nothing.
     let again = klink.ctl_ok(&["promote", "orders"]);
     assert!(again.contains("promoted already"), "{again}");
+    // A topic no link mirrors is refused.
+    let (code, _, stderr) = klink.ctl(&["promote", "payments"]);
+    assert!(
+        !code.success() && stderr.contains("not a topic of any mirroring link"),
+        "{stderr}"
+    );
 
     let last = lines.map_while(Result::ok).last().unwrap_or_default();
     assert!(ledger.0.wait().expect("producers").success());
@@ -166,6 +172,14 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
     }
     let payments: usize = on_source_payments.values().map(Vec::len).sum();
     assert!(payments > 0, "payments written to the source");
+    // Committing ends the migration; committing again says so.
+    klink.ctl_ok(&["commit", "orders"]);
+    assert_eq!(topic_status(&klink, "orders")["state"], "committed");
+    let (code, _, stderr) = klink.ctl(&["commit", "orders"]);
+    assert!(
+        code.success() && stderr.contains("committed already"),
+        "{stderr}"
+    );
     let log = klink.process.log_text();
     let stopped: Vec<&str> = log
         .lines()
@@ -350,6 +364,13 @@ fn an_aborted_promotion_loses_and_duplicates_nothing() {
     let status = topic_status(&klink, "orders");
     assert_eq!(status["state"], "mirroring", "{status}");
     assert_eq!(status["writes"], "source", "{status}");
+    // Commit before promote makes no sense: refused, nothing changes.
+    let (code, _, stderr) = klink.ctl(&["commit", "orders"]);
+    assert!(
+        !code.success() && stderr.contains("only a promoted topic can be committed"),
+        "{stderr}"
+    );
+    assert_eq!(topic_status(&klink, "orders")["state"], "mirroring");
 
     let last = lines.map_while(Result::ok).last().unwrap_or_default();
     assert!(ledger.0.wait().expect("producers").success());

@@ -88,6 +88,8 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// End a promoted topic's migration (`promoted -> committed`).
+    Commit { topic: String },
 }
 
 fn main() -> ExitCode {
@@ -138,6 +140,7 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             json,
         } => (Request::Offsets { topic, partition }, json),
         CtlCommand::Promote { topic, json } => (Request::Promote { topic }, json),
+        CtlCommand::Commit { topic } => (Request::Commit { topic }, false),
     };
     let reply = control::client::send(&config.proxy.control_socket, &request);
     if let Some(line) = reply.as_ref().ok().and_then(control::client::warning_line) {

@@ -52,6 +52,10 @@ pub enum Command {
     Promote {
         topic: String,
     },
+    /// End a promoted topic's migration.
+    Commit {
+        topic: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -239,7 +243,7 @@ pub fn handle(routes: &RouteTable, mirrors: &Mirrors, line: &str) -> Reply {
         }
         Command::Mirror { topic } => return mirror(routes, mirrors, &topic),
         Command::Offsets { topic, partition } => return offsets(mirrors, &topic, partition),
-        Command::Promote { .. } => {
+        Command::Promote { .. } | Command::Commit { .. } => {
             return Reply::failed("promote runs on the control socket's async path");
         }
     };
@@ -396,6 +400,14 @@ async fn serve_connection(
             Reply::failed(format!("request longer than {MAX_LINE} bytes"))
         } else if line.trim().is_empty() {
             continue;
+        } else if let Ok(Command::Commit { topic }) = serde_json::from_str(&line) {
+            match cutover.commit(&topic).await {
+                Ok(changed) => Reply {
+                    warning: (!changed).then(|| format!("{topic} is committed already")),
+                    ..Reply::done(status(&routes.snapshot(), &mirrors))
+                },
+                Err(e) => Reply::failed(e.context),
+            }
         } else if let Ok(Command::Promote { topic }) = serde_json::from_str(&line) {
             // Waits on the network: async, bounded by the fence timeout.
             match cutover.promote(&topic).await {

@@ -211,6 +211,35 @@ impl Cutover {
         Err(error)
     }
 
+    /// Ends a promoted topic's migration: `promoted -> committed`. (The way
+    /// back it drops, the reverse mirror, is not built yet.) Committing a
+    /// committed topic says so; any other state is refused.
+    pub async fn commit(&self, topic: &str) -> Result<bool> {
+        let _one = self.promoting.lock().await;
+        self.link_of(topic)?;
+        let state = self
+            .routes
+            .snapshot()
+            .topic(topic)
+            .map(|r| r.state)
+            .ok_or_else(|| unknown_topic(topic))?;
+        match state {
+            TopicState::Committed => Ok(false),
+            TopicState::Promoted => {
+                self.set_state(topic, TopicState::Committed).await?;
+                tracing::info!(topic, "committed");
+                Ok(true)
+            }
+            other => Err(Error::client(
+                Kind::Config,
+                format!(
+                    "`{topic}` is {}: only a promoted topic can be committed",
+                    other.as_str()
+                ),
+            )),
+        }
+    }
+
     /// Waits until every write klink forwarded to the source is answered,
     /// then until the mirror has copied each partition up to the source's
     /// end after them.
