@@ -401,4 +401,24 @@ fn an_aborted_promotion_loses_and_duplicates_nothing() {
         klink.process.log_text().contains("promotion aborted"),
         "the abort is logged"
     );
+
+    // A group outside the link reads orders through klink: promoting
+    // orders would leave its offsets behind, so it is refused.
+    py(&[
+        "group",
+        "--bootstrap",
+        &klink.bootstrap_str(),
+        "--topic",
+        "orders",
+        "--group",
+        "audit",
+        "--seconds",
+        "1",
+    ]);
+    let (code, _, stderr) = klink.ctl(&["promote", "orders"]);
+    assert!(
+        !code.success() && stderr.contains("group `audit` reads `orders` but is not in the link"),
+        "{stderr}"
+    );
+    assert_eq!(topic_status(&klink, "orders")["state"], "mirroring");
 }

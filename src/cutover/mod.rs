@@ -13,6 +13,7 @@
 
 mod fence;
 mod groups;
+mod readers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use fence::{CommitInFlight, Fence, Fences, Lifted, offset_commit_group, produce_topics};
+pub use readers::Readers;
 
 use crate::client::{Client, ClientConfig};
 use crate::config::{Config, LinkConfig};
@@ -61,6 +63,7 @@ pub struct Cutover {
     mirrors: Arc<Mirrors>,
     forwarded: Arc<ForwardedWrites>,
     fences: Arc<Fences>,
+    readers: Arc<Readers>,
     /// One promotion at a time: two would race on the routes they flip.
     promoting: tokio::sync::Mutex<()>,
 }
@@ -72,6 +75,7 @@ impl Cutover {
         mirrors: Arc<Mirrors>,
         forwarded: Arc<ForwardedWrites>,
         fences: Arc<Fences>,
+        readers: Arc<Readers>,
     ) -> Cutover {
         Cutover {
             config,
@@ -79,6 +83,7 @@ impl Cutover {
             mirrors,
             forwarded,
             fences,
+            readers,
             promoting: tokio::sync::Mutex::new(()),
         }
     }
@@ -116,6 +121,12 @@ impl Cutover {
                     ),
                 ));
             }
+        }
+        if let Some(why) = self.readers.refusal(&[topic.to_string()], &link.groups) {
+            return Err(Error::client(
+                Kind::Config,
+                format!("promotion of `{topic}` refused: {why}"),
+            ));
         }
         let mirror = self.mirrors.topic(topic).unwrap_or_default();
         if mirror.lag().is_none() {

@@ -47,6 +47,8 @@ pub struct ProxyContext {
     pub forwarded: Arc<crate::mirror::ForwardedWrites>,
     /// Topics a promotion holds new writes for.
     pub fences: Arc<crate::cutover::Fences>,
+    /// Which groups read which topics, for a promotion's checks.
+    pub readers: Arc<crate::cutover::Readers>,
     pub(super) clusters: Vec<Cluster>,
     /// Per cluster (same order as `clusters`): klink's own connection for
     /// the Metadata requests that find partition leaders, behind a lock so

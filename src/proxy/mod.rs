@@ -75,6 +75,7 @@ pub async fn run_with_listener(
         producers: Arc::default(),
         forwarded: Arc::default(),
         fences: Arc::default(),
+        readers: Arc::default(),
         metadata_askers: clusters.iter().map(|_| Default::default()).collect(),
         clusters,
         upstream_versions,
@@ -119,6 +120,7 @@ pub async fn run_with_listener(
         mirrors.clone(),
         ctx.forwarded.clone(),
         ctx.fences.clone(),
+        ctx.readers.clone(),
     ));
     tokio::spawn(crate::control::serve(
         control,

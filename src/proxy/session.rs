@@ -188,6 +188,11 @@ impl Session {
         } else {
             (self.ctx.routes.snapshot(), None)
         };
+        if let Some(api @ (ApiKey::OffsetCommit | ApiKey::OffsetFetch | ApiKey::JoinGroup)) =
+            header.known_api
+        {
+            self.ctx.readers.observe(api, header.api_version, &payload);
+        }
         let (routes, commit) = if header.known_api == Some(ApiKey::OffsetCommit) {
             self.note_commit(&header, &payload, routes).await
         } else {
