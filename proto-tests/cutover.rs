@@ -10,19 +10,82 @@ use serde_json::Value;
 
 use crate::flips::{dump, flips_py};
 use crate::harness::{Broker, Klink, KlinkOptions};
-use crate::mirror::{topic_status, wait_caught_up};
+use crate::mirror::{create, topic_status, wait_caught_up};
 use crate::routing::{KillOnDrop, py};
 
-fn create(broker: &Broker, topic: &str) {
-    py(&[
-        "create",
+/// A source with `orders` (linked) and `payments` (not), a target, and
+/// klink mirroring `orders` with `link_extra` appended to the link (and
+/// the config), caught up.
+fn migration(name: &str, link_extra: &str) -> (Broker, Broker, Klink) {
+    let source = Broker::start(&format!("{name}-source"));
+    let target = Broker::start(&format!("{name}-target"));
+    create(&source, "orders");
+    create(&source, "payments");
+    let klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            clusters: vec![("target".into(), target.addr)],
+            extra_config: format!(
+                "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\n\
+                 topics = [\"orders\"]\n{link_extra}"
+            ),
+            ..Default::default()
+        },
+    );
+    wait_caught_up(&klink, "orders");
+    (source, target, klink)
+}
+
+/// A flips.py command started with its stdout piped, past its STARTED
+/// line; the rest of its output is read from the returned lines.
+fn started(
+    args: &[&str],
+) -> (
+    KillOnDrop,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = KillOnDrop(
+        flips_py(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start flips.py"),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).unwrap_or_default(),
+        "STARTED"
+    );
+    (child, lines)
+}
+
+/// The four producers of flips.py's ledger through klink for `seconds`.
+fn producers(
+    klink: &Klink,
+    seconds: &str,
+    extra: &[&str],
+) -> (
+    KillOnDrop,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let bootstrap = klink.bootstrap_str();
+    let mut args = vec![
+        "ledger",
         "--bootstrap",
-        &broker.addr.to_string(),
+        &bootstrap,
         "--topic",
-        topic,
-        "--partitions",
-        "3",
-    ]);
+        "orders",
+        "--other",
+        "payments",
+        "--seconds",
+        seconds,
+        "--pace",
+        "1000",
+        "--max",
+        "1000000",
+    ];
+    args.extend_from_slice(extra);
+    started(&args)
 }
 
 /// Four confluent-kafka producers (idempotent, plain, acks=0, and one
@@ -37,78 +100,25 @@ fn create(broker: &Broker, topic: &str) {
 /// not committed.
 #[test]
 fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothing() {
-    let source = Broker::start("cutover-source");
-    let target = Broker::start("cutover-target");
-    create(&source, "orders");
-    create(&source, "payments");
-    let klink = Klink::start_with(
-        &source,
-        KlinkOptions {
-            clusters: vec![("target".into(), target.addr)],
-            extra_config: "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\n\
-                           topics = [\"orders\"]\ngroups = [\"billing\"]\n"
-                .into(),
-            ..Default::default()
-        },
-    );
-    wait_caught_up(&klink, "orders");
+    let (source, target, klink) = migration("cutover", "groups = [\"billing\"]\n");
 
     // A member of group billing reads orders through klink throughout,
     // committing as it goes.
-    let mut consumer = KillOnDrop(
-        flips_py(&[
-            "consume",
-            "--bootstrap",
-            &klink.bootstrap_str(),
-            "--topic",
-            "orders",
-            "--group",
-            "billing",
-            "--seconds",
-            "14",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start consumer"),
-    );
-    let mut consumed_lines = BufReader::new(consumer.0.stdout.take().expect("stdout")).lines();
-    assert_eq!(
-        consumed_lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_default(),
-        "STARTED"
-    );
+    let bootstrap = klink.bootstrap_str();
+    let (mut consumer, consumed_lines) = started(&[
+        "consume",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "orders",
+        "--group",
+        "billing",
+        "--seconds",
+        "14",
+    ]);
     std::thread::sleep(Duration::from_millis(1500));
 
-    let mut ledger = KillOnDrop(
-        flips_py(&[
-            "ledger",
-            "--bootstrap",
-            &klink.bootstrap_str(),
-            "--topic",
-            "orders",
-            "--other",
-            "payments",
-            "--seconds",
-            "5",
-            "--pace",
-            "1000",
-            "--one-per-batch",
-            "--max",
-            "1000000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start producers"),
-    );
-    let mut lines = BufReader::new(ledger.0.stdout.take().expect("stdout")).lines();
-    assert_eq!(
-        lines.next().and_then(Result::ok).unwrap_or_default(),
-        "STARTED"
-    );
+    let (mut ledger, lines) = producers(&klink, "5", &["--one-per-batch"]);
     std::thread::sleep(Duration::from_millis(2000));
     let (code, stdout, stderr) = klink.ctl(&["promote", "orders", "--json"]);
     assert!(
@@ -315,47 +325,8 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
 /// order, with no producer failing.
 #[test]
 fn an_aborted_promotion_loses_and_duplicates_nothing() {
-    let source = Broker::start("abort-source");
-    let mut target = Broker::start("abort-target");
-    create(&source, "orders");
-    create(&source, "payments");
-    let klink = Klink::start_with(
-        &source,
-        KlinkOptions {
-            clusters: vec![("target".into(), target.addr)],
-            extra_config: "[[links]]\nid = \"move\"\nsource = \"source\"\ntarget = \"target\"\n\
-                           topics = [\"orders\"]\n[cutover]\nfence_timeout_ms = 1500\n"
-                .into(),
-            ..Default::default()
-        },
-    );
-    wait_caught_up(&klink, "orders");
-    let mut ledger = KillOnDrop(
-        flips_py(&[
-            "ledger",
-            "--bootstrap",
-            &klink.bootstrap_str(),
-            "--topic",
-            "orders",
-            "--other",
-            "payments",
-            "--seconds",
-            "4",
-            "--pace",
-            "1000",
-            "--max",
-            "1000000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start producers"),
-    );
-    let mut lines = BufReader::new(ledger.0.stdout.take().expect("stdout")).lines();
-    assert_eq!(
-        lines.next().and_then(Result::ok).unwrap_or_default(),
-        "STARTED"
-    );
+    let (source, mut target, klink) = migration("abort", "[cutover]\nfence_timeout_ms = 1500\n");
+    let (mut ledger, lines) = producers(&klink, "4", &[]);
     std::thread::sleep(Duration::from_millis(1000));
     target.kill();
     let (code, stdout, stderr) = klink.ctl(&["promote", "orders"]);

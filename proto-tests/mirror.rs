@@ -65,7 +65,7 @@ fn dump(broker: &Broker, topic: &str) -> Value {
         .clone()
 }
 
-fn create(broker: &Broker, topic: &str) {
+pub(crate) fn create(broker: &Broker, topic: &str) {
     py(&[
         "create",
         "--bootstrap",
