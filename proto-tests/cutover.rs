@@ -393,3 +393,86 @@ fn an_aborted_promotion_loses_and_duplicates_nothing() {
     );
     assert_eq!(topic_status(&klink, "orders")["state"], "mirroring");
 }
+
+/// klink killed with `kill -9` in the middle of a promotion (while the
+/// drain waits on a target that is frozen with SIGSTOP) comes back with the topic mirroring on its old
+/// routes; promoted again, every acknowledged record is on the target:
+/// exactly once from the idempotent producers, at least once from the plain
+/// one (whose requests in flight at the kill were lost with klink).
+#[test]
+fn a_promotion_cut_short_by_kill_9_leaves_the_old_routes_and_can_be_done_again() {
+    let (_source, target, mut klink) = migration("crash", "");
+    let (mut ledger, lines) = producers(&klink, "10", &[]);
+    std::thread::sleep(Duration::from_millis(1000));
+    // The mirror cannot copy while the target is frozen: the drain waits.
+    target.process.signal("STOP");
+    let config = klink.config.clone();
+    let promote = std::thread::spawn(move || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_klink"));
+        command
+            .args(["ctl", "--config"])
+            .arg(&config)
+            .args(["promote", "orders"]);
+        crate::harness::run_bounded(command, Duration::from_secs(60))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while topic_status(&klink, "orders")["state"] != "promoting" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw the promotion under way: {}",
+            topic_status(&klink, "orders")
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    klink.process.signal("KILL");
+    klink.process.wait_exit(Duration::from_secs(10));
+    target.process.signal("CONT");
+    klink.process = crate::harness::spawn_klink(&klink.config, klink.dir(), 1);
+    let (code, _, _) = promote.join().expect("promote thread");
+    assert!(!code.success(), "the promotion cannot have finished");
+    let status = topic_status(&klink, "orders");
+    assert_eq!(status["state"], "mirroring", "{status}");
+    assert_eq!(
+        (&status["writes"], &status["reads"]),
+        (&Value::from("source"), &Value::from("source"))
+    );
+    assert!(
+        klink
+            .process
+            .log_text()
+            .contains("a promotion was cut short"),
+        "the restart says what it undid"
+    );
+    wait_caught_up(&klink, "orders");
+    let answer: Value =
+        serde_json::from_str(&klink.ctl_ok(&["promote", "orders", "--json"])).expect("json");
+    assert_eq!(answer["promotion"]["already"], false, "{answer}");
+
+    let last = lines.map_while(Result::ok).last().unwrap_or_default();
+    assert!(ledger.0.wait().expect("producers").success());
+    let report: Value = serde_json::from_str(&last).expect("ledger json");
+    let on_target = dump(&target, "orders");
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for values in on_target.values() {
+        for value in values {
+            *copies.entry(value.as_str()).or_default() += 1;
+        }
+    }
+    for name in ["idem", "plain", "split"] {
+        let producer = &report[name];
+        assert_eq!(producer["fatal"], false, "{name}: {producer}");
+        assert_eq!(producer["failed"], 0, "{name}: {producer}");
+        for record in producer["acked"].as_array().into_iter().flatten() {
+            if record[0] != "orders" {
+                continue;
+            }
+            let value = format!("{name}:{}", record[2]);
+            let found = copies.get(value.as_str()).copied().unwrap_or(0);
+            if name == "plain" {
+                assert!(found >= 1, "{value} acknowledged, then lost");
+            } else {
+                assert_eq!(found, 1, "{value} on the target exactly once");
+            }
+        }
+    }
+}
