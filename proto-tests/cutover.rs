@@ -444,9 +444,17 @@ fn a_promotion_cut_short_by_kill_9_leaves_the_old_routes_and_can_be_done_again()
         "the restart says what it undid"
     );
     wait_caught_up(&klink, "orders");
+    // Again, naming the link this time.
     let answer: Value =
-        serde_json::from_str(&klink.ctl_ok(&["promote", "orders", "--json"])).expect("json");
+        serde_json::from_str(&klink.ctl_ok(&["promote", "--link", "move", "--json"]))
+            .expect("json");
     assert_eq!(answer["promotion"]["already"], false, "{answer}");
+    assert_eq!(answer["promotion"]["topics"], serde_json::json!(["orders"]));
+    let (code, _, stderr) = klink.ctl(&["promote", "--link", "nosuch"]);
+    assert!(
+        !code.success() && stderr.contains("no mirroring link"),
+        "{stderr}"
+    );
 
     let last = lines.map_while(Result::ok).last().unwrap_or_default();
     assert!(ledger.0.wait().expect("producers").success());

@@ -84,7 +84,10 @@ enum CtlCommand {
     /// Move a mirroring topic's reads and writes to its link's target,
     /// holding new writes while the mirror drains (exit 1 if aborted).
     Promote {
-        topic: String,
+        topic: Option<String>,
+        /// Every topic of this link, under one fence.
+        #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+        link: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -139,7 +142,7 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             partition,
             json,
         } => (Request::Offsets { topic, partition }, json),
-        CtlCommand::Promote { topic, json } => (Request::Promote { topic }, json),
+        CtlCommand::Promote { topic, link, json } => (Request::Promote { topic, link }, json),
         CtlCommand::Commit { topic } => (Request::Commit { topic }, false),
     };
     let reply = control::client::send(&config.proxy.control_socket, &request);

@@ -166,8 +166,9 @@ def ledger(a):
 
 
 def consume(a):
-    """A group member reading --topic for --seconds, committing after every
-    batch it got; prints every value it saw (duplicates included)."""
+    """A group member reading --topic for --seconds (and on while records
+    keep coming), committing after every batch it got; prints every value
+    it saw (duplicates included)."""
     errors, commit_errors, values = [], [], []
     c = Consumer({
         "bootstrap.servers": a.bootstrap,
@@ -183,10 +184,15 @@ def consume(a):
     })
     c.subscribe([a.topic])
     print("STARTED", flush=True)
+    # At least --seconds, then until nothing came for 2 s (a loaded
+    # machine may leave it behind), 60 s more at most.
     deadline = time.time() + a.seconds
-    while time.time() < deadline:
+    last_got = time.time()
+    while time.time() < deadline or (time.time() - last_got < 2 and time.time() < deadline + 60):
         msgs = c.consume(500, 0.1)
         got = [m for m in msgs if m.error() is None]
+        if got:
+            last_got = time.time()
         values.extend(m.value().decode() for m in got)
         if got:
             try:

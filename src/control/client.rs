@@ -127,18 +127,26 @@ pub fn mirror_table(partitions: &[PartitionMirror]) -> String {
 
 /// What a promotion did: the fence, and each partition's drain.
 pub fn promotion_text(promotion: &crate::cutover::Promotion) -> String {
+    let topics = promotion.topics.join(", ");
     if promotion.already {
-        return format!("{} is promoted already\n", promotion.topic);
+        return format!("{topics} is promoted already\n");
     }
     let mut out = format!(
-        "promoted {}: writes held for {:.1} ms\n",
-        promotion.topic, promotion.fence_ms
+        "promoted {topics}: writes held for {:.1} ms\n",
+        promotion.fence_ms
     );
     for d in &promotion.partitions {
         out.push_str(&format!(
-            "  partition {}: mirrored to the source end {} at {:.1} ms\n",
-            d.partition, d.source_end, d.drained_ms
+            "  {} partition {}: mirrored to the source end {} at {:.1} ms\n",
+            d.topic, d.partition, d.source_end, d.drained_ms
         ));
+    }
+    for (group, topics) in &promotion.groups {
+        for (topic, offsets) in topics {
+            out.push_str(&format!(
+                "  group {group}: offsets of {topic} handed over: {offsets:?}\n"
+            ));
+        }
     }
     out
 }

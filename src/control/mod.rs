@@ -48,9 +48,13 @@ pub enum Command {
         topic: String,
         partition: i32,
     },
-    /// Move a mirroring topic's reads and writes to its target.
+    /// Move a mirroring topic's (or every topic of a link's) reads and
+    /// writes to its target.
     Promote {
-        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<String>,
     },
     /// End a promoted topic's migration.
     Commit {
@@ -408,14 +412,23 @@ async fn serve_connection(
                 },
                 Err(e) => Reply::failed(e.context),
             }
-        } else if let Ok(Command::Promote { topic }) = serde_json::from_str(&line) {
+        } else if let Ok(Command::Promote { topic, link }) = serde_json::from_str(&line) {
             // Waits on the network: async, bounded by the fence timeout.
-            match cutover.promote(&topic).await {
+            let what = match (topic, link) {
+                (Some(topic), None) => Ok(crate::cutover::Promote::Topic(topic)),
+                (None, Some(link)) => Ok(crate::cutover::Promote::Link(link)),
+                _ => Err("promote takes a topic or --link, not both".to_string()),
+            };
+            let promoted = match what {
+                Ok(what) => cutover.promote(&what).await.map_err(|e| e.context),
+                Err(e) => Err(e),
+            };
+            match promoted {
                 Ok(promotion) => Reply {
                     promotion: Some(promotion),
                     ..Reply::done(status(&routes.snapshot(), &mirrors))
                 },
-                Err(e) => Reply::failed(e.context),
+                Err(e) => Reply::failed(e),
             }
         } else {
             // Route changes write and fsync the state file: keep that off

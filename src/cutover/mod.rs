@@ -37,21 +37,23 @@ const POLL: Duration = Duration::from_millis(1);
 /// What a promotion did, for the operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Promotion {
-    pub topic: String,
+    pub topics: Vec<String>,
     /// The topic was promoted already: nothing was done.
     pub already: bool,
     /// How long new writes were held, in milliseconds.
     pub fence_ms: f64,
     pub partitions: Vec<Drained>,
-    /// Per group handed over, the offsets committed on the target.
+    /// Per group handed over, per topic, the offsets committed on the
+    /// target.
     #[serde(default)]
-    pub groups: BTreeMap<String, BTreeMap<i32, i64>>,
+    pub groups: BTreeMap<String, BTreeMap<String, BTreeMap<i32, i64>>>,
 }
 
 /// One partition's drain: the source end the mirror had to reach, and
 /// when (from the fence) it did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Drained {
+    pub topic: String,
     pub partition: i32,
     pub source_end: i64,
     pub drained_ms: f64,
@@ -88,101 +90,136 @@ impl Cutover {
         }
     }
 
-    /// Moves `topic`'s reads and writes to its link's target once the
-    /// mirror holds everything written to the source: `mirroring ->
-    /// promoting -> promoted`, or back to `mirroring` with nothing lost if
-    /// that takes longer than the fence bound.
-    pub async fn promote(&self, topic: &str) -> Result<Promotion> {
-        let _one = self.promoting.lock().await;
-        let link = self.link_of(topic)?;
-        let route = self
-            .routes
-            .snapshot()
-            .topic(topic)
-            .cloned()
-            .ok_or_else(|| unknown_topic(topic))?;
-        match route.state {
-            TopicState::Promoted | TopicState::Committed if *route.writes == *link.target => {
-                return Ok(Promotion {
-                    topic: topic.to_string(),
-                    already: true,
-                    fence_ms: 0.0,
-                    partitions: Vec::new(),
-                    groups: BTreeMap::new(),
-                });
+    /// The topics a promotion moves: one topic, or every topic of a link.
+    fn resolve(&self, what: &Promote) -> Result<(LinkConfig, Vec<String>)> {
+        match what {
+            Promote::Topic(topic) => Ok((self.link_of(topic)?, vec![topic.clone()])),
+            Promote::Link(id) => {
+                let link = self
+                    .config
+                    .links
+                    .iter()
+                    .find(|l| &l.id == id && l.mirror)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Error::client(Kind::Config, format!("no mirroring link `{id}`"))
+                    })?;
+                let topics = link.topics.clone();
+                Ok((link, topics))
             }
-            TopicState::Mirroring => {}
-            other => {
+        }
+    }
+
+    /// Moves the topics' reads and writes (and their link's groups) to the
+    /// link's target once the mirror holds everything written to the
+    /// source: `mirroring -> promoting -> promoted`, all of them under one
+    /// fence and in one durable flip; or back to `mirroring` with nothing
+    /// lost if that takes longer than the fence bound.
+    pub async fn promote(&self, what: &Promote) -> Result<Promotion> {
+        let _one = self.promoting.lock().await;
+        let (link, topics) = self.resolve(what)?;
+        let routes = self.routes.snapshot();
+        let mut promoted = 0;
+        for topic in &topics {
+            let route = routes.topic(topic).ok_or_else(|| unknown_topic(topic))?;
+            match route.state {
+                TopicState::Promoted | TopicState::Committed if *route.writes == *link.target => {
+                    promoted += 1;
+                }
+                TopicState::Mirroring => {}
+                other => {
+                    return Err(Error::client(
+                        Kind::Config,
+                        format!(
+                            "`{topic}` is {}: only a mirroring topic can be promoted",
+                            other.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        if promoted == topics.len() {
+            return Ok(Promotion {
+                topics,
+                already: true,
+                fence_ms: 0.0,
+                partitions: Vec::new(),
+                groups: BTreeMap::new(),
+            });
+        }
+        if promoted > 0 {
+            return Err(Error::client(
+                Kind::Config,
+                "some of these topics are promoted and some are not: promote the others one by one",
+            ));
+        }
+        if let Some(why) = self.readers.refusal(&topics, &link.groups) {
+            return Err(Error::client(
+                Kind::Config,
+                format!("promotion of {} refused: {why}", names(&topics)),
+            ));
+        }
+        let mut partitions: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for topic in &topics {
+            let mirror = self.mirrors.topic(topic).unwrap_or_default();
+            if mirror.lag().is_none() {
                 return Err(Error::client(
                     Kind::Config,
                     format!(
-                        "`{topic}` is {}: only a mirroring topic can be promoted",
-                        other.as_str()
+                        "`{topic}`'s mirror is not running yet: {}",
+                        mirror
+                            .note
+                            .as_deref()
+                            .unwrap_or("no partition has reported")
                     ),
                 ));
             }
+            partitions.insert(topic.clone(), mirror.partitions.keys().copied().collect());
         }
-        if let Some(why) = self.readers.refusal(&[topic.to_string()], &link.groups) {
-            return Err(Error::client(
-                Kind::Config,
-                format!("promotion of `{topic}` refused: {why}"),
-            ));
-        }
-        let mirror = self.mirrors.topic(topic).unwrap_or_default();
-        if mirror.lag().is_none() {
-            return Err(Error::client(
-                Kind::Config,
-                format!(
-                    "`{topic}`'s mirror is not running yet: {}",
-                    mirror
-                        .note
-                        .as_deref()
-                        .unwrap_or("no partition has reported")
-                ),
-            ));
-        }
-        let partitions: Vec<i32> = mirror.partitions.keys().copied().collect();
         // Connected before the fence: the fence should hold writes only
         // for the drain itself.
         let source = Client::connect(self.client_config(&link, &link.source)).await?;
 
-        self.set_state(topic, TopicState::Promoting).await?;
-        let fence = self.fences.raise(&[topic.to_string()], &link.groups);
+        for topic in &topics {
+            self.set_state(topic, TopicState::Promoting).await?;
+        }
+        let fence = self.fences.raise(&topics, &link.groups);
         let fenced_at = Instant::now();
         let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
         let drained = tokio::time::timeout(bound, async {
-            let drained = self
-                .drain(&link, topic, &partitions, &source, fenced_at)
-                .await?;
-            let groups = self.hand_over(&link, topic, &partitions, &source).await?;
+            let mut drained = Vec::new();
+            for (topic, parts) in &partitions {
+                drained.extend(self.drain(&link, topic, parts, &source, fenced_at).await?);
+            }
+            let groups = self.hand_over(&link, &partitions, &source).await?;
             Ok::<_, Error>((drained, groups))
         })
         .await;
         let failure = match drained {
             Ok(Ok((drained_partitions, groups))) => {
-                let (routes, topic_name, target, moved) = (
+                let (routes, moving, target, moved) = (
                     self.routes.clone(),
-                    topic.to_string(),
+                    topics.clone(),
                     link.target.clone(),
                     link.groups.clone(),
                 );
                 let flipped = tokio::task::spawn_blocking(move || {
-                    routes.move_topic(&topic_name, &moved, &target, TopicState::Promoted)
+                    routes.move_topics(&moving, &moved, &target, TopicState::Promoted)
                 })
                 .await
                 .map_err(|e| Error::klink(Kind::Io, format!("flip failed: {e}")))
                 .and_then(|flipped| flipped);
                 match flipped {
-                    Ok(_) => {
+                    Ok(()) => {
                         // Released under the new routes.
                         drop(fence);
                         // The limits stay: a copier step that looked at
                         // the state before the flip must still stop at the
                         // drain end (clients now write the target).
                         let fence_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
-                        tracing::info!(topic, fence_ms, target = %link.target, "promoted");
+                        tracing::info!(topics = %names(&topics), fence_ms, target = %link.target, "promoted");
                         return Ok(Promotion {
-                            topic: topic.to_string(),
+                            topics,
                             already: false,
                             fence_ms,
                             partitions: drained_partitions,
@@ -202,20 +239,24 @@ impl Cutover {
             ),
         };
         // Back to mirroring before the held writes go, to the source.
-        let restored = self.set_state(topic, TopicState::Mirroring).await;
-        self.lift_limits(topic, &partitions);
+        let mut restored = Ok(());
+        for topic in &topics {
+            restored = restored.and(self.set_state(topic, TopicState::Mirroring).await);
+            self.lift_limits(topic, &partitions[topic]);
+        }
         drop(fence);
-        tracing::warn!(topic, error = %failure, "promotion aborted; the topic stays mirroring");
+        tracing::warn!(topics = %names(&topics), error = %failure, "promotion aborted; the topics stay mirroring");
         let mut error = Error::klink(
             failure.kind,
             format!(
-                "promotion of `{topic}` aborted: {}; held writes went to the source, the topic stays mirroring",
+                "promotion of {} aborted: {}; held writes went to the source, the topics stay mirroring",
+                names(&topics),
                 failure.context
             ),
         );
         if let Err(e) = restored {
             error.context.push_str(&format!(
-                " (but its state could not be set back: {})",
+                " (but a state could not be set back: {})",
                 e.context
             ));
         }
@@ -293,6 +334,7 @@ impl Cutover {
                 };
                 if p.mirrored_to >= end && p.reported_at.is_some_and(|at| at > limited_at) {
                     drained.push(Drained {
+                        topic: topic.to_string(),
                         partition,
                         source_end: end,
                         drained_ms: fenced_at.elapsed().as_secs_f64() * 1000.0,
@@ -307,35 +349,38 @@ impl Cutover {
         Ok(drained)
     }
 
-    /// Writes the link's groups' committed offsets for `topic` on the
+    /// Writes the link's groups' committed offsets for the topics on the
     /// target, translated through the offset map. Their commits are held
     /// by the fence, so what is read here is final.
     async fn hand_over(
         &self,
         link: &LinkConfig,
-        topic: &str,
-        partitions: &[i32],
+        partitions: &BTreeMap<String, Vec<i32>>,
         source: &Client,
-    ) -> Result<BTreeMap<String, BTreeMap<i32, i64>>> {
+    ) -> Result<BTreeMap<String, BTreeMap<String, BTreeMap<i32, i64>>>> {
         // Connected even without groups: a target that cannot be reached
         // is no place to send the writes.
         let target = Client::connect(self.client_config(link, &link.target)).await?;
-        let mirror = self.mirrors.topic(topic).unwrap_or_default();
-        let runs: BTreeMap<i32, Vec<crate::mirror::Run>> = mirror
-            .partitions
-            .iter()
-            .map(|(p, m)| (*p, m.runs.clone()))
-            .collect();
         let mut handed = BTreeMap::new();
         for group in &link.groups {
             // Commits that passed before the fence rose land first.
             while self.fences.commits_in_flight(group) > 0 {
                 tokio::time::sleep(POLL).await;
             }
-            let committed = groups::fetch_committed(source, group, topic, partitions).await?;
-            let on_target = groups::translate_all(&runs, &committed)?;
-            groups::commit(&target, group, topic, &on_target).await?;
-            handed.insert(group.clone(), on_target);
+            let mut per_topic = BTreeMap::new();
+            for (topic, parts) in partitions {
+                let mirror = self.mirrors.topic(topic).unwrap_or_default();
+                let runs: BTreeMap<i32, Vec<crate::mirror::Run>> = mirror
+                    .partitions
+                    .iter()
+                    .map(|(p, m)| (*p, m.runs.clone()))
+                    .collect();
+                let committed = groups::fetch_committed(source, group, topic, parts).await?;
+                let on_target = groups::translate_all(&runs, &committed)?;
+                groups::commit(&target, group, topic, &on_target).await?;
+                per_topic.insert(topic.clone(), on_target);
+            }
+            handed.insert(group.clone(), per_topic);
         }
         Ok(handed)
     }
@@ -378,6 +423,21 @@ impl Cutover {
             ..Default::default()
         }
     }
+}
+
+/// How the operator names what to promote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Promote {
+    Topic(String),
+    Link(String),
+}
+
+fn names(topics: &[String]) -> String {
+    topics
+        .iter()
+        .map(|t| format!("`{t}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn unknown_topic(topic: &str) -> Error {

@@ -288,16 +288,16 @@ impl RouteTable {
         .map(|applied| applied.value)
     }
 
-    /// Moves a topic's reads and writes, and `groups`, to `to` and the
-    /// topic's state to `state` in one durable change: a crash leaves the
+    /// Moves topics' reads and writes, and `groups`, to `to` and the
+    /// topics' state to `state` in one durable change: a crash leaves the
     /// old routes or the new, never a mix (the cutover's flip).
-    pub fn move_topic(
+    pub fn move_topics(
         &self,
-        topic: &str,
+        topics: &[String],
         groups: &[String],
         to: &str,
         state: TopicState,
-    ) -> Result<TopicRoute> {
+    ) -> Result<()> {
         let to = self.cluster(to)?;
         self.change(|routes| {
             for group in groups {
@@ -309,16 +309,18 @@ impl RouteTable {
                 })?;
                 route.cluster = to.clone();
             }
-            let route = routes.topics.get_mut(topic).ok_or_else(|| {
-                Error::klink(
-                    Kind::Config,
-                    format!("unknown topic `{topic}`: no link names it"),
-                )
-            })?;
-            route.writes = to.clone();
-            route.reads = to;
-            route.state = state;
-            Ok(route.clone())
+            for topic in topics {
+                let route = routes.topics.get_mut(topic).ok_or_else(|| {
+                    Error::klink(
+                        Kind::Config,
+                        format!("unknown topic `{topic}`: no link names it"),
+                    )
+                })?;
+                route.writes = to.clone();
+                route.reads = to.clone();
+                route.state = state;
+            }
+            Ok(())
         })
         .map(|applied| applied.value)
     }
@@ -437,8 +439,8 @@ groups = ["billing"]
         // The flip moves routes, groups and state in one change.
         let table = load();
         table
-            .move_topic(
-                "orders",
+            .move_topics(
+                &["orders".to_string()],
                 &["billing".to_string()],
                 "target",
                 TopicState::Promoted,
@@ -451,8 +453,8 @@ groups = ["billing"]
         assert_eq!(&**routes.group("billing"), "target");
         assert!(
             table
-                .move_topic(
-                    "orders",
+                .move_topics(
+                    &["payments".to_string()],
                     &["nobody".to_string()],
                     "target",
                     TopicState::Promoted
