@@ -14,6 +14,7 @@
 mod fence;
 mod groups;
 mod readers;
+mod transactions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use fence::{CommitInFlight, Fence, Fences, Lifted, offset_commit_group, produce_topics};
 pub use readers::Readers;
+pub use transactions::OpenTransactions;
 
 use crate::client::{Client, ClientConfig};
 use crate::config::{Config, LinkConfig};
@@ -66,6 +68,7 @@ pub struct Cutover {
     forwarded: Arc<ForwardedWrites>,
     fences: Arc<Fences>,
     readers: Arc<Readers>,
+    transactions: Arc<OpenTransactions>,
     /// One promotion at a time: two would race on the routes they flip.
     promoting: tokio::sync::Mutex<()>,
 }
@@ -78,6 +81,7 @@ impl Cutover {
         forwarded: Arc<ForwardedWrites>,
         fences: Arc<Fences>,
         readers: Arc<Readers>,
+        transactions: Arc<OpenTransactions>,
     ) -> Cutover {
         Cutover {
             config,
@@ -86,6 +90,7 @@ impl Cutover {
             forwarded,
             fences,
             readers,
+            transactions,
             promoting: tokio::sync::Mutex::new(()),
         }
     }
@@ -176,6 +181,7 @@ impl Cutover {
             }
             partitions.insert(topic.clone(), mirror.partitions.keys().copied().collect());
         }
+        self.wait_for_transactions(&topics).await?;
         // Connected before the fence: the fence should hold writes only
         // for the drain itself.
         let source = Client::connect(self.client_config(&link, &link.source)).await?;
@@ -261,6 +267,30 @@ impl Cutover {
             ));
         }
         Err(error)
+    }
+
+    /// Waits, up to the fence bound, until no transaction klink carried is
+    /// open on `topics`: a promotion never splits one (trap 9).
+    async fn wait_for_transactions(&self, topics: &[String]) -> Result<()> {
+        let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
+        let began = Instant::now();
+        loop {
+            let open = self.transactions.touching(topics);
+            if open.is_empty() {
+                return Ok(());
+            }
+            if began.elapsed() >= bound {
+                return Err(Error::client(
+                    Kind::Config,
+                    format!(
+                        "promotion of {} refused: transactions stay open on them past cutover.fence_timeout_ms: {}",
+                        names(topics),
+                        names(&open)
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Ends a promoted topic's migration: `promoted -> committed`. (The way

@@ -49,6 +49,8 @@ pub struct ProxyContext {
     pub fences: Arc<crate::cutover::Fences>,
     /// Which groups read which topics, for a promotion's checks.
     pub readers: Arc<crate::cutover::Readers>,
+    /// Transactions open on topics, for a promotion's checks.
+    pub transactions: Arc<crate::cutover::OpenTransactions>,
     pub(super) clusters: Vec<Cluster>,
     /// Per cluster (same order as `clusters`): klink's own connection for
     /// the Metadata requests that find partition leaders, behind a lock so

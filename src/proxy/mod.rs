@@ -76,6 +76,7 @@ pub async fn run_with_listener(
         forwarded: Arc::default(),
         fences: Arc::default(),
         readers: Arc::default(),
+        transactions: Arc::default(),
         metadata_askers: clusters.iter().map(|_| Default::default()).collect(),
         clusters,
         upstream_versions,
@@ -121,6 +122,7 @@ pub async fn run_with_listener(
         ctx.forwarded.clone(),
         ctx.fences.clone(),
         ctx.readers.clone(),
+        ctx.transactions.clone(),
     ));
     tokio::spawn(crate::control::serve(
         control,

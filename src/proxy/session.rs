@@ -193,6 +193,13 @@ impl Session {
         {
             self.ctx.readers.observe(api, header.api_version, &payload);
         }
+        if let Some(api @ (ApiKey::AddPartitionsToTxn | ApiKey::EndTxn | ApiKey::InitProducerId)) =
+            header.known_api
+        {
+            self.ctx
+                .transactions
+                .observe(api, header.api_version, &payload);
+        }
         let (routes, commit) = if header.known_api == Some(ApiKey::OffsetCommit) {
             self.note_commit(&header, &payload, routes).await
         } else {
