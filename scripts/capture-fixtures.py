@@ -112,7 +112,7 @@ def relay(client, upstream_port):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    tansu = os.environ.get("KLINK_TANSU", os.path.expanduser("~/.cache/klink/tansu-0.6.0/bin/tansu"))
+    tansu = os.environ.get("KLINK_TANSU", os.path.expanduser("~/.cache/klink/tansu-0.6.0-dynostore-libsql/bin/tansu"))
     broker_port, relay_port = free_port(), free_port()
     workdir = tempfile.mkdtemp()
     # The broker advertises the relay, so every client connection is recorded.
