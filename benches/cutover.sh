@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# How long a promotion holds writes, under a steady producer, one command:
+#
+#   benches/cutover.sh                # about a minute on 2 cores, plus the build
+#   TOPICS=40 RATE=5000 benches/cutover.sh
+#
+# Starts two tansu brokers (source, target) and `klink proxy` with one link
+# of TOPICS topics (3 partitions each), mirrored. A confluent-kafka producer
+# (acks=all, idempotent, linger 5 ms) writes RATE records/s through klink,
+# round-robin over the topics, and keeps every record's latency (send to
+# delivery report). After a quiet phase of the same length, the topics are
+# promoted one by one with `klink ctl promote --json`. It prints:
+#
+#   fence ms     p50 / p99 / max of the promotions' fences (how long new
+#                writes to the promoted topic were held)
+#   producer ms  p50 / p99 of the producer's latency before the promotions
+#                and while they ran
+#
+# (The issue asks for promote/rollback cycles; rollback is not built yet, so
+# each cycle here is one promotion of another topic.) Not part of
+# scripts/test.sh. Knobs: TOPICS (20), RATE (5000), KLINK_CACHE.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TOPICS="${TOPICS:-20}"
+RATE="${RATE:-5000}"
+
+say() { echo "[cutover $(date +%H:%M:%S)] $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+scripts/deps.sh >/dev/null
+# shellcheck disable=SC1091
+source "${KLINK_CACHE:-$HOME/.cache/klink}/env.sh"
+say "building klink --release"
+cargo build --release --locked --bin klink >&2
+KLINK="${CARGO_TARGET_DIR:-$ROOT/target}/release/klink"
+
+WORK="$(mktemp -d /tmp/klink-cutover.XXXXXX)"
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; else say "kept $WORK"; fi
+}
+trap cleanup EXIT
+
+free_port() { "$KLINK_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    local i
+    for i in $(seq 300); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listening on 127.0.0.1:$1"
+}
+start_tansu() { # start_tansu <port> <name>
+    "$KLINK_TANSU" broker --storage-engine memory://tansu/ \
+        --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$1" \
+        --cluster-id "$2" >"$WORK/$2.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$1"
+}
+
+source_port="$(free_port)"; target_port="$(free_port)"; klink_port="$(free_port)"
+start_tansu "$source_port" source
+start_tansu "$target_port" target
+topics=()
+for i in $(seq 0 $((TOPICS - 1))); do
+    topics+=("t$i")
+    timeout 30 "$KLINK_TANSU" topic create --broker "tcp://127.0.0.1:$source_port" \
+        --partitions 3 "t$i" >/dev/null 2>&1 || die "cannot create t$i"
+done
+list="$(printf '"%s", ' "${topics[@]}")"
+cat >"$WORK/klink.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$klink_port"
+advertised_host = "127.0.0.1"
+broker_ports_start = $(( 20000 + RANDOM % 9000 ))
+state_dir = "$WORK/state"
+control_socket = "$WORK/state/control.sock"
+[clusters.source]
+bootstrap = "127.0.0.1:$source_port"
+[clusters.target]
+bootstrap = "127.0.0.1:$target_port"
+[[links]]
+id = "bench"
+source = "source"
+target = "target"
+topics = [${list%, }]
+EOF
+RUST_LOG=warn "$KLINK" proxy --config "$WORK/klink.toml" >"$WORK/klink.log" 2>&1 &
+PIDS+=($!)
+wait_port "$klink_port"
+ctl() { "$KLINK" ctl --config "$WORK/klink.toml" "$@"; }
+say "waiting for $TOPICS topics to mirror"
+for _ in $(seq 600); do
+    ctl status --json | "$KLINK_PYTHON" -c '
+import json, sys
+t = json.load(sys.stdin)["topics"]
+sys.exit(0 if t and all(x["state"] == "mirroring" and x["lag"] == 0 for x in t) else 1)' && break
+    sleep 0.1
+done
+
+cat >"$WORK/load.py" <<'EOF'
+"""Writes RATE records/s round-robin over the topics until the file STOP
+exists; prints per-record (send time, latency ms) as JSON at the end."""
+import json, os, sys, time
+from confluent_kafka import Producer
+
+bootstrap, rate, stop, topics = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
+p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+              "linger.ms": 5})
+lat, failed = [], 0
+def report(err, msg, sent):
+    global failed
+    if err is None:
+        lat.append((sent, (time.time() - sent) * 1000))
+    else:
+        failed += 1
+began, n = time.time(), 0
+print("STARTED", flush=True)
+while not os.path.exists(stop):
+    while n < (time.time() - began) * rate:
+        sent = time.time()
+        p.produce(topics[n % len(topics)], b"x" * 100,
+                  on_delivery=lambda e, m, s=sent: report(e, m, s))
+        n += 1
+    p.poll(0.001)
+p.flush(30)
+print(json.dumps({"latencies": lat, "failed": failed}), flush=True)
+EOF
+"$KLINK_PYTHON" "$WORK/load.py" "127.0.0.1:$klink_port" "$RATE" "$WORK/STOP" "${topics[@]}" \
+    >"$WORK/load.out" 2>"$WORK/load.err" &
+load=$!
+PIDS+=("$load")
+sleep 1
+quiet_from="$(date +%s.%N)"
+say "quiet phase"
+sleep "$(( TOPICS / 4 + 3 ))"
+cycles_from="$(date +%s.%N)"
+say "promoting $TOPICS topics one by one"
+: >"$WORK/fences"
+for t in "${topics[@]}"; do
+    ctl promote "$t" --json | "$KLINK_PYTHON" -c '
+import json, sys
+print(json.load(sys.stdin)["promotion"]["fence_ms"])' >>"$WORK/fences" \
+        || die "promote $t failed: $(tail -5 "$WORK/klink.log")"
+done
+cycles_to="$(date +%s.%N)"
+touch "$WORK/STOP"
+wait "$load" || die "the producer failed: $(tail -5 "$WORK/load.err")"
+
+"$KLINK_PYTHON" - "$WORK/fences" "$WORK/load.out" "$quiet_from" "$cycles_from" "$cycles_to" <<'EOF'
+import json, sys
+fences = sorted(float(l) for l in open(sys.argv[1]) if l.strip())
+out = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
+quiet_from, cycles_from, cycles_to = map(float, sys.argv[3:6])
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+quiet = [l for s, l in out["latencies"] if quiet_from <= s < cycles_from]
+cycles = [l for s, l in out["latencies"] if cycles_from <= s < cycles_to]
+print(f"promotions: {len(fences)}, producer failed: {out['failed']}")
+print(f"fence ms:    p50 {pct(fences, .5):.1f}  p99 {pct(fences, .99):.1f}  max {fences[-1]:.1f}")
+print(f"producer ms: quiet p50 {pct(quiet, .5):.1f} p99 {pct(quiet, .99):.1f}"
+      f" ({len(quiet)} records); during promotions p50 {pct(cycles, .5):.1f}"
+      f" p99 {pct(cycles, .99):.1f} ({len(cycles)} records)")
+EOF
