@@ -90,7 +90,7 @@ source = "source"
 target = "target"
 topics = [${list%, }]
 EOF
-RUST_LOG=warn "$KLINK" proxy --config "$WORK/klink.toml" >"$WORK/klink.log" 2>&1 &
+RUST_LOG="${CUTOVER_LOG:-warn}" "$KLINK" proxy --config "$WORK/klink.toml" >"$WORK/klink.log" 2>&1 &
 PIDS+=($!)
 wait_port "$klink_port"
 ctl() { "$KLINK" ctl --config "$WORK/klink.toml" "$@"; }

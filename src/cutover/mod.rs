@@ -197,7 +197,16 @@ impl Cutover {
             for (topic, parts) in &partitions {
                 drained.extend(self.drain(&link, topic, parts, &source, fenced_at).await?);
             }
-            let groups = self.hand_over(&link, &partitions, &source).await?;
+            let drained_at = fenced_at.elapsed();
+            // Connected under the fence on purpose: a target that cannot be
+            // reached is no place to send the writes, and aborts.
+            let target = Client::connect(self.client_config(&link, &link.target)).await?;
+            let groups = self.hand_over(&link, &partitions, &source, &target).await?;
+            tracing::debug!(
+                drain_ms = drained_at.as_secs_f64() * 1000.0,
+                hand_over_ms = (fenced_at.elapsed() - drained_at).as_secs_f64() * 1000.0,
+                "promotion: drained and handed over"
+            );
             Ok::<_, Error>((drained, groups))
         })
         .await;
@@ -336,6 +345,7 @@ impl Cutover {
         while self.forwarded.unanswered(&link.source, topic) > 0 {
             tokio::time::sleep(POLL).await;
         }
+        let answered_at = fenced_at.elapsed();
         let mut ends = BTreeMap::new();
         for &partition in partitions {
             let (_, end) = log_bounds(source, topic, partition).await?;
@@ -343,26 +353,23 @@ impl Cutover {
         }
         // The mirror copies up to these ends and no further: an acks=0
         // write landing on the source after them must not reach the target
-        // once clients write there. A report from after this moment comes
-        // from a step with nothing in flight, the next one from a step that
-        // knew the limit.
+        // once clients write there.
         for (&partition, &end) in &ends {
-            self.mirrors
-                .limit(topic, partition)
-                .store(end, std::sync::atomic::Ordering::SeqCst);
+            self.mirrors.gate(topic, partition).set_limit(end);
         }
-        let limited_at = Instant::now();
+        tracing::debug!(
+            topic,
+            answered_ms = answered_at.as_secs_f64() * 1000.0,
+            ends_ms = fenced_at.elapsed().as_secs_f64() * 1000.0,
+            "promotion: writes answered, ends read"
+        );
         let mut drained: Vec<Drained> = Vec::with_capacity(ends.len());
         while drained.len() < ends.len() {
-            let mirror = self.mirrors.topic(topic).unwrap_or_default();
             for (&partition, &end) in &ends {
                 if drained.iter().any(|d| d.partition == partition) {
                     continue;
                 }
-                let Some(p) = mirror.partitions.get(&partition) else {
-                    continue;
-                };
-                if p.mirrored_to >= end && p.reported_at.is_some_and(|at| at > limited_at) {
+                if self.mirrors.gate(topic, partition).drained_to(end) {
                     drained.push(Drained {
                         topic: topic.to_string(),
                         partition,
@@ -387,10 +394,8 @@ impl Cutover {
         link: &LinkConfig,
         partitions: &BTreeMap<String, Vec<i32>>,
         source: &Client,
+        target: &Client,
     ) -> Result<BTreeMap<String, BTreeMap<String, BTreeMap<i32, i64>>>> {
-        // Connected even without groups: a target that cannot be reached
-        // is no place to send the writes.
-        let target = Client::connect(self.client_config(link, &link.target)).await?;
         let mut handed = BTreeMap::new();
         for group in &link.groups {
             // Commits that passed before the fence rose land first.
@@ -407,7 +412,7 @@ impl Cutover {
                     .collect();
                 let committed = groups::fetch_committed(source, group, topic, parts).await?;
                 let on_target = groups::translate_all(&runs, &committed)?;
-                groups::commit(&target, group, topic, &on_target).await?;
+                groups::commit(target, group, topic, &on_target).await?;
                 per_topic.insert(topic.clone(), on_target);
             }
             handed.insert(group.clone(), per_topic);
@@ -417,9 +422,7 @@ impl Cutover {
 
     fn lift_limits(&self, topic: &str, partitions: &[i32]) {
         for &partition in partitions {
-            self.mirrors
-                .limit(topic, partition)
-                .store(i64::MAX, std::sync::atomic::Ordering::SeqCst);
+            self.mirrors.gate(topic, partition).lift();
         }
     }
 

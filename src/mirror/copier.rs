@@ -30,6 +30,7 @@ use kafka_protocol::ResponseError;
 
 use super::bypass::BypassWatch;
 use super::committed::{Walked, walk};
+use super::gate::CopyGate;
 use super::holes::up_to_a_hole;
 use super::offset_map::OffsetLog;
 use super::requests::{fetch, init_producer_id};
@@ -114,12 +115,15 @@ pub struct PartitionCopier {
     /// short wait (tansu holds a fetch for its whole wait whenever it cannot
     /// fill it), an idle one with the configured wait.
     busy: bool,
+    /// When a fetch last brought records: a partition written to lately
+    /// waits less, so that a promotion's drain (which needs the last
+    /// records copied) does not wait out a long fetch.
+    last_records: Instant,
     bypass: Option<BypassWatch>,
     /// A hole seen in the source's offsets: where, and since when.
     hole: Option<(i64, std::time::Instant)>,
-    /// Source offsets from here on are not copied (a promotion's drain
-    /// end, while it flips the routes); `i64::MAX` otherwise.
-    limit: Arc<std::sync::atomic::AtomicI64>,
+    /// Where a promotion stops this copier, and what it reports to it.
+    gate: Arc<CopyGate>,
 }
 
 impl Drop for PartitionCopier {
@@ -132,6 +136,10 @@ impl Drop for PartitionCopier {
 
 /// A busy copier's fetch wait (see `busy`).
 const BUSY_FETCH_WAIT: Duration = Duration::from_millis(5);
+/// The fetch wait of a copier whose partition got records lately.
+const RECENT_FETCH_WAIT: Duration = Duration::from_millis(20);
+/// How long "lately" is.
+const RECENTLY: Duration = Duration::from_secs(2);
 /// How often a busy copier fsyncs its offset map.
 const SYNC_EVERY: Duration = Duration::from_millis(500);
 
@@ -165,10 +173,11 @@ impl PartitionCopier {
             last_sync: std::time::Instant::now(),
             prefetched: None,
             busy: false,
+            last_records: Instant::now(),
             pool: Arc::default(),
             bypass: None,
             hole: None,
-            limit: Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
+            gate: Arc::default(),
         };
         copier.target_end = match copier.log.map().target_end() {
             Some(end) => end,
@@ -185,10 +194,10 @@ impl PartitionCopier {
         self
     }
 
-    /// Copies nothing from `limit`'s offset on (shared with the promotion
-    /// that sets it).
-    pub fn with_limit(mut self, limit: Arc<std::sync::atomic::AtomicI64>) -> PartitionCopier {
-        self.limit = limit;
+    /// Shares where it stands, and takes where to stop, with a promotion.
+    pub fn with_gate(mut self, gate: Arc<CopyGate>) -> PartitionCopier {
+        gate.note_position(self.position);
+        self.gate = gate;
         self
     }
 
@@ -197,6 +206,11 @@ impl PartitionCopier {
     pub fn with_bypass_watch(mut self, watch: BypassWatch) -> PartitionCopier {
         self.bypass = Some(watch);
         self
+    }
+
+    fn set_position(&mut self, position: i64) {
+        self.position = position;
+        self.gate.note_position(position);
     }
 
     pub fn position(&self) -> i64 {
@@ -231,6 +245,9 @@ impl PartitionCopier {
             }
         };
         self.busy = !fetched.records.is_empty();
+        if self.busy {
+            self.last_records = Instant::now();
+        }
         let walked = walk(&fetched.records, &fetched.aborted).map_err(|e| {
             Error::upstream(
                 self.source.cluster_name(),
@@ -249,7 +266,7 @@ impl PartitionCopier {
         } else {
             fetched.high_watermark
         };
-        let limit = self.limit.load(std::sync::atomic::Ordering::SeqCst);
+        let limit = self.gate.limit();
         let walked: Vec<Walked> = walked
             .into_iter()
             .filter(|w| w.last_offset < stable.min(limit) && w.last_offset >= self.position)
@@ -310,6 +327,10 @@ impl PartitionCopier {
                 Ok(done) => {
                     next += done;
                     attempts = 0;
+                    if done == 0 {
+                        // Stopped at the gate's limit: the rest waits.
+                        break;
+                    }
                 }
                 Err(e) if e.retriable && attempts < self.config.retries => {
                     attempts += 1;
@@ -340,26 +361,44 @@ impl PartitionCopier {
         let mut planned_end = self.target_end;
         let mut planned_sequence = self.next_sequence;
         let mut done = 0;
+        let mut limited = false;
         loop {
-            while in_flight.len() < self.config.window.max(1) && sent < walked.len() {
+            while in_flight.len() < self.config.window.max(1) && sent < walked.len() && !limited {
                 let batch = &walked[sent];
+                // Counted before the limit is looked at (see `gate`).
+                let Some(ticket) = self.gate.admit(batch.last_offset) else {
+                    limited = true;
+                    break;
+                };
                 sent += 1;
                 if !batch.copy {
-                    in_flight.push_back((batch.clone(), None, planned_end, planned_sequence));
+                    in_flight.push_back((
+                        batch.clone(),
+                        None,
+                        planned_end,
+                        planned_sequence,
+                        ticket,
+                    ));
                     continue;
                 }
                 let bytes = self.reidentify(&records[batch.bytes.clone()], planned_sequence)?;
                 let answer = sender.send(&self.topic, self.partition, bytes)?;
-                in_flight.push_back((batch.clone(), Some(answer), planned_end, planned_sequence));
+                in_flight.push_back((
+                    batch.clone(),
+                    Some(answer),
+                    planned_end,
+                    planned_sequence,
+                    ticket,
+                ));
                 planned_end += i64::from(batch.records);
                 planned_sequence += i64::from(batch.records);
             }
-            let Some((batch, answer, expected, sequence)) = in_flight.pop_front() else {
+            let Some((batch, answer, expected, sequence, _ticket)) = in_flight.pop_front() else {
                 return Ok(done);
             };
             let Some(answer) = answer else {
                 // Dropped (marker or aborted): a gap, nothing to wait for.
-                self.position = batch.last_offset + 1;
+                self.set_position(batch.last_offset + 1);
                 done += 1;
                 continue;
             };
@@ -405,7 +444,7 @@ impl PartitionCopier {
             }
             self.log
                 .append(batch.base_offset, batch.last_offset, landed_at)?;
-            self.position = batch.last_offset + 1;
+            self.set_position(batch.last_offset + 1);
             self.target_end = landed_at + i64::from(batch.records);
             self.next_sequence = sequence + i64::from(batch.records);
             progress.batches += 1;
@@ -433,6 +472,8 @@ impl PartitionCopier {
         let mut config = self.config.clone();
         if self.busy {
             config.fetch_wait = BUSY_FETCH_WAIT;
+        } else if self.last_records.elapsed() < RECENTLY {
+            config.fetch_wait = config.fetch_wait.min(RECENT_FETCH_WAIT);
         }
         config
     }
@@ -518,7 +559,7 @@ impl PartitionCopier {
                 }
                 self.log
                     .append(source.base_offset, source.last_offset, landed.base_offset)?;
-                self.position = source.last_offset + 1;
+                self.set_position(source.last_offset + 1);
                 self.target_end = landed.last_offset + 1;
                 adopted += 1;
             }
@@ -551,7 +592,7 @@ impl PartitionCopier {
                 if batch.copy {
                     return Ok(batch);
                 }
-                self.position = batch.last_offset + 1;
+                self.set_position(batch.last_offset + 1);
             }
         }
         Err(Error::klink(

@@ -21,6 +21,7 @@
 pub mod bypass;
 pub mod committed;
 pub mod copier;
+pub mod gate;
 mod holes;
 pub mod offset_map;
 mod requests;

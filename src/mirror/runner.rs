@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bypass::{BypassWatch, ForwardedWrites};
 use super::copier::{CopyConfig, PartitionCopier};
+use super::gate::CopyGate;
 use super::offset_map::Run;
 use super::requests::log_bounds;
 use super::sender::SenderPool;
@@ -61,9 +61,7 @@ pub struct PartitionMirror {
     pub bypass_active: bool,
     #[serde(skip)]
     pub bypass_last_seen: Option<Instant>,
-    /// When the copier last finished a step (nothing of it in flight).
-    #[serde(skip)]
-    pub reported_at: Option<Instant>,
+
     /// The offset map (source ranges -> target ranges).
     #[serde(skip)]
     pub runs: Vec<Run>,
@@ -91,8 +89,9 @@ impl TopicMirror {
 #[derive(Default)]
 pub struct Mirrors {
     topics: Mutex<BTreeMap<String, TopicMirror>>,
-    /// Per partition, where copying stops (a promotion's drain end).
-    limits: Mutex<BTreeMap<(String, i32), Arc<AtomicI64>>>,
+    /// Per partition, where its copier stands and where a promotion
+    /// stops it.
+    gates: Mutex<BTreeMap<(String, i32), Arc<CopyGate>>>,
 }
 
 impl Mirrors {
@@ -104,14 +103,13 @@ impl Mirrors {
         self.with(|t| t.get(topic).cloned())
     }
 
-    /// Where the partition's copier stops; `i64::MAX` unless a promotion
-    /// set it.
-    pub fn limit(&self, topic: &str, partition: i32) -> Arc<AtomicI64> {
-        self.limits
+    /// The partition's copy gate (the same across copier restarts).
+    pub fn gate(&self, topic: &str, partition: i32) -> Arc<CopyGate> {
+        self.gates
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry((topic.to_string(), partition))
-            .or_insert_with(|| Arc::new(AtomicI64::new(i64::MAX)))
+            .or_default()
             .clone()
     }
 
@@ -461,7 +459,7 @@ async fn run_partition(
             opened = opened => match opened {
                 Ok(copier) => copier
                     .with_pool(pool.clone())
-                    .with_limit(job.mirrors.limit(&job.topic, partition))
+                    .with_gate(job.mirrors.gate(&job.topic, partition))
                     .with_bypass_watch(BypassWatch::new(
                     job.forwarded.clone(),
                     job.routes.clone(),
@@ -514,7 +512,6 @@ async fn run_partition(
                     report.target_end = copier.map().target_end().unwrap_or(0);
                     report.runs = copier.map().runs().to_vec();
                     report.last_error = None;
-                    report.reported_at = Some(Instant::now());
                     note_bypass(&job.topic, &mut report, progress.bypassed);
                     job.mirrors.partition(&job.topic, report.clone());
                 }
