@@ -29,7 +29,7 @@ pub use transactions::OpenTransactions;
 use crate::client::{Client, ClientConfig};
 use crate::config::{Config, LinkConfig};
 use crate::error::{Error, Kind, Result};
-use crate::mirror::{ForwardedWrites, Mirrors, log_bounds};
+use crate::mirror::{ForwardedWrites, Mirrors, high_watermark, log_bounds};
 use crate::route::{RouteTable, TopicState};
 
 /// How often the promotion looks at writes in flight and the mirror's
@@ -346,11 +346,20 @@ impl Cutover {
             tokio::time::sleep(POLL).await;
         }
         let answered_at = fenced_at.elapsed();
-        let mut ends = BTreeMap::new();
-        for &partition in partitions {
-            let (_, end) = log_bounds(source, topic, partition).await?;
-            ends.insert(partition, end);
-        }
+        // Every partition's end at once: they are read while writes wait.
+        let reads = partitions.iter().map(|&partition| async move {
+            let from = self.mirrors.gate(topic, partition).copied_to();
+            let end = if from >= 0 {
+                high_watermark(source, topic, partition, from).await?
+            } else {
+                log_bounds(source, topic, partition).await?.1
+            };
+            Ok::<_, Error>((partition, end))
+        });
+        let ends: BTreeMap<i32, i64> = futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .collect();
         // The mirror copies up to these ends and no further: an acks=0
         // write landing on the source after them must not reach the target
         // once clients write there.

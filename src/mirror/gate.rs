@@ -53,6 +53,11 @@ impl CopyGate {
         self.limit.load(Ordering::SeqCst)
     }
 
+    /// Where copying continues on the source; -1 before the copier opened.
+    pub fn copied_to(&self) -> i64 {
+        self.copied_to.load(Ordering::SeqCst)
+    }
+
     pub fn note_position(&self, position: i64) {
         self.copied_to.store(position, Ordering::SeqCst);
     }

@@ -30,7 +30,7 @@ pub mod sender;
 
 pub use bypass::{BypassWatch, ForwardedWrites, SentWrites};
 pub use copier::{CopyConfig, PartitionCopier, Progress};
-pub use requests::log_bounds;
+pub use requests::{high_watermark, log_bounds};
 
 pub use committed::{Walked, walk};
 pub use offset_map::{Mapped, OffsetLog, OffsetMap, Run};

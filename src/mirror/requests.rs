@@ -49,6 +49,24 @@ pub async fn log_bounds(client: &Client, topic: &str, partition: i32) -> Result<
     Ok((start, answer.high_watermark))
 }
 
+/// The partition's high watermark, from one fetch of at most a byte at
+/// `from` (an offset the log holds, such as where its mirror stands).
+pub async fn high_watermark(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    from: i64,
+) -> Result<i64> {
+    let config = CopyConfig {
+        fetch_max_bytes: 1,
+        fetch_wait: Duration::ZERO,
+        ..Default::default()
+    };
+    Ok(fetch(client, topic, partition, from, 0, &config)
+        .await?
+        .high_watermark)
+}
+
 /// klink's own producer identity on the target, for the mirror's writes.
 pub(super) async fn init_producer_id(
     target: &Client,
