@@ -1,15 +1,18 @@
-//! The cutover: promoting a mirrored topic to its target under running
+//! The cutover: promoting mirrored topics to their target under running
 //! clients (DESIGN "Topic states", traps 6-10).
 //!
-//! Built in steps. What is here: `promote` of one topic, with the fence
-//! (the topic's writes and the link's groups' commits), the wait for
-//! writes already forwarded, the per-partition drain, the groups' committed
-//! offsets handed over through the offset map, one durable flip of reads,
-//! writes, groups and state, and the release; an abort at
-//! `cutover.fence_timeout_ms` that sends the held requests to the source.
-//! Still to come (issue "Cutover"): the reverse mirror, rollback and
-//! commit, offset and epoch translation for clients where the map is not
-//! the identity, crash recovery of a persisted `promoting`.
+//! Built in steps. What is here: `promote` of a topic or of every topic of
+//! a link, refused for groups it would split ([`readers`]) and waiting out
+//! open transactions ([`transactions`]); the fence on the topics' writes
+//! and the link's groups' commits ([`fence`]); the wait for writes already
+//! forwarded; the per-partition drain, each copier held at its drain end
+//! (`mirror::gate`); the groups' committed offsets handed over through the
+//! offset map ([`groups`]); one durable flip of reads, writes, groups and
+//! state; the release. An abort at `cutover.fence_timeout_ms` sends the
+//! held requests to the source; a `promoting` left by a crash mirrors
+//! again on restart (`route`). `commit` ends a promoted topic.
+//! Still to come (issue "Cutover"): the reverse mirror and rollback, offset
+//! and epoch translation for clients where the map is not the identity.
 
 mod fence;
 mod groups;
