@@ -588,7 +588,18 @@ impl PartitionCopier {
                 Error::upstream(self.source.cluster_name(), Kind::Protocol, e.to_string())
             })?;
             let from = self.position;
-            for batch in walked.into_iter().filter(|b| b.last_offset >= from) {
+            let walked: Vec<Walked> = walked
+                .into_iter()
+                .filter(|b| b.last_offset >= from)
+                .collect();
+            // A hole here would pair the target's batch with the wrong
+            // source batch: fetched again, as in `step`.
+            let walked = self.up_to_a_hole(walked);
+            if walked.is_empty() && self.hole.is_some() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            for batch in walked {
                 if batch.copy {
                     return Ok(batch);
                 }
