@@ -19,6 +19,9 @@
 //! not yet written). On start the copier pairs the target's batches beyond
 //! the map, in order, with the source batches the map has not seen, so no
 //! batch is copied twice and none is skipped.
+//!
+//! A little over 600 lines: the copy path and the reconciliation share the
+//! copier's position, sequence and target end, and are checked together.
 
 use std::collections::VecDeque;
 use std::path::Path;
