@@ -152,8 +152,8 @@ impl Drop for Fence {
     }
 }
 
-/// The group an OffsetCommit request commits for.
-pub fn offset_commit_group(version: i16, payload: &bytes::Bytes) -> Option<String> {
+/// The group an OffsetCommit request commits for, and the topics it names.
+pub fn offset_commit_of(version: i16, payload: &bytes::Bytes) -> Option<(String, Vec<String>)> {
     use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, RequestHeader};
     use kafka_protocol::protocol::Decodable;
     let mut body = payload.clone();
@@ -163,7 +163,8 @@ pub fn offset_commit_group(version: i16, payload: &bytes::Bytes) -> Option<Strin
     )
     .ok()?;
     let request = OffsetCommitRequest::decode(&mut body, version).ok()?;
-    Some(request.group_id.to_string())
+    let topics = request.topics.iter().map(|t| t.name.to_string()).collect();
+    Some((request.group_id.to_string(), topics))
 }
 
 /// The topics a Produce request writes, by name (ids resolved with

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub use fence::{CommitInFlight, Fence, Fences, Lifted, offset_commit_group, produce_topics};
+pub use fence::{CommitInFlight, Fence, Fences, Lifted, offset_commit_of, produce_topics};
 pub use readers::Readers;
 pub use transactions::OpenTransactions;
 
@@ -490,4 +490,23 @@ fn unknown_topic(topic: &str) -> Error {
         Kind::Config,
         format!("`{topic}` is not a topic of any mirroring link"),
     )
+}
+
+/// A request frame (header and body, no length prefix) as a session reads
+/// it, for the tests of what klink notes from requests.
+#[cfg(test)]
+pub(crate) fn request_frame<R: kafka_protocol::protocol::Encodable>(
+    api: kafka_protocol::messages::ApiKey,
+    version: i16,
+    body: &R,
+) -> bytes::Bytes {
+    use kafka_protocol::protocol::Encodable;
+    let mut buf = bytes::BytesMut::new();
+    kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .encode(&mut buf, api.request_header_version(version))
+        .expect("header");
+    body.encode(&mut buf, version).expect("body");
+    buf.freeze()
 }

@@ -10,8 +10,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ConsumerProtocolSubscription, JoinGroupRequest, OffsetCommitRequest,
-    OffsetFetchRequest, RequestHeader,
+    ApiKey, ConsumerProtocolSubscription, JoinGroupRequest, OffsetFetchRequest, RequestHeader,
 };
 use kafka_protocol::protocol::Decodable;
 
@@ -22,25 +21,23 @@ pub struct Readers {
 }
 
 impl Readers {
-    fn note(&self, group: &str, topics: impl IntoIterator<Item = String>) {
+    /// Takes note that `group` reads `topics` (an OffsetCommit's, which the
+    /// session decodes for its own needs and hands on).
+    pub fn note(&self, group: &str, topics: impl IntoIterator<Item = String>) {
         let mut by_group = self.by_group.lock().unwrap_or_else(|p| p.into_inner());
         let seen = by_group.entry(group.to_string()).or_default();
         seen.extend(topics);
     }
 
-    /// Takes note of the groups and topics a group request names; requests
-    /// that cannot be read are left to the session to refuse.
+    /// Takes note of the groups and topics an OffsetFetch or JoinGroup
+    /// names; requests that cannot be read are left to the session to
+    /// refuse.
     pub fn observe(&self, api: ApiKey, version: i16, payload: &Bytes) {
         let mut body = payload.clone();
         if RequestHeader::decode(&mut body, api.request_header_version(version)).is_err() {
             return;
         }
         match api {
-            ApiKey::OffsetCommit => {
-                if let Ok(r) = OffsetCommitRequest::decode(&mut body, version) {
-                    self.note(&r.group_id, r.topics.iter().map(|t| t.name.to_string()));
-                }
-            }
             ApiKey::OffsetFetch => {
                 if let Ok(r) = OffsetFetchRequest::decode(&mut body, version) {
                     let named = r.topics.iter().flatten().map(|t| t.name.to_string());
@@ -116,21 +113,11 @@ mod tests {
     use bytes::BytesMut;
     use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
     use kafka_protocol::messages::offset_commit_request::OffsetCommitRequestTopic;
-    use kafka_protocol::messages::{GroupId, TopicName};
+    use kafka_protocol::messages::{GroupId, OffsetCommitRequest, TopicName};
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
     use super::*;
-
-    fn frame<R: Encodable>(api: ApiKey, version: i16, body: &R) -> Bytes {
-        let mut buf = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .encode(&mut buf, api.request_header_version(version))
-            .expect("header");
-        body.encode(&mut buf, version).expect("body");
-        buf.freeze()
-    }
+    use crate::cutover::request_frame as frame;
 
     fn join(group: &str, topics: &[&str]) -> Bytes {
         let mut metadata = BytesMut::new();
@@ -173,7 +160,9 @@ mod tests {
         assert_eq!(readers.refusal(&orders, &billing), None);
         readers.observe(ApiKey::JoinGroup, 5, &join("billing", &["orders"]));
         assert_eq!(readers.refusal(&orders, &billing), None, "in the link");
-        readers.observe(ApiKey::OffsetCommit, 8, &commit("audit", "orders"));
+        let (group, topics) =
+            crate::cutover::offset_commit_of(8, &commit("audit", "orders")).expect("commit");
+        readers.note(&group, topics);
         let refused = readers.refusal(&orders, &billing).expect("refused");
         assert!(refused.contains("group `audit` reads `orders` but is not in the link"));
         let readers = Readers::default();

@@ -123,25 +123,14 @@ impl OpenTransactions {
 
 #[cfg(test)]
 mod tests {
-    use bytes::BytesMut;
     use kafka_protocol::messages::add_partitions_to_txn_request::{
         AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
     };
     use kafka_protocol::messages::{TopicName, TransactionalId};
-    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::protocol::StrBytes;
 
     use super::*;
-
-    fn frame<R: Encodable>(api: ApiKey, version: i16, body: &R) -> Bytes {
-        let mut buf = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .encode(&mut buf, api.request_header_version(version))
-            .expect("header");
-        body.encode(&mut buf, version).expect("body");
-        buf.freeze()
-    }
+    use crate::cutover::request_frame as frame;
 
     fn id(name: &str) -> TransactionalId {
         TransactionalId(StrBytes::from_string(name.to_string()))

@@ -188,9 +188,7 @@ impl Session {
         } else {
             (self.ctx.routes.snapshot(), None)
         };
-        if let Some(api @ (ApiKey::OffsetCommit | ApiKey::OffsetFetch | ApiKey::JoinGroup)) =
-            header.known_api
-        {
+        if let Some(api @ (ApiKey::OffsetFetch | ApiKey::JoinGroup)) = header.known_api {
             self.ctx.readers.observe(api, header.api_version, &payload);
         }
         if let Some(api @ (ApiKey::AddPartitionsToTxn | ApiKey::EndTxn | ApiKey::InitProducerId)) =

@@ -65,9 +65,11 @@ impl Session {
         Arc<crate::route::Routes>,
         Option<crate::cutover::CommitInFlight>,
     ) {
-        let Some(group) = crate::cutover::offset_commit_group(header.api_version, payload) else {
+        let Some((group, topics)) = crate::cutover::offset_commit_of(header.api_version, payload)
+        else {
             return (routes, None);
         };
+        self.ctx.readers.note(&group, topics);
         let mut routes = routes;
         loop {
             let commit = self.ctx.fences.commit_started(&group);
