@@ -91,8 +91,25 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
-    /// End a promoted topic's migration (`promoted -> committed`).
-    Commit { topic: String },
+    /// Move a promoted topic's reads and writes back to its link's source,
+    /// holding new writes while the reverse mirror drains (exit 1 if
+    /// aborted).
+    Rollback {
+        topic: Option<String>,
+        /// Every topic of this link, under one fence.
+        #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+        link: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a promoted topic's migration (`promoted -> committed`): the
+    /// reverse mirror stops and there is no way back.
+    Commit {
+        topic: Option<String>,
+        /// Every topic of this link.
+        #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
+        link: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -143,7 +160,8 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             json,
         } => (Request::Offsets { topic, partition }, json),
         CtlCommand::Promote { topic, link, json } => (Request::Promote { topic, link }, json),
-        CtlCommand::Commit { topic } => (Request::Commit { topic }, false),
+        CtlCommand::Rollback { topic, link, json } => (Request::Rollback { topic, link }, json),
+        CtlCommand::Commit { topic, link } => (Request::Commit { topic, link }, false),
     };
     let reply = control::client::send(&config.proxy.control_socket, &request);
     if let Some(line) = reply.as_ref().ok().and_then(control::client::warning_line) {

@@ -128,17 +128,22 @@ pub fn mirror_table(partitions: &[PartitionMirror]) -> String {
 /// What a promotion did: the fence, and each partition's drain.
 pub fn promotion_text(promotion: &crate::cutover::Promotion) -> String {
     let topics = promotion.topics.join(", ");
+    let (done, left) = if promotion.rollback {
+        ("rolled back", "target")
+    } else {
+        ("promoted", "source")
+    };
     if promotion.already {
-        return format!("{topics} is promoted already\n");
+        return format!("{topics}: {done} already\n");
     }
     let mut out = format!(
-        "promoted {topics}: writes held for {:.1} ms\n",
+        "{done} {topics}: writes held for {:.1} ms\n",
         promotion.fence_ms
     );
     for d in &promotion.partitions {
         out.push_str(&format!(
-            "  {} partition {}: mirrored to the source end {} at {:.1} ms\n",
-            d.topic, d.partition, d.source_end, d.drained_ms
+            "  {} partition {}: mirrored to the {left}'s end {} at {:.1} ms\n",
+            d.topic, d.partition, d.end, d.drained_ms
         ));
     }
     for (group, topics) in &promotion.groups {

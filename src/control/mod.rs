@@ -16,10 +16,40 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::cutover::{Cutover, Promotion};
+use crate::cutover::{Cutover, Promotion, Selection};
 use crate::error::{Error, Kind, Result};
 use crate::mirror::{Mirrors, PartitionMirror};
 use crate::route::{RouteTable, Routes};
+
+/// Runs `promote`, `rollback` or `commit` of `what`.
+async fn cutover_command(
+    cutover: &Cutover,
+    name: &str,
+    what: &Selection,
+    routes: &RouteTable,
+    mirrors: &Mirrors,
+) -> Reply {
+    let moved = match name {
+        "promote" => cutover.promote(what).await,
+        "rollback" => cutover.rollback(what).await,
+        _ => {
+            return match cutover.commit(what).await {
+                Ok(changed) => Reply {
+                    warning: (!changed).then(|| "committed already".to_string()),
+                    ..Reply::done(status(&routes.snapshot(), mirrors))
+                },
+                Err(e) => Reply::failed(e.context),
+            };
+        }
+    };
+    match moved {
+        Ok(promotion) => Reply {
+            promotion: Some(promotion),
+            ..Reply::done(status(&routes.snapshot(), mirrors))
+        },
+        Err(e) => Reply::failed(e.context),
+    }
+}
 
 /// Longest request line accepted; commands are a few hundred bytes.
 const MAX_LINE: usize = 64 * 1024;
@@ -56,10 +86,39 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         link: Option<String>,
     },
-    /// End a promoted topic's migration.
-    Commit {
-        topic: String,
+    /// Move a promoted topic's (or every topic of a link's) reads and
+    /// writes back to its source.
+    Rollback {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<String>,
     },
+    /// End a promoted topic's (or every topic of a link's) migration.
+    Commit {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<String>,
+    },
+}
+
+impl Command {
+    /// The topics a cutover command names, and the command's name.
+    fn selection(&self) -> Option<(&'static str, std::result::Result<Selection, String>)> {
+        let (name, topic, link) = match self {
+            Command::Promote { topic, link } => ("promote", topic, link),
+            Command::Rollback { topic, link } => ("rollback", topic, link),
+            Command::Commit { topic, link } => ("commit", topic, link),
+            _ => return None,
+        };
+        let selection = match (topic, link) {
+            (Some(topic), None) => Ok(Selection::Topic(topic.clone())),
+            (None, Some(link)) => Ok(Selection::Link(link.clone())),
+            _ => Err(format!("{name} takes a topic or --link, not both")),
+        };
+        Some((name, selection))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,8 +306,8 @@ pub fn handle(routes: &RouteTable, mirrors: &Mirrors, line: &str) -> Reply {
         }
         Command::Mirror { topic } => return mirror(routes, mirrors, &topic),
         Command::Offsets { topic, partition } => return offsets(mirrors, &topic, partition),
-        Command::Promote { .. } | Command::Commit { .. } => {
-            return Reply::failed("promote runs on the control socket's async path");
+        Command::Promote { .. } | Command::Rollback { .. } | Command::Commit { .. } => {
+            return Reply::failed("cutover commands run on the control socket's async path");
         }
     };
     match done {
@@ -404,31 +463,15 @@ async fn serve_connection(
             Reply::failed(format!("request longer than {MAX_LINE} bytes"))
         } else if line.trim().is_empty() {
             continue;
-        } else if let Ok(Command::Commit { topic }) = serde_json::from_str(&line) {
-            match cutover.commit(&topic).await {
-                Ok(changed) => Reply {
-                    warning: (!changed).then(|| format!("{topic} is committed already")),
-                    ..Reply::done(status(&routes.snapshot(), &mirrors))
-                },
-                Err(e) => Reply::failed(e.context),
-            }
-        } else if let Ok(Command::Promote { topic, link }) = serde_json::from_str(&line) {
+        } else if let Some((name, selection)) = serde_json::from_str::<Command>(&line)
+            .ok()
+            .as_ref()
+            .and_then(Command::selection)
+        {
             // Waits on the network: async, bounded by the fence timeout.
-            let what = match (topic, link) {
-                (Some(topic), None) => Ok(crate::cutover::Promote::Topic(topic)),
-                (None, Some(link)) => Ok(crate::cutover::Promote::Link(link)),
-                _ => Err("promote takes a topic or --link, not both".to_string()),
-            };
-            let promoted = match what {
-                Ok(what) => cutover.promote(&what).await.map_err(|e| e.context),
-                Err(e) => Err(e),
-            };
-            match promoted {
-                Ok(promotion) => Reply {
-                    promotion: Some(promotion),
-                    ..Reply::done(status(&routes.snapshot(), &mirrors))
-                },
+            match selection {
                 Err(e) => Reply::failed(e),
+                Ok(what) => cutover_command(&cutover, name, &what, &routes, &mirrors).await,
             }
         } else {
             // Route changes write and fsync the state file: keep that off

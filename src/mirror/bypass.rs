@@ -297,9 +297,10 @@ impl SentWrites {
 }
 
 /// Whether a topic in this state has its writes go through klink to the
-/// source while the mirror copies them.
+/// cluster a mirror copies from (the source, or the target while
+/// promoted: the reverse mirror).
 fn watched_state(state: TopicState) -> bool {
-    matches!(state, TopicState::Mirroring | TopicState::Promoting)
+    state.copied()
 }
 
 impl Drop for SentWrites {

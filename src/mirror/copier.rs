@@ -20,6 +20,11 @@
 //! the map, in order, with the source batches the map has not seen, so no
 //! batch is copied twice and none is skipped.
 //!
+//! The same copier runs the other way while a topic is promoted (the
+//! reverse mirror, target -> source): `source` and `target` below name the
+//! cluster it reads and the cluster it writes, and its map entries are
+//! written in source -> target terms whichever way it copies.
+//!
 //! A little over 600 lines: the copy path and the reconciliation share the
 //! copier's position, sequence and target end, and are checked together.
 
@@ -35,7 +40,7 @@ use super::bypass::BypassWatch;
 use super::committed::{Walked, walk};
 use super::gate::CopyGate;
 use super::holes::up_to_a_hole;
-use super::offset_map::OffsetLog;
+use super::offset_map::{Direction, OffsetLog};
 use super::requests::{fetch, init_producer_id};
 use super::sender::SenderPool;
 use crate::batch;
@@ -65,6 +70,28 @@ impl Default for CopyConfig {
             fetch_max_bytes: 8 * 1024 * 1024,
             fetch_wait: Duration::from_millis(100),
             retries: 5,
+        }
+    }
+}
+
+/// Where a copier starts when its offset map does not reach further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub direction: Direction,
+    /// Offset on the cluster read where copying starts.
+    pub from: i64,
+    /// Where the first batch lands on the cluster written; `None`: at
+    /// that partition's log start (a new mirror topic).
+    pub to: Option<i64>,
+}
+
+impl Origin {
+    /// A link's first copy source -> target, from `start` on the source.
+    pub fn forward(start: i64) -> Origin {
+        Origin {
+            direction: Direction::Forward,
+            from: start,
+            to: None,
         }
     }
 }
@@ -101,6 +128,7 @@ pub struct PartitionCopier {
     topic: Arc<str>,
     partition: i32,
     config: CopyConfig,
+    direction: Direction,
     log: OffsetLog,
     /// Next source offset to copy.
     position: i64,
@@ -147,29 +175,36 @@ const RECENTLY: Duration = Duration::from_secs(2);
 const SYNC_EVERY: Duration = Duration::from_millis(500);
 
 impl PartitionCopier {
-    /// Opens the partition's map at `map_path`, starts at `start` (a source
-    /// offset) when the map is empty, asks the target for klink's producer
-    /// id, and reconciles the map with what the target already holds.
+    /// Opens the partition's map at `map_path`, starts at `origin` unless
+    /// the map reaches further (a crash, or copies since the last flip),
+    /// asks the cluster written for klink's producer id, and reconciles
+    /// the map with what that cluster already holds.
     pub async fn open(
         source: Client,
         target: Client,
         topic: &str,
         partition: i32,
         map_path: &Path,
-        start: i64,
+        origin: Origin,
         config: CopyConfig,
     ) -> Result<PartitionCopier> {
         let log = OffsetLog::open(map_path)?;
         let topic: Arc<str> = Arc::from(topic);
         let producer = init_producer_id(&target, &topic, partition).await?;
+        // The map and the origin only grow together (an origin is where
+        // both clusters held the same records at a flip; entries after it
+        // lie beyond it on both sides), so the further of the two is
+        // where this copy stands.
+        let ends = log.map().ends(origin.direction);
         let mut copier = PartitionCopier {
-            position: log.map().source_end().unwrap_or(start),
+            position: ends.map_or(origin.from, |(from, _)| from.max(origin.from)),
             target_end: 0,
             source,
             target,
             topic,
             partition,
             config,
+            direction: origin.direction,
             log,
             producer,
             next_sequence: 0,
@@ -182,9 +217,11 @@ impl PartitionCopier {
             hole: None,
             gate: Arc::default(),
         };
-        copier.target_end = match copier.log.map().target_end() {
-            Some(end) => end,
-            None => copier.target_log_start().await?,
+        copier.target_end = match (ends, origin.to) {
+            (Some((_, mapped)), Some(to)) => mapped.max(to),
+            (Some((_, mapped)), None) => mapped,
+            (None, Some(to)) => to,
+            (None, None) => copier.target_log_start().await?,
         };
         copier.reconcile().await?;
         Ok(copier)
@@ -218,6 +255,11 @@ impl PartitionCopier {
 
     pub fn position(&self) -> i64 {
         self.position
+    }
+
+    /// Where the next batch lands on the cluster written.
+    pub fn target_end(&self) -> i64 {
+        self.target_end
     }
 
     pub fn map(&self) -> &super::OffsetMap {
@@ -445,8 +487,12 @@ impl PartitionCopier {
                 error.retriable = false;
                 return Err(error);
             }
-            self.log
-                .append(batch.base_offset, batch.last_offset, landed_at)?;
+            self.log.append_copied(
+                self.direction,
+                batch.base_offset,
+                batch.last_offset,
+                landed_at,
+            )?;
             self.set_position(batch.last_offset + 1);
             self.target_end = landed_at + i64::from(batch.records);
             self.next_sequence = sequence + i64::from(batch.records);
@@ -535,24 +581,29 @@ impl PartitionCopier {
             let target_batches = walk(&on_target.records, &[]).map_err(|e| {
                 Error::upstream(self.target.cluster_name(), Kind::Protocol, e.to_string())
             })?;
+            // Transaction markers are never copies (the source may hold
+            // some beyond the point a reverse copy starts from).
             let target_batches: Vec<Walked> = target_batches
                 .into_iter()
-                .filter(|b| b.base_offset >= self.target_end)
+                .filter(|b| b.base_offset >= self.target_end && !b.control)
                 .collect();
             if target_batches.is_empty() {
                 break;
             }
             for landed in target_batches {
-                let source = self.next_copied_source_batch().await?;
-                if source.records != landed.records {
+                let (source, source_bytes) = self.next_copied_source_batch().await?;
+                let landed_bytes = on_target.records.slice(landed.bytes.clone());
+                if source.records != landed.records || !same_records(&source_bytes, &landed_bytes)
+                {
                     return Err(Error::klink(
                         Kind::Protocol,
                         format!(
-                            "{}/{}: the target's batch at {} holds {} records, the source's next \
-                             ({}..={}) {}: the target was written by someone else",
+                            "{}/{}: the batch at {} on {} holds {} records, the next to copy \
+                             ({}..={}) {} or other ones: it was written by someone else",
                             self.topic,
                             self.partition,
                             landed.base_offset,
+                            self.target.cluster_name(),
                             landed.records,
                             source.base_offset,
                             source.last_offset,
@@ -560,8 +611,12 @@ impl PartitionCopier {
                         ),
                     ));
                 }
-                self.log
-                    .append(source.base_offset, source.last_offset, landed.base_offset)?;
+                self.log.append_copied(
+                    self.direction,
+                    source.base_offset,
+                    source.last_offset,
+                    landed.base_offset,
+                )?;
                 self.set_position(source.last_offset + 1);
                 self.target_end = landed.last_offset + 1;
                 adopted += 1;
@@ -576,7 +631,7 @@ impl PartitionCopier {
 
     /// The next source batch from `position` on that the mirror copies;
     /// dropped batches on the way move `position` past them.
-    async fn next_copied_source_batch(&mut self) -> Result<Walked> {
+    async fn next_copied_source_batch(&mut self) -> Result<(Walked, Bytes)> {
         for _ in 0..1000 {
             let fetched = fetch(
                 &self.source,
@@ -604,7 +659,8 @@ impl PartitionCopier {
             }
             for batch in walked {
                 if batch.copy {
-                    return Ok(batch);
+                    let bytes = fetched.records.slice(batch.bytes.clone());
+                    return Ok((batch, bytes));
                 }
                 self.set_position(batch.last_offset + 1);
             }
@@ -617,4 +673,17 @@ impl PartitionCopier {
             ),
         ))
     }
+}
+
+/// Whether two batches carry the same records: everything the CRC covers
+/// but the producer id, epoch and base sequence (which a copy rewrites).
+/// Pairs a batch found on the cluster written with the one it copies, so
+/// that a stranger's batch of the same size is never taken for a copy.
+fn same_records(a: &[u8], b: &[u8]) -> bool {
+    // v2 batch: attributes at 21, producer id at 43, records count at 57.
+    const KEPT_BEFORE: std::ops::Range<usize> = 23..43;
+    const KEPT_FROM: usize = 57;
+    a.len() == b.len()
+        && a.get(KEPT_BEFORE) == b.get(KEPT_BEFORE)
+        && a.get(KEPT_FROM..) == b.get(KEPT_FROM..)
 }

@@ -29,10 +29,10 @@ pub mod runner;
 pub mod sender;
 
 pub use bypass::{BypassWatch, ForwardedWrites, SentWrites};
-pub use copier::{CopyConfig, PartitionCopier, Progress};
+pub use copier::{CopyConfig, Origin, PartitionCopier, Progress};
 pub use requests::{high_watermark, log_bounds};
 
 pub use committed::{Walked, walk};
-pub use offset_map::{Mapped, OffsetLog, OffsetMap, Run};
+pub use offset_map::{Direction, Mapped, OffsetLog, OffsetMap, Run};
 pub use runner::{Mirrors, PartitionMirror, TopicMirror};
 pub use sender::SenderPool;

@@ -34,6 +34,15 @@ impl Run {
     }
 }
 
+/// Which way a copy goes: source -> target while clients write the source,
+/// target -> source (the reverse mirror) while a topic is promoted. Both
+/// directions write one map, in source -> target terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Reverse,
+}
+
 /// Where a source offset lands on the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mapped {
@@ -111,6 +120,36 @@ impl OffsetMap {
         }
     }
 
+    /// The map a copier keeps in `path`, read without taking it over: a
+    /// promotion reads what the mirror has copied while it runs (an entry
+    /// being written is not read).
+    pub fn load(path: &Path) -> Result<OffsetMap> {
+        read_entries(path).map(|(map, _, _)| map)
+    }
+
+    /// The same runs seen from the target: target offsets -> source
+    /// offsets (what the reverse mirror and a rollback translate with).
+    pub fn reversed(&self) -> Vec<Run> {
+        self.runs
+            .iter()
+            .map(|r| Run {
+                source_start: r.target_start,
+                source_end: r.target_end(),
+                target_start: r.source_start,
+            })
+            .collect()
+    }
+
+    /// Where a copy in one direction continues: the end of the runs on the
+    /// side it reads from, and on the side it writes to.
+    pub fn ends(&self, direction: Direction) -> Option<(i64, i64)> {
+        let last = self.runs.last()?;
+        Some(match direction {
+            Direction::Forward => (last.source_end, last.target_end()),
+            Direction::Reverse => (last.target_end(), last.source_end),
+        })
+    }
+
     /// Same offsets on both sides, from the first copied record on: the
     /// condition for clients to talk to the target directly one day.
     pub fn is_identity(&self) -> bool {
@@ -134,27 +173,9 @@ impl OffsetLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
         }
-        let mut bytes = Vec::new();
-        match File::open(path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(|e| io("reading", e))?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("opening", e)),
-        }
-        let mut map = OffsetMap::default();
-        let mut good = 0;
-        for entry in bytes.chunks_exact(ENTRY_LEN) {
-            let Some((base, end, target)) = decode(entry) else {
-                break;
-            };
-            if map.append(base, end - 1, target).is_err() {
-                break;
-            }
-            good += ENTRY_LEN;
-        }
-        if good < bytes.len() {
-            tracing::warn!(file = %path.display(), kept = good / ENTRY_LEN, dropped_bytes = bytes.len() - good, "offset map: torn or bad tail cut off");
+        let (map, good, len) = read_entries(path)?;
+        if good < len {
+            tracing::warn!(file = %path.display(), kept = good / ENTRY_LEN, dropped_bytes = len - good, "offset map: torn or bad tail cut off");
         }
         let file = OpenOptions::new()
             .create(true)
@@ -194,12 +215,59 @@ impl OffsetLog {
             .map_err(|e| Error::klink(Kind::Io, format!("writing {}: {e}", self.path.display())))
     }
 
+    /// Records a batch copied in `direction`: `from_base..=from_last` on
+    /// the cluster read, landed at `to_base` on the cluster written.
+    pub fn append_copied(
+        &mut self,
+        direction: Direction,
+        from_base: i64,
+        from_last: i64,
+        to_base: i64,
+    ) -> Result<()> {
+        match direction {
+            Direction::Forward => self.append(from_base, from_last, to_base),
+            Direction::Reverse => self.append(to_base, to_base + (from_last - from_base), from_base),
+        }
+    }
+
     /// Makes every appended entry durable.
     pub fn sync(&mut self) -> Result<()> {
         self.file
             .sync_data()
             .map_err(|e| Error::klink(Kind::Io, format!("fsyncing {}: {e}", self.path.display())))
     }
+}
+
+/// The map in `path` (empty when there is no file), how many of the
+/// file's bytes hold good entries, and the file's length.
+fn read_entries(path: &Path) -> Result<(OffsetMap, usize, usize)> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes).map_err(|e| {
+                Error::klink(Kind::Io, format!("reading {}: {e}", path.display()))
+            })?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::klink(
+                Kind::Io,
+                format!("opening {}: {e}", path.display()),
+            ));
+        }
+    }
+    let mut map = OffsetMap::default();
+    let mut good = 0;
+    for entry in bytes.chunks_exact(ENTRY_LEN) {
+        let Some((base, end, target)) = decode(entry) else {
+            break;
+        };
+        if map.append(base, end - 1, target).is_err() {
+            break;
+        }
+        good += ENTRY_LEN;
+    }
+    Ok((map, good, bytes.len()))
 }
 
 fn encode(source_base: i64, source_end: i64, target_base: i64) -> [u8; ENTRY_LEN] {

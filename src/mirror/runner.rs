@@ -23,9 +23,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::bypass::{BypassWatch, ForwardedWrites};
-use super::copier::{CopyConfig, PartitionCopier};
+use super::copier::{CopyConfig, Origin, PartitionCopier};
 use super::gate::CopyGate;
-use super::offset_map::Run;
+use super::offset_map::{Direction, Run};
 use super::requests::log_bounds;
 use super::sender::SenderPool;
 use crate::client::{Client, ClientConfig, broker_error};
@@ -61,6 +61,11 @@ pub struct PartitionMirror {
     pub bypass_active: bool,
     #[serde(skip)]
     pub bypass_last_seen: Option<Instant>,
+    /// The copy runs target -> source (the topic is promoted): the
+    /// figures above are then the target's (read) and the source's
+    /// (written).
+    #[serde(default)]
+    pub reverse: bool,
 
     /// The offset map (source ranges -> target ranges).
     #[serde(skip)]
@@ -89,9 +94,9 @@ impl TopicMirror {
 #[derive(Default)]
 pub struct Mirrors {
     topics: Mutex<BTreeMap<String, TopicMirror>>,
-    /// Per partition, where its copier stands and where a promotion
-    /// stops it.
-    gates: Mutex<BTreeMap<(String, i32), Arc<CopyGate>>>,
+    /// Per partition and direction, where its copier stands and where a
+    /// promotion (forward) or a rollback (reverse) stops it.
+    gates: Mutex<BTreeMap<(String, i32, bool), Arc<CopyGate>>>,
 }
 
 impl Mirrors {
@@ -103,12 +108,17 @@ impl Mirrors {
         self.with(|t| t.get(topic).cloned())
     }
 
-    /// The partition's copy gate (the same across copier restarts).
-    pub fn gate(&self, topic: &str, partition: i32) -> Arc<CopyGate> {
+    /// The partition's copy gate for `direction` (the same across copier
+    /// restarts).
+    pub fn gate(&self, topic: &str, partition: i32, direction: Direction) -> Arc<CopyGate> {
         self.gates
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((topic.to_string(), partition))
+            .entry((
+                topic.to_string(),
+                partition,
+                direction == Direction::Reverse,
+            ))
             .or_default()
             .clone()
     }
@@ -138,6 +148,8 @@ struct Job {
     topic: String,
     source: ClientConfig,
     target: Arc<TargetStreams>,
+    /// The Produce streams to the source, for the reverse mirror.
+    back: Arc<TargetStreams>,
     maps: PathBuf,
     routes: Arc<RouteTable>,
     state: Arc<StateStore>,
@@ -191,23 +203,28 @@ pub fn spawn(
                 ..Default::default()
             }
         };
-        let target = targets
-            .entry(link.target.clone())
-            .or_insert_with(|| {
-                Arc::new(TargetStreams {
-                    config: client(&link.target, format!("klink-mirror-to-{}", link.target)),
-                    client: tokio::sync::OnceCell::new(),
-                    pool: Arc::default(),
+        let mut streams_to = |cluster: &str| {
+            targets
+                .entry(cluster.to_string())
+                .or_insert_with(|| {
+                    Arc::new(TargetStreams {
+                        config: client(cluster, format!("klink-mirror-to-{cluster}")),
+                        client: tokio::sync::OnceCell::new(),
+                        pool: Arc::default(),
+                    })
                 })
-            })
-            .clone();
+                .clone()
+        };
+        let target = streams_to(&link.target);
+        let back = streams_to(&link.source);
         for topic in &link.topics {
             let job = Job {
                 link: link.clone(),
                 topic: topic.clone(),
                 source: client(&link.source, format!("klink-mirror-{}", link.id)),
                 target: target.clone(),
-                maps: config.proxy.state_dir.join("mirror").join(&link.id),
+                back: back.clone(),
+                maps: maps_dir(&config.proxy.state_dir, &link.id),
                 routes: routes.clone(),
                 state: state.clone(),
                 mirrors: mirrors.clone(),
@@ -244,16 +261,127 @@ async fn run_topic(job: Job) {
     };
     job.mirrors.note(&job.topic, None);
     job.mirrors.expect(&job.topic, record.start.len());
-    // Every mirrored partition shares one Produce stream per target broker.
-    let pool = job.target.pool.clone();
+    // The reverse mirror reads the target on connections of its own: its
+    // fetches wait for records, and would delay the forward copies' calls.
+    let clients = Clients {
+        source,
+        target,
+        target_reader: Arc::default(),
+    };
     for (partition, start) in record.start {
-        tokio::spawn(run_partition(
-            job.clone(),
-            (source.clone(), target.clone(), pool.clone()),
-            partition,
-            start,
-        ));
+        tokio::spawn(run_partition(job.clone(), clients.clone(), partition, start));
     }
+}
+
+/// A topic's connections, shared by its partitions' copiers.
+#[derive(Clone)]
+struct Clients {
+    source: Client,
+    target: Client,
+    target_reader: Arc<tokio::sync::OnceCell<Client>>,
+}
+
+/// Where the offset maps of `link`'s partitions are kept.
+pub fn maps_dir(state_dir: &std::path::Path, link: &str) -> PathBuf {
+    state_dir.join("mirror").join(link)
+}
+
+/// The offset map file of one partition.
+pub fn map_path(maps: &std::path::Path, topic: &str, partition: i32) -> PathBuf {
+    maps.join(format!("{topic}-{partition}.map"))
+}
+
+/// Which way the topic is copied now, if at all.
+fn direction_now(job: &Job) -> Option<Direction> {
+    let state = job.routes.snapshot().topic(&job.topic)?.state;
+    if state.copies_forward() {
+        Some(Direction::Forward)
+    } else if state.copied() {
+        Some(Direction::Reverse)
+    } else {
+        None
+    }
+}
+
+/// Opens the partition's copier for `direction`: from the link's start,
+/// or from the point both clusters agreed on at the last flip.
+async fn open_copier(
+    job: &Job,
+    clients: &Clients,
+    partition: i32,
+    start: i64,
+    direction: Direction,
+) -> Result<PartitionCopier> {
+    let synced = job
+        .state
+        .snapshot()
+        .mirrors
+        .get(&job.topic)
+        .and_then(|m| m.synced.get(&partition).copied());
+    let (origin, from, to, pool, watched) = match direction {
+        Direction::Forward => (
+            match synced {
+                Some([source, target]) => Origin {
+                    direction,
+                    from: source,
+                    to: Some(target),
+                },
+                None => Origin::forward(start),
+            },
+            clients.source.clone(),
+            clients.target.clone(),
+            job.target.pool.clone(),
+            &job.link.source,
+        ),
+        Direction::Reverse => {
+            let [source, target] = synced.ok_or_else(|| {
+                Error::klink(
+                    Kind::Config,
+                    format!(
+                        "{}/{partition} is promoted but the state file has no point where both \
+                         clusters held the same records: no reverse mirror",
+                        job.topic
+                    ),
+                )
+            })?;
+            let reader = clients
+                .target_reader
+                .get_or_try_init(|| Client::connect(job.target.config.clone()))
+                .await?
+                .clone();
+            (
+                Origin {
+                    direction,
+                    from: target,
+                    to: Some(source),
+                },
+                reader,
+                job.back.client().await?,
+                job.back.pool.clone(),
+                &job.link.target,
+            )
+        }
+    };
+    let copier = PartitionCopier::open(
+        from,
+        to,
+        &job.topic,
+        partition,
+        &map_path(&job.maps, &job.topic, partition),
+        origin,
+        CopyConfig::default(),
+    )
+    .await?;
+    Ok(copier
+        .with_pool(pool)
+        .with_gate(job.mirrors.gate(&job.topic, partition, direction))
+        .with_bypass_watch(BypassWatch::new(
+            job.forwarded.clone(),
+            job.routes.clone(),
+            Arc::from(watched.as_str()),
+            &job.topic,
+            partition,
+        )))
 }
 
 /// Makes the mirror topic (once) and returns the clients and the record;
@@ -294,6 +422,7 @@ async fn prepare(job: &Job) -> Result<Option<(Client, Client, MirrorRecord)>> {
     let record = MirrorRecord {
         link: job.link.id.clone(),
         start,
+        synced: BTreeMap::new(),
     };
     // Recorded before the topic is made: a crash in between leaves a
     // record whose topic klink makes on restart, never a topic of klink's
@@ -432,45 +561,33 @@ async fn create_topic(
     Ok(created)
 }
 
-async fn run_partition(
-    job: Job,
-    (source, target, pool): (Client, Client, Arc<SenderPool>),
-    partition: i32,
-    start: i64,
-) {
-    let map = job.maps.join(format!("{}-{partition}.map", job.topic));
+/// Copies one partition for as long as klink runs: source -> target while
+/// clients write the source, target -> source while the topic is
+/// promoted, nothing once it is committed. One copier at a time: the two
+/// directions write one offset map, and the copier that starts after a
+/// flip reads it anew.
+async fn run_partition(job: Job, clients: Clients, partition: i32, start: i64) {
     let mut backoff = BACKOFF_MIN;
     let mut report = PartitionMirror {
         partition,
         ..Default::default()
     };
     loop {
-        let opened = PartitionCopier::open(
-            source.clone(),
-            target.clone(),
-            &job.topic,
-            partition,
-            &map,
-            start,
-            CopyConfig::default(),
-        );
+        let Some(direction) = direction_now(&job) else {
+            if sleep_or_shutdown(&job.shutdown, Duration::from_millis(100)).await {
+                return;
+            }
+            continue;
+        };
+        let opened = open_copier(&job, &clients, partition, start, direction);
         let mut copier = tokio::select! {
             _ = job.shutdown.cancelled() => return,
             opened = opened => match opened {
-                Ok(copier) => copier
-                    .with_pool(pool.clone())
-                    .with_gate(job.mirrors.gate(&job.topic, partition))
-                    .with_bypass_watch(BypassWatch::new(
-                    job.forwarded.clone(),
-                    job.routes.clone(),
-                    Arc::from(job.link.source.as_str()),
-                    &job.topic,
-                    partition,
-                )),
+                Ok(copier) => copier,
                 Err(e) => {
                     report.last_error = Some(e.to_string());
                     job.mirrors.partition(&job.topic, report.clone());
-                    tracing::warn!(topic = %job.topic, partition, error = %e, "mirror cannot start; retrying");
+                    tracing::warn!(topic = %job.topic, partition, ?direction, error = %e, "mirror cannot start; retrying");
                     if sleep_or_shutdown(&job.shutdown, backoff).await {
                         return;
                     }
@@ -479,20 +596,12 @@ async fn run_partition(
                 }
             },
         };
+        report.reverse = direction == Direction::Reverse;
         let mut window = (Instant::now(), 0u64);
-        loop {
-            // A promoted topic takes its writes on the target: copying on
-            // would write behind the clients' backs.
-            let copying =
-                job.routes.snapshot().topic(&job.topic).is_some_and(|r| {
-                    matches!(r.state, TopicState::Mirroring | TopicState::Promoting)
-                });
-            if !copying {
-                if sleep_or_shutdown(&job.shutdown, Duration::from_millis(100)).await {
-                    return;
-                }
-                continue;
-            }
+        // Until the topic's state asks for the other direction (or none):
+        // a copy in the old direction would write behind the clients'
+        // backs.
+        while direction_now(&job) == Some(direction) {
             let stepped = tokio::select! {
                 _ = job.shutdown.cancelled() => return,
                 stepped = copier.step() => stepped,
@@ -509,7 +618,7 @@ async fn run_partition(
                     report.source_end = progress.source_end;
                     report.mirrored_to = progress.position;
                     report.lag = progress.lag();
-                    report.target_end = copier.map().target_end().unwrap_or(0);
+                    report.target_end = copier.target_end();
                     report.runs = copier.map().runs().to_vec();
                     report.last_error = None;
                     note_bypass(&job.topic, &mut report, progress.bypassed);
@@ -517,7 +626,7 @@ async fn run_partition(
                 }
                 Err(e) => {
                     if report.last_error.is_none() {
-                        tracing::warn!(topic = %job.topic, partition, error = %e, "mirror stopped; retrying with backoff");
+                        tracing::warn!(topic = %job.topic, partition, ?direction, error = %e, "mirror stopped; retrying with backoff");
                     }
                     report.last_error = Some(e.to_string());
                     job.mirrors.partition(&job.topic, report.clone());

@@ -118,7 +118,7 @@ impl Routes {
         self.any_mirroring = self
             .topics
             .values()
-            .any(|r| matches!(r.state, TopicState::Mirroring | TopicState::Promoting));
+            .any(|r| r.state.copied());
     }
 }
 
@@ -160,11 +160,17 @@ impl RouteTable {
             // A promotion cut short by a crash: its flip (routes and
             // `promoted` together) never happened, so the routes are the
             // old ones; the topic mirrors again and can be promoted anew.
-            let state = if r.state == TopicState::Promoting {
-                tracing::warn!(topic = %name, "a promotion was cut short (klink stopped during it); the topic is mirroring again");
-                TopicState::Mirroring
-            } else {
-                r.state
+            let state = match r.state {
+                TopicState::Promoting => {
+                    tracing::warn!(topic = %name, "a promotion was cut short (klink stopped during it); the topic is mirroring again");
+                    TopicState::Mirroring
+                }
+                // Likewise: its flip back never happened.
+                TopicState::RollingBack => {
+                    tracing::warn!(topic = %name, "a rollback was cut short (klink stopped during it); the topic is promoted again");
+                    TopicState::Promoted
+                }
+                other => other,
             };
             let route = TopicRoute {
                 link: r.link.clone(),
@@ -214,7 +220,7 @@ impl RouteTable {
             state,
             clusters,
         };
-        table.persist(&routes)?;
+        table.persist(&routes, |_| {})?;
         Ok(table)
     }
 
@@ -290,16 +296,27 @@ impl RouteTable {
 
     /// Moves topics' reads and writes, and `groups`, to `to` and the
     /// topics' state to `state` in one durable change: a crash leaves the
-    /// old routes or the new, never a mix (the cutover's flip).
+    /// old routes or the new, never a mix (the cutover's flip). `synced`
+    /// (per topic, per partition: where both clusters held the same
+    /// records) goes into the mirrors' records in the same change, so the
+    /// copy that starts after the flip knows where.
     pub fn move_topics(
         &self,
         topics: &[String],
         groups: &[String],
         to: &str,
         state: TopicState,
+        synced: &BTreeMap<String, BTreeMap<i32, [i64; 2]>>,
     ) -> Result<()> {
         let to = self.cluster(to)?;
-        self.change(|routes| {
+        let also = |s: &mut crate::state::PersistedState| {
+            for (topic, points) in synced {
+                if let Some(mirror) = s.mirrors.get_mut(topic) {
+                    mirror.synced.extend(points);
+                }
+            }
+        };
+        self.change_with(also, |routes| {
             for group in groups {
                 let route = routes.groups.get_mut(group).ok_or_else(|| {
                     Error::klink(
@@ -347,6 +364,16 @@ impl RouteTable {
     }
 
     fn change<T>(&self, edit: impl FnOnce(&mut Routes) -> Result<T>) -> Result<Applied<T>> {
+        self.change_with(|_| {}, edit)
+    }
+
+    /// As `change`, with `also` applied to the persisted state in the same
+    /// write.
+    fn change_with<T>(
+        &self,
+        also: impl FnOnce(&mut crate::state::PersistedState),
+        edit: impl FnOnce(&mut Routes) -> Result<T>,
+    ) -> Result<Applied<T>> {
         // Writers take turns; readers keep the old snapshot, unblocked,
         // until the new table is durable and swapped in.
         let _turn = self.changing.lock().unwrap_or_else(|p| p.into_inner());
@@ -354,13 +381,18 @@ impl RouteTable {
         let value = edit(&mut next)?;
         next.generation += 1;
         next.refresh_all_default();
-        let applied = self.persist(&next)?;
+        let applied = self.persist(&next, also)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(applied.map(|()| value))
     }
 
-    fn persist(&self, routes: &Routes) -> Result<Applied<()>> {
+    fn persist(
+        &self,
+        routes: &Routes,
+        also: impl FnOnce(&mut crate::state::PersistedState),
+    ) -> Result<Applied<()>> {
         self.state.apply(|s| {
+            also(s);
             s.topics = routes
                 .topics
                 .iter()
@@ -444,6 +476,7 @@ groups = ["billing"]
                 &["billing".to_string()],
                 "target",
                 TopicState::Promoted,
+                &BTreeMap::new(),
             )
             .expect("flip");
         let routes = load().snapshot();
@@ -457,7 +490,8 @@ groups = ["billing"]
                     &["payments".to_string()],
                     &["nobody".to_string()],
                     "target",
-                    TopicState::Promoted
+                    TopicState::Promoted,
+                    &BTreeMap::new(),
                 )
                 .is_err(),
             "an unknown group changes nothing"

@@ -49,6 +49,14 @@ pub struct MirrorRecord {
     /// Source offset each partition's copy starts at (fixed at the link's
     /// first start, so a restart of a `latest` link does not move it).
     pub start: BTreeMap<i32, i64>,
+    /// Per partition, the last point both clusters held the same records
+    /// up to, as `[source offset, target offset]`: written at every flip
+    /// (promotion or rollback) once the copy that stopped had drained.
+    /// The copy that starts after the flip starts there (the offset map
+    /// alone cannot say where: batches it dropped, transaction markers,
+    /// leave no entry).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub synced: BTreeMap<i32, [i64; 2]>,
 }
 
 /// Where a topic stands in a migration (see DESIGN.md, "Topic states").
@@ -59,16 +67,32 @@ pub enum TopicState {
     Mirroring,
     Promoting,
     Promoted,
+    /// Transient: a rollback's fence stands and the reverse mirror drains.
+    #[serde(rename = "rolling-back")]
+    RollingBack,
     Committed,
 }
 
 impl TopicState {
+    /// Whether a mirror copies the topic in some direction: source ->
+    /// target ([`TopicState::copies_forward`]) or target -> source.
+    pub fn copied(self) -> bool {
+        !matches!(self, TopicState::Source | TopicState::Committed)
+    }
+
+    /// Whether the mirror copies source -> target (clients write the
+    /// source); otherwise, while copied, target -> source.
+    pub fn copies_forward(self) -> bool {
+        matches!(self, TopicState::Mirroring | TopicState::Promoting)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TopicState::Source => "source",
             TopicState::Mirroring => "mirroring",
             TopicState::Promoting => "promoting",
             TopicState::Promoted => "promoted",
+            TopicState::RollingBack => "rolling-back",
             TopicState::Committed => "committed",
         }
     }

@@ -1,0 +1,376 @@
+//! One flip of a set of topics between their link's two clusters: a
+//! promotion (source -> target) or a rollback (target -> source), the same
+//! steps in either direction. Clients write the cluster the flip leaves
+//! ("from") until the fence; the copy in the flip's direction drains it
+//! into the cluster the flip goes to ("to").
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::{Cutover, Drained, Promotion, groups, names};
+use crate::client::Client;
+use crate::config::LinkConfig;
+use crate::error::{Error, Kind, Result};
+use crate::mirror::runner::{map_path, maps_dir};
+use crate::mirror::{Direction, OffsetMap, Run, high_watermark, log_bounds};
+use crate::route::TopicState;
+
+/// How often a flip looks at writes in flight and the copy's progress
+/// while the fence stands.
+const POLL: Duration = Duration::from_millis(1);
+
+/// Per topic, per partition: `[source offset, target offset]` where both
+/// clusters hold the same records.
+type SyncPoints = BTreeMap<String, BTreeMap<i32, [i64; 2]>>;
+
+/// The states a flip goes through: before, during, after.
+fn states(direction: Direction) -> (TopicState, TopicState, TopicState) {
+    match direction {
+        Direction::Forward => (
+            TopicState::Mirroring,
+            TopicState::Promoting,
+            TopicState::Promoted,
+        ),
+        Direction::Reverse => (
+            TopicState::Promoted,
+            TopicState::RollingBack,
+            TopicState::Mirroring,
+        ),
+    }
+}
+
+fn word(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Forward => "promotion",
+        Direction::Reverse => "rollback",
+    }
+}
+
+impl Cutover {
+    /// Fences the topics' writes and the link's groups' commits, drains
+    /// the copy in `direction`, hands the groups over, flips routes and
+    /// state durably, and releases; or, past the fence bound, puts the
+    /// topics back as they were and releases the held requests where they
+    /// were going. Nothing is lost or written twice either way.
+    pub(super) async fn flip(
+        &self,
+        link: &LinkConfig,
+        topics: Vec<String>,
+        direction: Direction,
+    ) -> Result<Promotion> {
+        let (from_cluster, to_cluster) = match direction {
+            Direction::Forward => (&link.source, &link.target),
+            Direction::Reverse => (&link.target, &link.source),
+        };
+        let (before, during, after) = states(direction);
+        if let Some(why) = self.readers.refusal(&topics, &link.groups) {
+            return Err(Error::client(
+                Kind::Config,
+                format!("{} of {} refused: {why}", word(direction), names(&topics)),
+            ));
+        }
+        let mut partitions: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for topic in &topics {
+            let mirror = self.mirrors.topic(topic).unwrap_or_default();
+            if mirror.lag().is_none() {
+                return Err(Error::client(
+                    Kind::Config,
+                    format!(
+                        "`{topic}`'s mirror is not running yet: {}",
+                        mirror
+                            .note
+                            .as_deref()
+                            .unwrap_or("no partition has reported")
+                    ),
+                ));
+            }
+            partitions.insert(topic.clone(), mirror.partitions.keys().copied().collect());
+        }
+        self.wait_for_transactions(&topics).await?;
+        // Connected before the fence: it should hold writes only for the
+        // drain itself.
+        let from = Client::connect(self.client_config(link, from_cluster)).await?;
+
+        for topic in &topics {
+            self.set_state(topic, during).await?;
+        }
+        let fence = self.fences.raise(&topics, &link.groups);
+        let fenced_at = Instant::now();
+        let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
+        let drained = tokio::time::timeout(bound, async {
+            let mut drained = Vec::new();
+            for (topic, parts) in &partitions {
+                drained.extend(
+                    self.drain(from_cluster, topic, parts, &from, direction, fenced_at)
+                        .await?,
+                );
+            }
+            let drained_at = fenced_at.elapsed();
+            // Connected under the fence on purpose: a cluster that cannot
+            // be reached is no place to send the writes, and aborts.
+            let to = Client::connect(self.client_config(link, to_cluster)).await?;
+            let maps = self.maps(link, &partitions)?;
+            let groups = self
+                .hand_over(link, &partitions, &maps, direction, &from, &to)
+                .await?;
+            let synced = sync_points(&to, &drained, &maps, direction).await?;
+            tracing::debug!(
+                drain_ms = drained_at.as_secs_f64() * 1000.0,
+                hand_over_ms = (fenced_at.elapsed() - drained_at).as_secs_f64() * 1000.0,
+                "{}: drained and handed over",
+                word(direction)
+            );
+            Ok::<_, Error>((drained, groups, synced))
+        })
+        .await;
+        let failure = match drained {
+            Ok(Ok((drained_partitions, groups, synced))) => {
+                let (routes, moving, moved_to, moved) = (
+                    self.routes.clone(),
+                    topics.clone(),
+                    to_cluster.clone(),
+                    link.groups.clone(),
+                );
+                let flipped = tokio::task::spawn_blocking(move || {
+                    routes.move_topics(&moving, &moved, &moved_to, after, &synced)
+                })
+                .await
+                .map_err(|e| Error::klink(Kind::Io, format!("flip failed: {e}")))
+                .and_then(|flipped| flipped);
+                match flipped {
+                    Ok(()) => {
+                        // Released under the new routes.
+                        drop(fence);
+                        // The copy the other way starts from the synced
+                        // point; this direction's limits stay: a copier
+                        // step that looked at the state before the flip
+                        // must still stop at the drain end.
+                        let other = match direction {
+                            Direction::Forward => Direction::Reverse,
+                            Direction::Reverse => Direction::Forward,
+                        };
+                        self.lift_limits(&partitions, other);
+                        let fence_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
+                        tracing::info!(topics = %names(&topics), fence_ms, to = %to_cluster, "{} done", word(direction));
+                        return Ok(Promotion {
+                            topics,
+                            rollback: direction == Direction::Reverse,
+                            already: false,
+                            fence_ms,
+                            partitions: drained_partitions,
+                            groups,
+                        });
+                    }
+                    Err(e) => e,
+                }
+            }
+            Ok(Err(e)) => e,
+            Err(_) => Error::klink(
+                Kind::Timeout,
+                format!(
+                    "the drain did not finish within cutover.fence_timeout_ms ({} ms)",
+                    bound.as_millis()
+                ),
+            ),
+        };
+        // Back as it was before the held writes go, where they were going.
+        let mut restored = Ok(());
+        for topic in &topics {
+            restored = restored.and(self.set_state(topic, before).await);
+        }
+        self.lift_limits(&partitions, direction);
+        drop(fence);
+        tracing::warn!(topics = %names(&topics), error = %failure, "{} aborted; the topics stay {}", word(direction), before.as_str());
+        let mut error = Error::klink(
+            failure.kind,
+            format!(
+                "{} of {} aborted: {}; held writes went to {from_cluster}, the topics stay {}",
+                word(direction),
+                names(&topics),
+                failure.context,
+                before.as_str()
+            ),
+        );
+        if let Err(e) = restored {
+            error.context.push_str(&format!(
+                " (but a state could not be set back: {})",
+                e.context
+            ));
+        }
+        Err(error)
+    }
+
+    /// Waits until every write klink forwarded to `from_cluster` is
+    /// answered, then until the copy in `direction` has copied each
+    /// partition up to that cluster's end after them.
+    async fn drain(
+        &self,
+        from_cluster: &str,
+        topic: &str,
+        partitions: &[i32],
+        from: &Client,
+        direction: Direction,
+        fenced_at: Instant,
+    ) -> Result<Vec<Drained>> {
+        while self.forwarded.unanswered(from_cluster, topic) > 0 {
+            tokio::time::sleep(POLL).await;
+        }
+        let answered_at = fenced_at.elapsed();
+        // Every partition's end at once: they are read while writes wait.
+        let reads = partitions.iter().map(|&partition| async move {
+            let copied_to = self.mirrors.gate(topic, partition, direction).copied_to();
+            let end = if copied_to >= 0 {
+                high_watermark(from, topic, partition, copied_to).await?
+            } else {
+                log_bounds(from, topic, partition).await?.1
+            };
+            Ok::<_, Error>((partition, end))
+        });
+        let ends: BTreeMap<i32, i64> = futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .collect();
+        // The copy stops at these ends: an acks=0 write landing after
+        // them must not reach the other cluster once clients write there.
+        for (&partition, &end) in &ends {
+            self.mirrors
+                .gate(topic, partition, direction)
+                .set_limit(end);
+        }
+        tracing::debug!(
+            topic,
+            answered_ms = answered_at.as_secs_f64() * 1000.0,
+            ends_ms = fenced_at.elapsed().as_secs_f64() * 1000.0,
+            "{}: writes answered, ends read",
+            word(direction)
+        );
+        let mut drained: Vec<Drained> = Vec::with_capacity(ends.len());
+        while drained.len() < ends.len() {
+            for (&partition, &end) in &ends {
+                if drained.iter().any(|d| d.partition == partition) {
+                    continue;
+                }
+                if self
+                    .mirrors
+                    .gate(topic, partition, direction)
+                    .drained_to(end)
+                {
+                    drained.push(Drained {
+                        topic: topic.to_string(),
+                        partition,
+                        end,
+                        drained_ms: fenced_at.elapsed().as_secs_f64() * 1000.0,
+                    });
+                }
+            }
+            if drained.len() < ends.len() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        drained.sort_by_key(|d| d.partition);
+        Ok(drained)
+    }
+
+    /// The topics' offset maps as the copiers have written them (read from
+    /// their files: everything the drain waited for is in them).
+    fn maps(
+        &self,
+        link: &LinkConfig,
+        partitions: &BTreeMap<String, Vec<i32>>,
+    ) -> Result<BTreeMap<String, BTreeMap<i32, OffsetMap>>> {
+        let dir = maps_dir(&self.config.proxy.state_dir, &link.id);
+        let mut maps = BTreeMap::new();
+        for (topic, parts) in partitions {
+            let mut per_partition = BTreeMap::new();
+            for &partition in parts {
+                let map = OffsetMap::load(&map_path(&dir, topic, partition))?;
+                per_partition.insert(partition, map);
+            }
+            maps.insert(topic.clone(), per_partition);
+        }
+        Ok(maps)
+    }
+
+    /// Writes the link's groups' committed offsets for the topics on the
+    /// cluster the flip goes to, translated through the offset map. Their
+    /// commits are held by the fence, so what is read here is final.
+    async fn hand_over(
+        &self,
+        link: &LinkConfig,
+        partitions: &BTreeMap<String, Vec<i32>>,
+        maps: &BTreeMap<String, BTreeMap<i32, OffsetMap>>,
+        direction: Direction,
+        from: &Client,
+        to: &Client,
+    ) -> Result<BTreeMap<String, BTreeMap<String, BTreeMap<i32, i64>>>> {
+        let mut handed = BTreeMap::new();
+        for group in &link.groups {
+            // Commits that passed before the fence rose land first.
+            while self.fences.commits_in_flight(group) > 0 {
+                tokio::time::sleep(POLL).await;
+            }
+            let mut per_topic = BTreeMap::new();
+            for (topic, parts) in partitions {
+                let runs: BTreeMap<i32, Vec<Run>> = maps
+                    .get(topic)
+                    .into_iter()
+                    .flatten()
+                    .map(|(&p, map)| {
+                        let runs = match direction {
+                            Direction::Forward => map.runs().to_vec(),
+                            Direction::Reverse => map.reversed(),
+                        };
+                        (p, runs)
+                    })
+                    .collect();
+                let committed = groups::fetch_committed(from, group, topic, parts).await?;
+                let translated = groups::translate_all(&runs, &committed)?;
+                groups::commit(to, group, topic, &translated).await?;
+                per_topic.insert(topic.clone(), translated);
+            }
+            handed.insert(group.clone(), per_topic);
+        }
+        Ok(handed)
+    }
+
+    fn lift_limits(&self, partitions: &BTreeMap<String, Vec<i32>>, direction: Direction) {
+        for (topic, parts) in partitions {
+            for &partition in parts {
+                self.mirrors.gate(topic, partition, direction).lift();
+            }
+        }
+    }
+}
+
+/// Where both clusters hold the same records once the drain is done: the
+/// drain end on the cluster left, the log end of the cluster gone to
+/// (which holds the copies and nothing else: clients wrote elsewhere).
+async fn sync_points(
+    to: &Client,
+    drained: &[Drained],
+    maps: &BTreeMap<String, BTreeMap<i32, OffsetMap>>,
+    direction: Direction,
+) -> Result<SyncPoints> {
+    let reads = drained.iter().map(|d| async move {
+        let mapped_end = maps
+            .get(&d.topic)
+            .and_then(|m| m.get(&d.partition))
+            .and_then(|m| m.ends(direction))
+            .map(|(_, to_end)| to_end);
+        let to_end = match mapped_end {
+            // An offset that cluster holds (or its end): one small fetch.
+            Some(at) => high_watermark(to, &d.topic, d.partition, at).await?,
+            None => log_bounds(to, &d.topic, d.partition).await?.1,
+        };
+        let point = match direction {
+            Direction::Forward => [d.end, to_end],
+            Direction::Reverse => [to_end, d.end],
+        };
+        Ok::<_, Error>((d.topic.clone(), d.partition, point))
+    });
+    let mut points = SyncPoints::new();
+    for (topic, partition, point) in futures::future::try_join_all(reads).await? {
+        points.entry(topic).or_default().insert(partition, point);
+    }
+    Ok(points)
+}
