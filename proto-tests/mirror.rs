@@ -105,7 +105,7 @@ async fn copiers(
             topic,
             p,
             &maps.join(format!("{topic}-{p}.map")),
-            0,
+            klink::mirror::Origin::forward(0),
             CopyConfig::default(),
         )
         .await
