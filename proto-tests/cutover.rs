@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::flips::{dump, flips_py};
+use crate::flips::{dump, flips_py, unix_now};
 use crate::harness::{Broker, Klink, KlinkOptions};
 use crate::mirror::{create, topic_status, wait_caught_up};
 use crate::routing::{KillOnDrop, py};
@@ -91,15 +91,19 @@ fn producers(
 /// Four confluent-kafka producers (idempotent, plain, acks=0, and one
 /// whose requests also name an unlinked topic, so klink splits them after
 /// the promotion) write through klink at a steady pace, one record per
-/// batch (tansu loses the rest of a batch a consumer resumes inside); `orders` is
-/// promoted mid-stream while a member of the link's group reads it. Every
-/// acknowledged record of `orders` is on the target exactly once, in
-/// producer order per partition; nothing failed, nothing fatal; the
+/// batch (tansu loses the rest of a batch a consumer resumes inside);
+/// `orders` is promoted, rolled back and promoted again mid-stream while a
+/// member of the link's group reads it, then committed. Every acknowledged
+/// record of `orders` is on the target exactly once, in producer order per
+/// partition, and every one acknowledged before the second promotion is on
+/// the source exactly once, in order (the reverse mirror carried what was
+/// written to the target back); nothing failed, nothing fatal; the
 /// unlinked topic stays on the source; the consumer saw every acknowledged
-/// record and, its group's offsets handed over, re-read only what it had
-/// not committed.
+/// record and, its group's offsets handed over at each flip, re-read only
+/// what it had not committed.
 #[test]
-fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothing() {
+fn a_topic_promoted_rolled_back_and_promoted_under_running_producers_loses_duplicates_and_reorders_nothing()
+{
     let (source, target, klink) = migration("cutover", "groups = [\"billing\"]\n");
 
     // A member of group billing reads orders through klink throughout,
@@ -114,11 +118,11 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
         "--group",
         "billing",
         "--seconds",
-        "14",
+        "18",
     ]);
     std::thread::sleep(Duration::from_millis(1500));
 
-    let (mut ledger, lines) = producers(&klink, "5", &["--one-per-batch"]);
+    let (mut ledger, lines) = producers(&klink, "9", &["--one-per-batch"]);
     std::thread::sleep(Duration::from_millis(2000));
     let (code, stdout, stderr) = klink.ctl(&["promote", "orders", "--json"]);
     assert!(
@@ -144,6 +148,37 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
     // Promoting again says so and changes nothing.
     let again = klink.ctl_ok(&["promote", "orders"]);
     assert!(again.contains("promoted already"), "{again}");
+    // Back to the source, the reverse mirror having carried the target's
+    // new records there.
+    std::thread::sleep(Duration::from_millis(2000));
+    let (code, stdout, stderr) = klink.ctl(&["rollback", "orders", "--json"]);
+    assert!(
+        code.success(),
+        "rollback failed: {stdout}{stderr}\nklink log:\n{}",
+        klink.process.log_text()
+    );
+    let rollback: Value = serde_json::from_str(&stdout).expect("json");
+    eprintln!("cutover: rollback {}", rollback["promotion"]);
+    assert_eq!(rollback["promotion"]["rollback"], true, "{rollback}");
+    assert_eq!(rollback["promotion"]["already"], false, "{rollback}");
+    let status = topic_status(&klink, "orders");
+    assert_eq!(status["state"], "mirroring", "{status}");
+    assert_eq!(status["writes"], "source", "{status}");
+    let again = klink.ctl_ok(&["rollback", "orders"]);
+    assert!(again.contains("rolled back already"), "{again}");
+
+    // And to the target again, for good.
+    std::thread::sleep(Duration::from_millis(2000));
+    let second_promotion_at = unix_now();
+    let (code, stdout, stderr) = klink.ctl(&["promote", "orders", "--json"]);
+    assert!(
+        code.success(),
+        "second promote failed: {stdout}{stderr}\nklink log:\n{}",
+        klink.process.log_text()
+    );
+    let second: Value = serde_json::from_str(&stdout).expect("json");
+    eprintln!("cutover: promoted again {}", second["promotion"]);
+    assert_eq!(topic_status(&klink, "orders")["writes"], "target");
     // A topic no link mirrors is refused.
     let (code, _, stderr) = klink.ctl(&["promote", "payments"]);
     assert!(
@@ -173,7 +208,14 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
         consumed["commit_errors"]
     );
     let on_target = dump(&target, "orders");
+    let on_source = dump(&source, "orders");
     let on_source_payments = dump(&source, "payments");
+    let mut source_copies: HashMap<&str, usize> = HashMap::new();
+    for values in on_source.values() {
+        for value in values {
+            *source_copies.entry(value.as_str()).or_default() += 1;
+        }
+    }
     let mut copies: HashMap<&str, usize> = HashMap::new();
     for values in on_target.values() {
         for value in values {
@@ -182,12 +224,18 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
     }
     let payments: usize = on_source_payments.values().map(Vec::len).sum();
     assert!(payments > 0, "payments written to the source");
-    // Committing ends the migration; committing again says so.
+    // Committing ends the migration; committing again says so; there is
+    // no way back after it.
     klink.ctl_ok(&["commit", "orders"]);
     assert_eq!(topic_status(&klink, "orders")["state"], "committed");
-    let (code, _, stderr) = klink.ctl(&["commit", "orders"]);
+    let (code, _, stderr) = klink.ctl(&["commit", "--link", "move"]);
     assert!(
         code.success() && stderr.contains("committed already"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = klink.ctl(&["rollback", "orders"]);
+    assert!(
+        !code.success() && stderr.contains("is committed"),
         "{stderr}"
     );
     let log = klink.process.log_text();
@@ -208,6 +256,7 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
     // way, and a consumer then moves past it (README quirks): the
     // consumer's count is held to nearly all, and the group to its end.
     let mut unseen: Vec<String> = Vec::new();
+    let mut carried_back = 0;
     for name in ["idem", "plain", "acks0", "split"] {
         let producer = &report[name];
         assert_eq!(producer["fatal"], false, "{name}: {producer}");
@@ -248,6 +297,18 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
                     klink.process.log_text()
                 );
             }
+            // Acknowledged before the second promotion: on the source
+            // once (written there, or carried back by the reverse mirror).
+            if record[3].as_f64().unwrap_or(f64::MAX) < second_promotion_at {
+                let found = source_copies.get(value.as_str()).copied().unwrap_or(0);
+                assert_eq!(
+                    found,
+                    1,
+                    "{value}, acknowledged before the second promotion, is on the source {found} times\nklink log:\n{}",
+                    klink.process.log_text()
+                );
+                carried_back += 1;
+            }
             if !seen.contains_key(&value) {
                 unseen.push(value);
             }
@@ -269,9 +330,18 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
     );
     assert!(
         unseen.len() * 100 <= acked_orders,
-        "the consumer missed {} of {acked_orders}: {:?}",
+        "the consumer missed {} of {acked_orders}: {:?}\nits errors: {}\nklink's warnings:\n{}",
         unseen.len(),
-        &unseen[..unseen.len().min(10)]
+        &unseen[..unseen.len().min(10)],
+        consumed["errors"],
+        klink
+            .process
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("group"))
+            .take(60)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // The group went on on the target to the end: its commits there reach
     // each partition's end.
@@ -298,8 +368,9 @@ fn a_topic_promoted_under_running_producers_loses_duplicates_and_reorders_nothin
         duplicates < 2_000,
         "the consumer re-read {duplicates} records after the promotion"
     );
-    // In producer order per partition.
-    for (partition, values) in &on_target {
+    assert!(carried_back > 2_000, "records checked on the source: {carried_back}");
+    // In producer order per partition, on both clusters.
+    for (partition, values) in on_target.iter().chain(&on_source) {
         let mut last: BTreeMap<&str, u64> = BTreeMap::new();
         for value in values {
             let Some((name, n)) = value.split_once(':') else {

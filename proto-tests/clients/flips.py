@@ -21,9 +21,14 @@
          Reads every partition of T from offset 0 until idle, directly from
          a cluster; prints {"records": [[partition, offset, value], ...],
          "errors": [...]} (consume errors other than end of partition).
+  consume --bootstrap B --topic T --group G --seconds S
+         A group member (see consume()); FLIPS_CONSUMER_DEBUG=cgrp,fetch in
+         the environment turns on librdkafka's debug log (to stderr).
 """
 import argparse
 import json
+import logging
+import os
 import sys
 import time
 
@@ -45,8 +50,30 @@ class Ledger:
             "message.timeout.ms": 60000,
             "error_cb": self.on_error,
         }
+        self.eos_log = []
+        if conf.get("enable.idempotence"):
+            # Why an idempotent producer bumped its epoch or drained, if it
+            # did: librdkafka's own words, the first few of them.
+            base["debug"] = "eos"
+            base["logger"] = self.eos_logger()
         base.update(conf)
         self.producer = Producer(base)
+
+    def eos_logger(self):
+        ledger = self
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                text = record.getMessage()
+                if len(ledger.eos_log) < 30 and any(
+                        w in text for w in ("bump", "Bump", "drain", "Drain", "fatal", "Fatal", "sequence")):
+                    ledger.eos_log.append(f"{time.strftime('%H:%M:%S')} {text}")
+
+        logger = logging.getLogger(f"flips-{self.name}")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(Keep())
+        return logger
 
     def set_fatal(self, text):
         self.fatal = True
@@ -129,7 +156,8 @@ class Ledger:
     def report(self):
         return {"sent": self.sent, "acked": self.acked, "failed": self.failed,
                 "errors": sorted(([t, n] for t, n in self.errors.items()), key=lambda e: -e[1]),
-                "fatal": self.fatal, "fatal_errors": self.fatal_errors, "unflushed": self.unflushed}
+                "fatal": self.fatal, "fatal_errors": self.fatal_errors, "unflushed": self.unflushed,
+                "eos_log": self.eos_log}
 
 
 def ledger(a):
@@ -181,6 +209,7 @@ def consume(a):
         "heartbeat.interval.ms": 500,
         "topic.metadata.refresh.interval.ms": 1000,
         "error_cb": lambda e: errors.append(str(e)),
+        **({"debug": os.environ["FLIPS_CONSUMER_DEBUG"]} if os.environ.get("FLIPS_CONSUMER_DEBUG") else {}),
     })
     c.subscribe([a.topic])
     print("STARTED", flush=True)
@@ -191,6 +220,8 @@ def consume(a):
     while time.time() < deadline or (time.time() - last_got < 2 and time.time() < deadline + 60):
         msgs = c.consume(500, 0.1)
         got = [m for m in msgs if m.error() is None]
+        errors.extend(f"{time.strftime('%H:%M:%S')} {m.error()}" for m in msgs
+                      if m.error() is not None and m.error().code() != KafkaError._PARTITION_EOF)
         if got:
             last_got = time.time()
         values.extend(m.value().decode() for m in got)
@@ -201,7 +232,7 @@ def consume(a):
                 commit_errors.append(str(e))
     c.close()
     print(json.dumps({"values": values, "commit_errors": commit_errors[-5:],
-                      "errors": errors[-5:]}), flush=True)
+                      "errors": errors[:5] + errors[-5:]}), flush=True)
 
 
 def dump(a):

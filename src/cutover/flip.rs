@@ -151,6 +151,7 @@ impl Cutover {
                         };
                         self.lift_limits(&partitions, other);
                         let fence_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
+                        self.forget_members(link, &from).await;
                         tracing::info!(topics = %names(&topics), fence_ms, to = %to_cluster, "{} done", word(direction));
                         return Ok(Promotion {
                             topics,
@@ -331,6 +332,24 @@ impl Cutover {
             handed.insert(group.clone(), per_topic);
         }
         Ok(handed)
+    }
+
+    /// Takes the link's groups' members off the cluster just left (see
+    /// `groups::remove_members`). After the flip, outside the fence: a
+    /// failure costs a slower rebalance on a later flip back, not a
+    /// record, and is logged.
+    async fn forget_members(&self, link: &LinkConfig, left: &Client) {
+        for group in &link.groups {
+            match groups::remove_members(left, group).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(group, members = n, cluster = %left.cluster_name(), "stale group members removed from the cluster left")
+                }
+                Err(e) => {
+                    tracing::warn!(group, cluster = %left.cluster_name(), error = %e, "could not remove the group's members from the cluster left; a flip back may wait for their sessions to expire")
+                }
+            }
+        }
     }
 
     fn lift_limits(&self, partitions: &BTreeMap<String, Vec<i32>>, direction: Direction) {

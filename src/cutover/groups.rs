@@ -10,8 +10,10 @@ use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, LeaveGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -22,6 +24,9 @@ use crate::mirror::Run;
 const FIND_COORDINATOR_VERSION: i16 = 3;
 const OFFSET_FETCH_VERSION: i16 = 7;
 const OFFSET_COMMIT_VERSION: i16 = 8;
+const DESCRIBE_GROUPS_VERSION: i16 = 5;
+/// The first version that removes several members by id.
+const LEAVE_GROUP_VERSION: i16 = 4;
 
 /// One group's committed offsets for one topic, by partition (source
 /// numbering), as handed over.
@@ -140,6 +145,52 @@ pub async fn commit(client: &Client, group: &str, topic: &str, offsets: &Committ
         }
     }
     Ok(())
+}
+
+/// Removes every member `group` has on `client`'s cluster; returns how
+/// many. After a flip the group's members there are stale: their clients
+/// now talk to the other cluster's coordinator, but the old one keeps
+/// them until their sessions expire, and a rejoin there within that time
+/// (a flip back) would wait for them, or (tansu) hand the lead to a
+/// member that never answers.
+pub async fn remove_members(client: &Client, group: &str) -> Result<usize> {
+    let conn = coordinator(client, group).await?;
+    let request = DescribeGroupsRequest::default()
+        .with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]);
+    let described = client
+        .call(&conn, request, DESCRIBE_GROUPS_VERSION)
+        .await?;
+    let mut members = Vec::new();
+    for g in described.groups.iter().filter(|g| g.group_id.as_str() == group) {
+        if g.error_code != 0 {
+            return Err(broker_error(
+                client.cluster_name(),
+                g.error_code,
+                &format!("DescribeGroups for group {group}"),
+            ));
+        }
+        members.extend(g.members.iter().map(|m| {
+            MemberIdentity::default()
+                .with_member_id(m.member_id.clone())
+                .with_group_instance_id(m.group_instance_id.clone())
+        }));
+    }
+    if members.is_empty() {
+        return Ok(0);
+    }
+    let count = members.len();
+    let request = LeaveGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+        .with_members(members);
+    let response = client.call(&conn, request, LEAVE_GROUP_VERSION).await?;
+    if response.error_code != 0 {
+        return Err(broker_error(
+            client.cluster_name(),
+            response.error_code,
+            &format!("LeaveGroup for group {group}"),
+        ));
+    }
+    Ok(count)
 }
 
 /// Where a committed source offset (the next record to read) points on
