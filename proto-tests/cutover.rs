@@ -103,7 +103,7 @@ fn producers(
 /// what it had not committed.
 #[test]
 fn a_topic_promoted_rolled_back_and_promoted_under_running_producers_loses_duplicates_and_reorders_nothing()
-{
+ {
     let (source, target, klink) = migration("cutover", "groups = [\"billing\"]\n");
 
     // A member of group billing reads orders through klink throughout,
@@ -368,7 +368,10 @@ fn a_topic_promoted_rolled_back_and_promoted_under_running_producers_loses_dupli
         duplicates < 2_000,
         "the consumer re-read {duplicates} records after the promotion"
     );
-    assert!(carried_back > 2_000, "records checked on the source: {carried_back}");
+    assert!(
+        carried_back > 2_000,
+        "records checked on the source: {carried_back}"
+    );
     // In producer order per partition, on both clusters.
     for (partition, values) in on_target.iter().chain(&on_source) {
         let mut last: BTreeMap<&str, u64> = BTreeMap::new();
@@ -465,42 +468,50 @@ fn an_aborted_promotion_loses_and_duplicates_nothing() {
     assert_eq!(topic_status(&klink, "orders")["state"], "mirroring");
 }
 
-/// klink killed with `kill -9` in the middle of a promotion (while the
-/// drain waits on a target that is frozen with SIGSTOP) comes back with the topic mirroring on its old
-/// routes; promoted again, every acknowledged record is on the target:
-/// exactly once from the idempotent producers, at least once from the plain
-/// one (whose requests in flight at the kill were lost with klink).
-#[test]
-fn a_promotion_cut_short_by_kill_9_leaves_the_old_routes_and_can_be_done_again() {
-    let (_source, target, mut klink) = migration("crash", "");
-    let (mut ledger, lines) = producers(&klink, "10", &[]);
-    std::thread::sleep(Duration::from_millis(1000));
-    // The mirror cannot copy while the target is frozen: the drain waits.
-    target.process.signal("STOP");
+/// klink killed with `kill -9` in the middle of a flip: it comes back on
+/// the old routes and the flip can be done again.
+fn kill_during(klink: &mut Klink, frozen: &Broker, command: &[&str], state: &str) {
+    // The copy cannot write while the cluster it writes is frozen: the
+    // drain waits.
+    frozen.process.signal("STOP");
     let config = klink.config.clone();
-    let promote = std::thread::spawn(move || {
+    let args: Vec<String> = command.iter().map(|a| a.to_string()).collect();
+    let flip = std::thread::spawn(move || {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_klink"));
-        command
-            .args(["ctl", "--config"])
-            .arg(&config)
-            .args(["promote", "orders"]);
+        command.args(["ctl", "--config"]).arg(&config).args(&args);
         crate::harness::run_bounded(command, Duration::from_secs(60))
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while topic_status(&klink, "orders")["state"] != "promoting" {
+    while topic_status(klink, "orders")["state"] != state {
         assert!(
             std::time::Instant::now() < deadline,
-            "never saw the promotion under way: {}",
-            topic_status(&klink, "orders")
+            "never saw {state}: {}",
+            topic_status(klink, "orders")
         );
         std::thread::sleep(Duration::from_millis(2));
     }
     klink.process.signal("KILL");
     klink.process.wait_exit(Duration::from_secs(10));
-    target.process.signal("CONT");
+    frozen.process.signal("CONT");
     klink.process = crate::harness::spawn_klink(&klink.config, klink.dir(), 1);
-    let (code, _, _) = promote.join().expect("promote thread");
-    assert!(!code.success(), "the promotion cannot have finished");
+    let (code, _, _) = flip.join().expect("flip thread");
+    assert!(!code.success(), "the flip cannot have finished");
+}
+
+/// klink killed with `kill -9` in the middle of a promotion (while the
+/// drain waits on a target frozen with SIGSTOP) comes back with the topic
+/// mirroring on its old routes, and promotes again; killed in the middle
+/// of a rollback (the source frozen), it comes back promoted, and rolls
+/// back again. Every acknowledged record is then on the source, and was on
+/// the target before the rollback: exactly once from the idempotent
+/// producers, at least once from the plain one (whose requests in flight
+/// at a kill were lost with klink).
+#[test]
+fn a_promotion_or_rollback_cut_short_by_kill_9_leaves_the_old_routes_and_can_be_done_again() {
+    let (source, target, mut klink) = migration("crash", "");
+    let (mut ledger, lines) = producers(&klink, "14", &[]);
+    std::thread::sleep(Duration::from_millis(1000));
+    kill_during(&mut klink, &target, &["promote", "orders"], "promoting");
     let status = topic_status(&klink, "orders");
     assert_eq!(status["state"], "mirroring", "{status}");
     assert_eq!(
@@ -527,12 +538,37 @@ fn a_promotion_cut_short_by_kill_9_leaves_the_old_routes_and_can_be_done_again()
         "{stderr}"
     );
 
+    // The way back, cut short the same way.
+    std::thread::sleep(Duration::from_millis(1500));
+    let on_target_before_rollback = std::time::Instant::now();
+    kill_during(&mut klink, &source, &["rollback", "orders"], "rolling-back");
+    let status = topic_status(&klink, "orders");
+    assert_eq!(status["state"], "promoted", "{status}");
+    assert_eq!(status["writes"], "target", "{status}");
+    assert!(
+        klink
+            .process
+            .log_text()
+            .contains("a rollback was cut short"),
+        "the restart says what it undid"
+    );
+    let answer: Value =
+        serde_json::from_str(&klink.ctl_ok(&["rollback", "--link", "move", "--json"]))
+            .expect("json");
+    assert_eq!(answer["promotion"]["rollback"], true, "{answer}");
+    assert_eq!(topic_status(&klink, "orders")["writes"], "source");
+    eprintln!(
+        "cutover: rolled back {:?} after the first try",
+        on_target_before_rollback.elapsed()
+    );
+
     let last = lines.map_while(Result::ok).last().unwrap_or_default();
     assert!(ledger.0.wait().expect("producers").success());
     let report: Value = serde_json::from_str(&last).expect("ledger json");
-    let on_target = dump(&target, "orders");
+    // Everything is on the source: written there, or carried back.
+    let on_source = dump(&source, "orders");
     let mut copies: HashMap<&str, usize> = HashMap::new();
-    for values in on_target.values() {
+    for values in on_source.values() {
         for value in values {
             *copies.entry(value.as_str()).or_default() += 1;
         }
@@ -550,7 +586,12 @@ fn a_promotion_cut_short_by_kill_9_leaves_the_old_routes_and_can_be_done_again()
             if name == "plain" {
                 assert!(found >= 1, "{value} acknowledged, then lost");
             } else {
-                assert_eq!(found, 1, "{value} on the target exactly once");
+                assert_eq!(
+                    found,
+                    1,
+                    "{value} on the source exactly once\nklink log:\n{}",
+                    klink.process.log_text()
+                );
             }
         }
     }

@@ -243,7 +243,8 @@ fn repeated_flips_at_full_speed_lose_duplicate_and_reorder_nothing() {
         );
     }
     assert!(
-        cuts.iter().filter(|c| c.1 > 0).count() >= 3 && cuts.iter().filter(|c| c.2 > 0).count() >= 3,
+        cuts.iter().filter(|c| c.1 > 0).count() >= 3
+            && cuts.iter().filter(|c| c.2 > 0).count() >= 3,
         "cuts met klink's connections to each cluster at least three times: {cuts:?}"
     );
 

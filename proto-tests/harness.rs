@@ -427,7 +427,17 @@ impl Klink {
     /// Runs `klink ctl` and insists it succeeds.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let (status, stdout, stderr) = self.ctl(args);
-        assert!(status.success(), "klink ctl {args:?} failed: {stderr}");
+        assert!(
+            status.success(),
+            "klink ctl {args:?} failed: {stderr}{stdout}\nklink's warnings:\n{}",
+            self.process
+                .log_text()
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         stdout
     }
 

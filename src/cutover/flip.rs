@@ -71,7 +71,15 @@ impl Cutover {
         }
         let mut partitions: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for topic in &topics {
-            let mirror = self.mirrors.topic(topic).unwrap_or_default();
+            // A mirror that is starting (klink just restarted, or the copy
+            // just turned round) gets until the fence bound to report.
+            let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
+            let asked_at = Instant::now();
+            let mut mirror = self.mirrors.topic(topic).unwrap_or_default();
+            while mirror.lag().is_none() && asked_at.elapsed() < bound {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                mirror = self.mirrors.topic(topic).unwrap_or_default();
+            }
             if mirror.lag().is_none() {
                 return Err(Error::client(
                     Kind::Config,

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
-use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::{
-    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, LeaveGroupRequest,
-    OffsetCommitRequest, OffsetFetchRequest, TopicName,
+    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, LeaveGroupRequest, OffsetCommitRequest,
+    OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -157,11 +157,13 @@ pub async fn remove_members(client: &Client, group: &str) -> Result<usize> {
     let conn = coordinator(client, group).await?;
     let request = DescribeGroupsRequest::default()
         .with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]);
-    let described = client
-        .call(&conn, request, DESCRIBE_GROUPS_VERSION)
-        .await?;
+    let described = client.call(&conn, request, DESCRIBE_GROUPS_VERSION).await?;
     let mut members = Vec::new();
-    for g in described.groups.iter().filter(|g| g.group_id.as_str() == group) {
+    for g in described
+        .groups
+        .iter()
+        .filter(|g| g.group_id.as_str() == group)
+    {
         if g.error_code != 0 {
             return Err(broker_error(
                 client.cluster_name(),

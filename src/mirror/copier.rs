@@ -593,8 +593,7 @@ impl PartitionCopier {
             for landed in target_batches {
                 let (source, source_bytes) = self.next_copied_source_batch().await?;
                 let landed_bytes = on_target.records.slice(landed.bytes.clone());
-                if source.records != landed.records || !same_records(&source_bytes, &landed_bytes)
-                {
+                if source.records != landed.records || !same_records(&source_bytes, &landed_bytes) {
                     return Err(Error::klink(
                         Kind::Protocol,
                         format!(

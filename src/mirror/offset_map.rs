@@ -226,7 +226,9 @@ impl OffsetLog {
     ) -> Result<()> {
         match direction {
             Direction::Forward => self.append(from_base, from_last, to_base),
-            Direction::Reverse => self.append(to_base, to_base + (from_last - from_base), from_base),
+            Direction::Reverse => {
+                self.append(to_base, to_base + (from_last - from_base), from_base)
+            }
         }
     }
 
@@ -244,9 +246,8 @@ fn read_entries(path: &Path) -> Result<(OffsetMap, usize, usize)> {
     let mut bytes = Vec::new();
     match File::open(path) {
         Ok(mut f) => {
-            f.read_to_end(&mut bytes).map_err(|e| {
-                Error::klink(Kind::Io, format!("reading {}: {e}", path.display()))
-            })?;
+            f.read_to_end(&mut bytes)
+                .map_err(|e| Error::klink(Kind::Io, format!("reading {}: {e}", path.display())))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {

@@ -269,7 +269,12 @@ async fn run_topic(job: Job) {
         target_reader: Arc::default(),
     };
     for (partition, start) in record.start {
-        tokio::spawn(run_partition(job.clone(), clients.clone(), partition, start));
+        tokio::spawn(run_partition(
+            job.clone(),
+            clients.clone(),
+            partition,
+            start,
+        ));
     }
 }
 

@@ -82,6 +82,9 @@ enum PartReply {
 struct Queued {
     pending: Pending,
     watched: Option<SentWrites>,
+    /// An acks=0 Produce klink sent upstream as acks=1 (see
+    /// `note_writes`): its answer feeds `watched` and goes no further.
+    silent: bool,
     /// An offset commit in flight, for a promotion's group hand-over.
     _commit: Option<crate::cutover::CommitInFlight>,
 }
@@ -183,10 +186,15 @@ impl Session {
         let payload = frame.payload();
         let header = RequestHeader::parse(&payload)
             .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
-        let (routes, watched) = if header.known_api == Some(ApiKey::Produce) {
+        let (routes, watched, silent) = if header.known_api == Some(ApiKey::Produce) {
             self.note_writes(&header, &payload).await
         } else {
-            (self.ctx.routes.snapshot(), None)
+            (self.ctx.routes.snapshot(), None, false)
+        };
+        let frame = if silent {
+            with_acks_one(&frame, &header)?
+        } else {
+            frame
         };
         if let Some(api @ (ApiKey::OffsetFetch | ApiKey::JoinGroup)) = header.known_api {
             self.ctx.readers.observe(api, header.api_version, &payload);
@@ -209,6 +217,7 @@ impl Session {
         Ok(pending.map(|pending| Queued {
             pending,
             watched,
+            silent,
             _commit: commit,
         }))
     }
@@ -464,6 +473,7 @@ impl Session {
             let Queued {
                 pending,
                 watched,
+                silent,
                 _commit,
             } = match queue.try_recv() {
                 Ok(p) => p,
@@ -556,6 +566,9 @@ impl Session {
                     Segments::One(bytes) => watched.answered(bytes),
                     Segments::Many(parts) => watched.answered(&parts.concat()),
                 }
+            }
+            if silent {
+                continue;
             }
             match segments {
                 Segments::One(bytes) => out.push(bytes),
@@ -656,4 +669,15 @@ impl Session {
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+/// The request frame with its Produce `acks` set to 1 (a copy: the
+/// client's bytes are shared).
+fn with_acks_one(frame: &Frame, header: &RequestHeader) -> Result<Frame> {
+    let at = crate::wire::produce_acks_at(&frame.payload(), header)
+        .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
+    let mut bytes = bytes::BytesMut::from(&frame.wire_bytes()[..]);
+    // The payload starts after the 4-byte length prefix.
+    bytes[4 + at..4 + at + 2].copy_from_slice(&1i16.to_be_bytes());
+    Ok(Frame::from_prefixed(bytes.freeze()))
 }

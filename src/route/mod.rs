@@ -115,10 +115,7 @@ impl Routes {
             .values()
             .all(|r| r.writes == *d && r.reads == *d)
             && self.groups.values().all(|g| g.cluster == *d);
-        self.any_mirroring = self
-            .topics
-            .values()
-            .any(|r| r.state.copied());
+        self.any_mirroring = self.topics.values().any(|r| r.state.copied());
     }
 }
 

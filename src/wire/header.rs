@@ -79,6 +79,13 @@ impl RequestHeader {
 
 /// The `acks` of a Produce request, read without decoding its records.
 pub fn produce_acks(payload: &[u8], header: &RequestHeader) -> Result<i16, HeaderError> {
+    let at = produce_acks_at(payload, header)?;
+    Reader::new(payload, at).i16()
+}
+
+/// Where a Produce request's `acks` field sits in `payload` (the frame
+/// without its length prefix).
+pub fn produce_acks_at(payload: &[u8], header: &RequestHeader) -> Result<usize, HeaderError> {
     let offset = header.body_offset.ok_or(HeaderError("unknown layout"))?;
     let mut r = Reader::new(payload, offset);
     // transactional_id: a compact nullable string from v9 on, classic before.
@@ -93,7 +100,9 @@ pub fn produce_acks(payload: &[u8], header: &RequestHeader) -> Result<i16, Heade
             r.take(len as usize)?;
         }
     }
-    r.i16()
+    let at = r.position();
+    r.i16()?;
+    Ok(at)
 }
 
 /// Builds a whole response frame (prefix, header, body).

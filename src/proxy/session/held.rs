@@ -19,29 +19,42 @@ impl Session {
     /// routes of that moment. Noting comes before looking at the fences: a
     /// promotion raises its fence before it counts the writes in flight,
     /// so every write either is counted or sees the fence.
+    ///
+    /// The last value says the request is acks=0 and writes a copied
+    /// topic: it must go upstream with acks=1 (its answer swallowed, the
+    /// client is owed none), so that a flip can wait for it like any other
+    /// write. Sent as acks=0 it could land on the cluster a flip leaves
+    /// after the drain read that cluster's end: a record the copy never
+    /// carries over, and a hole that makes the two clusters' offsets differ.
     pub(super) async fn note_writes(
         &self,
         header: &RequestHeader,
         payload: &Bytes,
-    ) -> (Arc<crate::route::Routes>, Option<SentWrites>) {
+    ) -> (Arc<crate::route::Routes>, Option<SentWrites>, bool) {
         let name_of_id = |id: &uuid::Uuid| self.ctx.catalog.name_by_client_id(id);
         loop {
             let routes = self.ctx.routes.snapshot();
+            let acks = produce_acks(payload, header).unwrap_or(-1);
             let watched = if routes.any_mirroring() {
-                let acks = produce_acks(payload, header).unwrap_or(-1);
-                self.ctx
-                    .forwarded
-                    .sent(&routes, header.api_version, payload, acks, name_of_id)
+                self.ctx.forwarded.sent(
+                    &routes,
+                    header.api_version,
+                    payload,
+                    // Answered once sent as acks=1.
+                    if acks == 0 { 1 } else { acks },
+                    name_of_id,
+                )
             } else {
                 None
             };
+            let silenced = acks == 0 && watched.is_some();
             if !self.ctx.fences.any() {
-                return (routes, watched);
+                return (routes, watched, silenced);
             }
             let topics = crate::cutover::produce_topics(header.api_version, payload, name_of_id);
             let held = self.ctx.fences.holding(topics.iter().map(String::as_str));
             if held.is_empty() {
-                return (routes, watched);
+                return (routes, watched, silenced);
             }
             if let Some(watched) = watched {
                 watched.cancel();
