@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # klink's job on local defaults: two local Kafka-compatible clusters (tansu),
 # klink in front of both, a linked topic produced to through klink and
-# mirrored to the target by klink, then promoted to the target with
-# `klink ctl promote` (writes held while the mirror drains, the link's group
-# handed over, routes flipped, writes released) while clients keep the same
-# address; every record accounted for on each cluster, and every broker
-# address a client learns is a klink address. (Rollback comes with later
-# work.)
+# mirrored to the target by klink; then a whole migration while producers
+# and a consumer group keep running through the same address: promote
+# (writes held while the mirror drains, the group handed over, routes
+# flipped, writes released), roll back (the reverse mirror kept the source
+# a full copy), promote again, commit. It prints each flip's fence time and
+# the ledger: every acknowledged record on the target exactly once, in
+# order, and every broker address a client learned a klink address.
 # Everything binds 127.0.0.1; everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -93,24 +94,49 @@ ctl status
 ctl mirror orders
 ctl offsets orders 0
 
-echo "== the operator promotes orders (and the link's group billing) to the target"
-ctl promote orders
-ctl status
-echo "== producing 500 more records through klink, same address, no client change"
-seq 500 999 | awk '{print "order-" $1 ":after-flip-" $1}' |
-    "$KLINK_KCAT" -b "127.0.0.1:$klink_port" -P -t orders -K: -X linger.ms=0 -X batch.num.messages=1
+flips() { "$KLINK_PYTHON" proto-tests/clients/flips.py "$@"; }
+fence() { "$KLINK_PYTHON" -c 'import json,sys; p=json.load(sys.stdin)["promotion"]; print(f"{p[\"fence_ms\"]:.1f}")'; }
 
-on_source="$(count_on "127.0.0.1:$source_port")"
-on_target="$(count_on "127.0.0.1:$target_port")"
-through_klink="$("$KLINK_KCAT" -b "127.0.0.1:$klink_port" -C -t orders -o beginning -e -q \
-    -X fetch.wait.max.ms=10 -f '%s\n' | grep -c after-flip || true)"
-echo "source cluster holds $on_source records, target cluster holds $on_target records (read directly:"
-echo "  500 mirrored before the promotion, 500 written after it)"
-echo "a consumer through klink now reads the target: $through_klink after-flip records"
+echo "== producers (idempotent, plain, acks=0, split across clusters; 1,000 rec/s each) and a"
+echo "   consumer in group billing start through klink and run through the whole migration"
+flips consume --bootstrap "127.0.0.1:$klink_port" --topic orders --group billing --seconds 16 \
+    >"$work/consumed.json" 2>"$work/consume.log" &
+pids+=($!)
+consumer=$!
+routing create --bootstrap "127.0.0.1:$klink_port" --topic payments --partitions 3 >/dev/null
+flips ledger --bootstrap "127.0.0.1:$klink_port" --topic orders --other payments --seconds 10 \
+    --pace 1000 --max 1000000 --one-per-batch >"$work/ledger.json" 2>"$work/ledger.log" &
+pids+=($!)
+producers=$!
+sleep 2
+
+echo "== the operator promotes orders (and the link's group billing) to the target"
+promoted="$(ctl promote orders --json | fence)"
+echo "   writes held for $promoted ms"
+ctl status
+sleep 2
+echo "== ... and rolls it back: the reverse mirror has copied the target's new records to the source"
+rolled_back="$(ctl rollback orders --json | fence)"
+echo "   writes held for $rolled_back ms"
+ctl status
+sleep 2
+echo "== promotes it again"
+again="$(ctl promote orders --json | fence)"
+echo "   writes held for $again ms"
+wait "$producers"
+echo "== the producers are done; the operator commits (the reverse mirror stops)"
+ctl commit orders
+ctl status
+wait "$consumer"
+sed -i '/^STARTED$/d' "$work/ledger.json" "$work/consumed.json"
+flips dump --bootstrap "127.0.0.1:$target_port" --topic orders >"$work/target.json"
+
+echo "== the ledger (the target read directly)"
+"$KLINK_PYTHON" scripts/demo_ledger.py "$work/ledger.json" "$work/consumed.json" "$work/target.json"
+echo "fence times: promote $promoted ms, rollback $rolled_back ms, promote $again ms"
 
 if "$KLINK_KCAT" -b "127.0.0.1:$klink_port" -L | grep -qE ":($source_port|$target_port)\b"; then
     echo "FAIL: an upstream address reached the client"; exit 1
 fi
-[ "$on_source" = 500 ] && [ "$on_target" = 1000 ] && [ "$through_klink" = 500 ] || { echo "FAIL: records went astray"; exit 1; }
-echo "== done: a topic mirrored and its writes moved between clusters under running clients; every record accounted for,"
-echo "   and clients only ever saw klink addresses"
+echo "== done: a topic migrated, rolled back and migrated again under running clients; every"
+echo "   acknowledged record accounted for, and clients only ever saw klink addresses"

@@ -686,3 +686,29 @@ fn same_records(a: &[u8], b: &[u8]) -> bool {
         && a.get(KEPT_BEFORE) == b.get(KEPT_BEFORE)
         && a.get(KEPT_FROM..) == b.get(KEPT_FROM..)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(producer_id: i64, value: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 70];
+        b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        b[57..61].copy_from_slice(&1i32.to_be_bytes());
+        b[69] = value;
+        b
+    }
+
+    #[test]
+    fn a_copy_is_known_by_its_records_whatever_its_producer() {
+        assert!(
+            same_records(&batch(7, 1), &batch(900, 1)),
+            "rewritten producer"
+        );
+        assert!(!same_records(&batch(7, 1), &batch(7, 2)), "other records");
+        assert!(!same_records(&batch(7, 1), &batch(7, 1)[..60]), "cut short");
+        let mut later = batch(7, 1);
+        later[30] = 9; // another timestamp
+        assert!(!same_records(&batch(7, 1), &later));
+    }
+}

@@ -317,6 +317,59 @@ mod tests {
     }
 
     #[test]
+    fn both_directions_write_one_map_that_reads_both_ways() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("orders-0.map");
+        let mut log = OffsetLog::open(&path).expect("open");
+        // Mirrored: source 0..=9 -> target 0..; a marker at source 10.
+        log.append_copied(Direction::Forward, 0, 9, 0)
+            .expect("forward");
+        // Promoted at source 11 / target 10: the reverse mirror copies the
+        // target's 10..=14 to the source's 11.., then (a marker on the
+        // target at 15) 16..=17 to 16.
+        log.append_copied(Direction::Reverse, 10, 14, 11)
+            .expect("reverse");
+        log.append_copied(Direction::Reverse, 16, 17, 16)
+            .expect("reverse");
+        let map = log.map().clone();
+        assert_eq!(map.ends(Direction::Forward), Some((18, 18)));
+        assert_eq!(map.ends(Direction::Reverse), Some((18, 18)));
+        assert_eq!(map.to_target(12), Mapped::Exactly(11));
+        assert_eq!(map.to_target(10), Mapped::Gap { next: 10 }, "the marker");
+        let back = map.reversed();
+        assert_eq!(
+            back,
+            vec![
+                Run {
+                    source_start: 0,
+                    source_end: 10,
+                    target_start: 0
+                },
+                Run {
+                    source_start: 10,
+                    source_end: 15,
+                    target_start: 11
+                },
+                Run {
+                    source_start: 16,
+                    source_end: 18,
+                    target_start: 16
+                },
+            ]
+        );
+        // Read by a promotion while the copier holds the file.
+        log.sync().expect("sync");
+        assert_eq!(OffsetMap::load(&path).expect("load"), map);
+        assert_eq!(
+            OffsetMap::load(&dir.path().join("none.map")).expect("load"),
+            OffsetMap::default(),
+            "no file: nothing copied yet"
+        );
+        // A reverse copy may not go back behind what either side holds.
+        assert!(log.append_copied(Direction::Reverse, 17, 17, 30).is_err());
+    }
+
+    #[test]
     fn a_map_from_offset_zero_without_gaps_is_the_identity() {
         let mut map = OffsetMap::default();
         map.append(0, 9, 0).expect("append");
