@@ -1,29 +1,32 @@
 #!/usr/bin/env bash
-# How long a promotion holds writes, under a steady producer, one command:
+# How long a promotion or a rollback holds writes, under a steady producer
+# and a consumer, one command:
 #
 #   benches/cutover.sh                # about a minute on 2 cores, plus the build
-#   TOPICS=40 RATE=5000 benches/cutover.sh
+#   CYCLES=40 RATE=5000 benches/cutover.sh
 #
 # Starts two tansu brokers (source, target) and `klink proxy` with one link
 # of TOPICS topics (3 partitions each), mirrored. A confluent-kafka producer
 # (acks=all, idempotent, linger 5 ms) writes RATE records/s through klink,
 # round-robin over the topics, and keeps every record's latency (send to
-# delivery report). After a quiet phase of the same length, the topics are
-# promoted one by one with `klink ctl promote --json`. It prints:
+# delivery report); a consumer (assigned every partition, no group) reads
+# them all through klink. After a quiet phase, CYCLES cycles each promote
+# one topic and roll it back (`klink ctl promote/rollback --json`), the
+# topics taken in turn. It prints:
 #
-#   fence ms     p50 / p99 / max of the promotions' fences (how long new
-#                writes to the promoted topic were held)
-#   producer ms  p50 / p99 of the producer's latency before the promotions
-#                and while they ran
+#   fence ms     p50 / p99 / max of every flip's fence (how long new writes
+#                to the topic were held), promotions and rollbacks together
+#   producer ms  p50 / p99 of the producer's latency before the cycles and
+#                while they ran
 #
-# (The issue asks for promote/rollback cycles; rollback is not built yet, so
-# each cycle here is one promotion of another topic.) Not part of
-# scripts/test.sh. Knobs: TOPICS (20), RATE (5000), KLINK_CACHE.
+# Not part of scripts/test.sh. Knobs: CYCLES (20), TOPICS (20), RATE (5000),
+# KLINK_CACHE.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 TOPICS="${TOPICS:-20}"
+CYCLES="${CYCLES:-20}"
 RATE="${RATE:-5000}"
 
 NAME=cutover
@@ -102,24 +105,48 @@ EOF
     >"$WORK/load.out" 2>"$WORK/load.err" &
 load=$!
 PIDS+=("$load")
+cat >"$WORK/read.py" <<'EOF'
+"""Reads every partition of the topics from the end until the file STOP
+exists; prints how many records it read."""
+import os, sys
+from confluent_kafka import Consumer, TopicPartition, OFFSET_END
+
+bootstrap, stop, topics = sys.argv[1], sys.argv[2], sys.argv[3:]
+c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False,
+              "fetch.wait.max.ms": 50})
+c.assign([TopicPartition(t, p, OFFSET_END) for t in topics for p in range(3)])
+n = 0
+while not os.path.exists(stop):
+    n += sum(1 for m in c.consume(1000, 0.1) if m.error() is None)
+print(n, flush=True)
+EOF
+"$KLINK_PYTHON" "$WORK/read.py" "127.0.0.1:$klink_port" "$WORK/STOP" "${topics[@]}" \
+    >"$WORK/read.out" 2>"$WORK/read.err" &
+reader=$!
+PIDS+=("$reader")
 sleep 1
 quiet_from="$(date +%s.%N)"
 say "quiet phase"
-sleep "$(( TOPICS / 4 + 3 ))"
+sleep "$(( CYCLES / 2 + 3 ))"
 cycles_from="$(date +%s.%N)"
-say "promoting $TOPICS topics one by one"
+say "$CYCLES promote/rollback cycles"
 : >"$WORK/fences"
-for t in "${topics[@]}"; do
-    ctl promote "$t" --json | "$KLINK_PYTHON" -c '
+for i in $(seq 0 $((CYCLES - 1))); do
+    t="${topics[$(( i % TOPICS ))]}"
+    for flip in promote rollback; do
+        ctl "$flip" "$t" --json | "$KLINK_PYTHON" -c '
 import json, sys
 print(json.load(sys.stdin)["promotion"]["fence_ms"])' >>"$WORK/fences" \
-        || die "promote $t failed: $(tail -5 "$WORK/klink.log")"
+            || die "$flip $t failed: $(tail -5 "$WORK/klink.log")"
+    done
 done
 cycles_to="$(date +%s.%N)"
 touch "$WORK/STOP"
 wait "$load" || die "the producer failed: $(tail -5 "$WORK/load.err")"
+wait "$reader" || die "the consumer failed: $(tail -5 "$WORK/read.err")"
 
-"$KLINK_PYTHON" - "$WORK/fences" "$WORK/load.out" "$quiet_from" "$cycles_from" "$cycles_to" <<'EOF'
+"$KLINK_PYTHON" - "$WORK/fences" "$WORK/load.out" "$quiet_from" "$cycles_from" "$cycles_to" \
+    "$(cat "$WORK/read.out")" <<'EOF'
 import json, sys
 fences = sorted(float(l) for l in open(sys.argv[1]) if l.strip())
 out = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
@@ -129,9 +156,10 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 quiet = [l for s, l in out["latencies"] if quiet_from <= s < cycles_from]
 cycles = [l for s, l in out["latencies"] if cycles_from <= s < cycles_to]
-print(f"promotions: {len(fences)}, producer failed: {out['failed']}")
+print(f"flips (promotions and rollbacks): {len(fences)}, producer failed: {out['failed']},"
+      f" consumer read {sys.argv[6]} records")
 print(f"fence ms:    p50 {pct(fences, .5):.1f}  p99 {pct(fences, .99):.1f}  max {fences[-1]:.1f}")
 print(f"producer ms: quiet p50 {pct(quiet, .5):.1f} p99 {pct(quiet, .99):.1f}"
-      f" ({len(quiet)} records); during promotions p50 {pct(cycles, .5):.1f}"
+      f" ({len(quiet)} records); during the cycles p50 {pct(cycles, .5):.1f}"
       f" p99 {pct(cycles, .99):.1f} ({len(cycles)} records)")
 EOF

@@ -95,7 +95,7 @@ ctl mirror orders
 ctl offsets orders 0
 
 flips() { "$KLINK_PYTHON" proto-tests/clients/flips.py "$@"; }
-fence() { "$KLINK_PYTHON" -c 'import json,sys; p=json.load(sys.stdin)["promotion"]; print(f"{p[\"fence_ms\"]:.1f}")'; }
+fence() { "$KLINK_PYTHON" -c 'import json,sys; print("%.1f" % json.load(sys.stdin)["promotion"]["fence_ms"])'; }
 
 echo "== producers (idempotent, plain, acks=0, split across clusters; 1,000 rec/s each) and a"
 echo "   consumer in group billing start through klink and run through the whole migration"
