@@ -25,8 +25,9 @@
 //! cluster it reads and the cluster it writes, and its map entries are
 //! written in source -> target terms whichever way it copies.
 //!
-//! A little over 600 lines: the copy path and the reconciliation share the
-//! copier's position, sequence and target end, and are checked together.
+//! About 700 lines: the copy path and the reconciliation, in either
+//! direction, share the copier's position, sequence and target end, and
+//! are read and checked together.
 
 use std::collections::VecDeque;
 use std::path::Path;

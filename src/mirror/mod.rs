@@ -10,6 +10,7 @@
 //! - [`copier`]: one partition copied exactly once, with reconciliation
 //!   after a crash.
 //!
+//! - [`report`]: what the mirrors report to `klink ctl`, and their gates;
 //! - [`runner`]: copiers for every topic of a mirroring link, started by
 //!   `klink proxy`: mirror topic creation, refusal of a target topic that
 //!   is not klink's, retries with backoff, what `status`/`mirror` show;
@@ -24,6 +25,7 @@ pub mod copier;
 pub mod gate;
 mod holes;
 pub mod offset_map;
+pub mod report;
 mod requests;
 pub mod runner;
 pub mod sender;
@@ -34,5 +36,5 @@ pub use requests::{high_watermark, log_bounds};
 
 pub use committed::{Walked, walk};
 pub use offset_map::{Direction, Mapped, OffsetLog, OffsetMap, Run};
-pub use runner::{Mirrors, PartitionMirror, TopicMirror};
+pub use report::{Mirrors, PartitionMirror, TopicMirror};
 pub use sender::SenderPool;

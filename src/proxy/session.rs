@@ -2,7 +2,7 @@
 //! (many in flight), and responses are written back strictly in request
 //! order, whichever upstream answers first.
 //!
-//! Longer than most files here (~650 lines) on purpose: the reader, the
+//! Longer than most files here (~680 lines) on purpose: the reader, the
 //! writer and what each does when an upstream fails are one pipeline, and
 //! reading them together is how one checks that every request gets exactly
 //! one answer, in order. Opening upstream connections ([`upstreams`]) and
