@@ -148,7 +148,9 @@ wait "$reader" || die "the consumer failed: $(tail -5 "$WORK/read.err")"
 "$KLINK_PYTHON" - "$WORK/fences" "$WORK/load.out" "$quiet_from" "$cycles_from" "$cycles_to" \
     "$(cat "$WORK/read.out")" <<'EOF'
 import json, sys
-fences = sorted(float(l) for l in open(sys.argv[1]) if l.strip())
+flips = [float(l) for l in open(sys.argv[1]) if l.strip()]
+fences = sorted(flips)
+promotions, rollbacks = sorted(flips[0::2]), sorted(flips[1::2])
 out = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 quiet_from, cycles_from, cycles_to = map(float, sys.argv[3:6])
 def pct(xs, q):
@@ -158,7 +160,8 @@ quiet = [l for s, l in out["latencies"] if quiet_from <= s < cycles_from]
 cycles = [l for s, l in out["latencies"] if cycles_from <= s < cycles_to]
 print(f"flips (promotions and rollbacks): {len(fences)}, producer failed: {out['failed']},"
       f" consumer read {sys.argv[6]} records")
-print(f"fence ms:    p50 {pct(fences, .5):.1f}  p99 {pct(fences, .99):.1f}  max {fences[-1]:.1f}")
+print(f"fence ms:    p50 {pct(fences, .5):.1f}  p99 {pct(fences, .99):.1f}  max {fences[-1]:.1f}"
+      f"  (promotions p50 {pct(promotions, .5):.1f}, rollbacks p50 {pct(rollbacks, .5):.1f})")
 print(f"producer ms: quiet p50 {pct(quiet, .5):.1f} p99 {pct(quiet, .99):.1f}"
       f" ({len(quiet)} records); during the cycles p50 {pct(cycles, .5):.1f}"
       f" p99 {pct(cycles, .99):.1f} ({len(cycles)} records)")

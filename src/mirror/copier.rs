@@ -569,6 +569,12 @@ impl PartitionCopier {
     /// with the source's copied batches.
     async fn reconcile(&mut self) -> Result<()> {
         let mut adopted = 0;
+        // What the written cluster holds now: no reason to wait for more
+        // (tansu would hold the fetch for its whole wait).
+        let now = CopyConfig {
+            fetch_wait: Duration::ZERO,
+            ..self.config.clone()
+        };
         loop {
             let on_target = fetch(
                 &self.target,
@@ -576,7 +582,7 @@ impl PartitionCopier {
                 self.partition,
                 self.target_end,
                 0,
-                &self.config,
+                &now,
             )
             .await?;
             let target_batches = walk(&on_target.records, &[]).map_err(|e| {
