@@ -36,6 +36,15 @@ fn migration(name: &str, link_extra: &str) -> (Broker, Broker, Klink) {
     (source, target, klink)
 }
 
+/// How many times each value is in a topic's dump.
+fn copies(dumped: &BTreeMap<i64, Vec<String>>) -> HashMap<&str, usize> {
+    let mut copies: HashMap<&str, usize> = HashMap::new();
+    for value in dumped.values().flatten() {
+        *copies.entry(value.as_str()).or_default() += 1;
+    }
+    copies
+}
+
 /// A flips.py command started with its stdout piped, past its STARTED
 /// line; the rest of its output is read from the returned lines.
 fn started(
@@ -210,18 +219,8 @@ fn a_topic_promoted_rolled_back_and_promoted_under_running_producers_loses_dupli
     let on_target = dump(&target, "orders");
     let on_source = dump(&source, "orders");
     let on_source_payments = dump(&source, "payments");
-    let mut source_copies: HashMap<&str, usize> = HashMap::new();
-    for values in on_source.values() {
-        for value in values {
-            *source_copies.entry(value.as_str()).or_default() += 1;
-        }
-    }
-    let mut copies: HashMap<&str, usize> = HashMap::new();
-    for values in on_target.values() {
-        for value in values {
-            *copies.entry(value.as_str()).or_default() += 1;
-        }
-    }
+    let source_copies = copies(&on_source);
+    let copies = copies(&on_target);
     let payments: usize = on_source_payments.values().map(Vec::len).sum();
     assert!(payments > 0, "payments written to the source");
     // Committing ends the migration; committing again says so; there is
@@ -421,12 +420,7 @@ fn an_aborted_promotion_loses_and_duplicates_nothing() {
     assert!(ledger.0.wait().expect("producers").success());
     let report: Value = serde_json::from_str(&last).expect("ledger json");
     let on_source = dump(&source, "orders");
-    let mut copies: HashMap<&str, usize> = HashMap::new();
-    for values in on_source.values() {
-        for value in values {
-            *copies.entry(value.as_str()).or_default() += 1;
-        }
-    }
+    let copies = copies(&on_source);
     for name in ["idem", "plain", "split"] {
         let producer = &report[name];
         assert_eq!(producer["fatal"], false, "{name}: {producer}");
@@ -567,12 +561,7 @@ fn a_promotion_or_rollback_cut_short_by_kill_9_leaves_the_old_routes_and_can_be_
     let report: Value = serde_json::from_str(&last).expect("ledger json");
     // Everything is on the source: written there, or carried back.
     let on_source = dump(&source, "orders");
-    let mut copies: HashMap<&str, usize> = HashMap::new();
-    for values in on_source.values() {
-        for value in values {
-            *copies.entry(value.as_str()).or_default() += 1;
-        }
-    }
+    let copies = copies(&on_source);
     for name in ["idem", "plain", "split"] {
         let producer = &report[name];
         assert_eq!(producer["fatal"], false, "{name}: {producer}");

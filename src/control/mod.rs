@@ -4,6 +4,9 @@
 //!
 //! A request that cannot be parsed, names an unknown command, topic, group
 //! or cluster gets `{"ok":false,"error":...}` and changes nothing.
+//!
+//! Just over 600 lines: the commands, their replies and the socket that
+//! serves them are one protocol, read together.
 
 pub mod client;
 

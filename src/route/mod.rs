@@ -5,6 +5,9 @@
 //! take an `Arc` snapshot (one lock-free-in-practice clone) and writers
 //! persist the new table before swapping it in: no request is ever released
 //! under a route that is not yet durable.
+//!
+//! A little over 600 lines with its tests: the table, its load from the
+//! state file and every durable change to it are read together.
 
 mod catalog;
 mod in_doubt;
