@@ -33,6 +33,7 @@ pub mod control;
 pub mod cutover;
 pub mod error;
 pub mod mirror;
+pub mod numbering;
 pub mod perf;
 pub mod proxy;
 pub mod rewrite;

@@ -13,7 +13,8 @@ use crate::config::LinkConfig;
 use crate::error::{Error, Kind, Result};
 use crate::mirror::runner::{map_path, maps_dir};
 use crate::mirror::{Direction, OffsetMap, Run, high_watermark, log_bounds};
-use crate::route::TopicState;
+use crate::numbering::{Era, Side};
+use crate::route::{FlipPoint, TopicState};
 
 /// How often a flip looks at writes in flight and the copy's progress
 /// while the fence stands.
@@ -122,6 +123,7 @@ impl Cutover {
                 .hand_over(link, &partitions, &maps, direction, &from, &to)
                 .await?;
             let synced = sync_points(&to, &drained, &maps, direction).await?;
+            let synced = self.with_eras(synced, direction);
             tracing::debug!(
                 drain_ms = drained_at.as_secs_f64() * 1000.0,
                 hand_over_ms = (fenced_at.elapsed() - drained_at).as_secs_f64() * 1000.0,
@@ -133,6 +135,13 @@ impl Cutover {
         .await;
         let failure = match drained {
             Ok(Ok((drained_partitions, groups, synced))) => {
+                let eras: BTreeMap<String, BTreeMap<i32, Vec<Era>>> = synced
+                    .iter()
+                    .map(|(topic, points)| {
+                        let eras = points.iter().map(|(&p, point)| (p, point.eras.clone()));
+                        (topic.clone(), eras.collect())
+                    })
+                    .collect();
                 let (routes, moving, moved_to, moved) = (
                     self.routes.clone(),
                     topics.clone(),
@@ -147,6 +156,9 @@ impl Cutover {
                 .and_then(|flipped| flipped);
                 match flipped {
                     Ok(()) => {
+                        // Before the release: the held writes land in the
+                        // new era.
+                        self.numbering.publish_eras(&eras);
                         // Released under the new routes.
                         drop(fence);
                         // The copy the other way starts from the synced
@@ -358,6 +370,50 @@ impl Cutover {
                 }
             }
         }
+    }
+
+    /// Each partition's eras with the one this flip starts: from the sync
+    /// point on the cluster flipped to, numbered where the client
+    /// numbering of the cluster left ends.
+    fn with_eras(
+        &self,
+        synced: SyncPoints,
+        direction: Direction,
+    ) -> BTreeMap<String, BTreeMap<i32, FlipPoint>> {
+        let (left, gone_to) = match direction {
+            Direction::Forward => (Side::Source, Side::Target),
+            Direction::Reverse => (Side::Target, Side::Source),
+        };
+        synced
+            .into_iter()
+            .map(|(topic, points)| {
+                let points = points
+                    .into_iter()
+                    .map(|(partition, [source, target])| {
+                        let (left_end, to_start) = match direction {
+                            Direction::Forward => (source, target),
+                            Direction::Reverse => (target, source),
+                        };
+                        let client_from = self
+                            .numbering
+                            .view_of(&topic, partition, left)
+                            .end_to_client(left_end);
+                        let mut eras = self.numbering.eras(&topic, partition);
+                        eras.push(Era {
+                            side: gone_to,
+                            upstream_from: to_start,
+                            client_from,
+                        });
+                        let point = FlipPoint {
+                            synced: [source, target],
+                            eras,
+                        };
+                        (partition, point)
+                    })
+                    .collect();
+                (topic, points)
+            })
+            .collect()
     }
 
     fn lift_limits(&self, partitions: &BTreeMap<String, Vec<i32>>, direction: Direction) {

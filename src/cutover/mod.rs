@@ -37,6 +37,7 @@ use crate::client::ClientConfig;
 use crate::config::{Config, LinkConfig};
 use crate::error::{Error, Kind, Result};
 use crate::mirror::{Direction, ForwardedWrites, Mirrors};
+use crate::numbering::Numbering;
 use crate::route::{RouteTable, TopicState};
 
 /// What a promotion or a rollback did, for the operator.
@@ -88,6 +89,7 @@ pub struct Cutover {
     fences: Arc<Fences>,
     readers: Arc<Readers>,
     transactions: Arc<OpenTransactions>,
+    numbering: Arc<Numbering>,
     /// One promotion at a time: two would race on the routes they flip.
     promoting: tokio::sync::Mutex<()>,
 }
@@ -101,6 +103,7 @@ impl Cutover {
         fences: Arc<Fences>,
         readers: Arc<Readers>,
         transactions: Arc<OpenTransactions>,
+        numbering: Arc<Numbering>,
     ) -> Cutover {
         Cutover {
             config,
@@ -110,6 +113,7 @@ impl Cutover {
             fences,
             readers,
             transactions,
+            numbering,
             promoting: tokio::sync::Mutex::new(()),
         }
     }

@@ -156,6 +156,8 @@ pub struct PartitionCopier {
     hole: Option<(i64, std::time::Instant)>,
     /// Where a promotion stops this copier, and what it reports to it.
     gate: Arc<CopyGate>,
+    /// Where sessions read the map to translate clients' offsets.
+    numbering: Option<Arc<crate::numbering::Numbering>>,
 }
 
 impl Drop for PartitionCopier {
@@ -217,6 +219,7 @@ impl PartitionCopier {
             bypass: None,
             hole: None,
             gate: Arc::default(),
+            numbering: None,
         };
         copier.target_end = match (ends, origin.to) {
             (Some((_, mapped)), Some(to)) => mapped.max(to),
@@ -247,6 +250,23 @@ impl PartitionCopier {
     pub fn with_bypass_watch(mut self, watch: BypassWatch) -> PartitionCopier {
         self.bypass = Some(watch);
         self
+    }
+
+    /// Publishes the map to the sessions that translate offsets, now and
+    /// after every batch copied.
+    pub fn with_numbering(
+        mut self,
+        numbering: Arc<crate::numbering::Numbering>,
+    ) -> PartitionCopier {
+        numbering.publish_map(&self.topic, self.partition, self.log.map());
+        self.numbering = Some(numbering);
+        self
+    }
+
+    fn publish_map(&self) {
+        if let Some(numbering) = &self.numbering {
+            numbering.publish_map(&self.topic, self.partition, self.log.map());
+        }
     }
 
     fn set_position(&mut self, position: i64) {
@@ -494,6 +514,7 @@ impl PartitionCopier {
                 batch.last_offset,
                 landed_at,
             )?;
+            self.publish_map();
             self.set_position(batch.last_offset + 1);
             self.target_end = landed_at + i64::from(batch.records);
             self.next_sequence = sequence + i64::from(batch.records);
@@ -629,6 +650,7 @@ impl PartitionCopier {
             }
         }
         if adopted > 0 {
+            self.publish_map();
             self.log.sync()?;
             tracing::info!(topic = %self.topic, partition = self.partition, batches = adopted, "mirror: adopted batches the target had beyond the offset map");
         }

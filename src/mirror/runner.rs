@@ -23,13 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::bypass::{BypassWatch, ForwardedWrites};
 use super::copier::{CopyConfig, Origin, PartitionCopier};
-use super::offset_map::Direction;
+use super::offset_map::{Direction, OffsetMap};
 use super::report::{Mirrors, PartitionMirror};
 use super::requests::log_bounds;
 use super::sender::SenderPool;
 use crate::client::{Client, ClientConfig, broker_error};
 use crate::config::{Config, LinkConfig, StartPosition};
 use crate::error::{Error, Kind, Result};
+use crate::numbering::Numbering;
 use crate::route::{RouteTable, TopicState};
 use crate::state::{MirrorRecord, StateStore};
 
@@ -53,6 +54,7 @@ struct Job {
     state: Arc<StateStore>,
     mirrors: Arc<Mirrors>,
     forwarded: Arc<ForwardedWrites>,
+    numbering: Arc<Numbering>,
     shutdown: CancellationToken,
 }
 
@@ -82,9 +84,11 @@ pub fn spawn(
     routes: Arc<RouteTable>,
     state: Arc<StateStore>,
     forwarded: Arc<ForwardedWrites>,
+    numbering: Arc<Numbering>,
     shutdown: CancellationToken,
 ) -> Arc<Mirrors> {
     let mirrors = Arc::new(Mirrors::default());
+    let persisted = state.snapshot();
     let mut targets: BTreeMap<String, Arc<TargetStreams>> = BTreeMap::new();
     for link in config.links.iter().filter(|l| l.mirror) {
         let client = |cluster: &str, client_id: String| {
@@ -116,6 +120,24 @@ pub fn spawn(
         let target = streams_to(&link.target);
         let back = streams_to(&link.source);
         for topic in &link.topics {
+            numbering.register(
+                topic,
+                Arc::from(link.source.as_str()),
+                Arc::from(link.target.as_str()),
+            );
+            // Sessions translate from the first request on, before the
+            // copiers have opened their maps.
+            if let Some(record) = persisted.mirrors.get(topic) {
+                let dir = maps_dir(&config.proxy.state_dir, &link.id);
+                for &partition in record.start.keys() {
+                    match OffsetMap::load(&map_path(&dir, topic, partition)) {
+                        Ok(map) => numbering.publish_map(topic, partition, &map),
+                        Err(e) => {
+                            tracing::warn!(topic, partition, error = %e, "offset map unreadable; its copier will say more")
+                        }
+                    }
+                }
+            }
             let job = Job {
                 link: link.clone(),
                 topic: topic.clone(),
@@ -127,6 +149,7 @@ pub fn spawn(
                 state: state.clone(),
                 mirrors: mirrors.clone(),
                 forwarded: forwarded.clone(),
+                numbering: numbering.clone(),
                 shutdown: shutdown.clone(),
             };
             mirrors.note(topic, Some("starting".into()));
@@ -276,6 +299,7 @@ async fn open_copier(
     )
     .await?;
     Ok(copier
+        .with_numbering(job.numbering.clone())
         .with_pool(pool)
         .with_gate(job.mirrors.gate(&job.topic, partition, direction))
         .with_bypass_watch(BypassWatch::new(
@@ -326,6 +350,7 @@ async fn prepare(job: &Job) -> Result<Option<(Client, Client, MirrorRecord)>> {
         link: job.link.id.clone(),
         start,
         synced: BTreeMap::new(),
+        eras: BTreeMap::new(),
     };
     // Recorded before the topic is made: a crash in between leaves a
     // record whose topic klink makes on restart, never a topic of klink's

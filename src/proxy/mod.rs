@@ -113,6 +113,7 @@ pub async fn run_with_listener(
         routes.clone(),
         state,
         ctx.forwarded.clone(),
+        ctx.catalog.numbering.clone(),
         shutdown.clone(),
     );
     let cutover = Arc::new(crate::cutover::Cutover::new(
@@ -123,6 +124,7 @@ pub async fn run_with_listener(
         ctx.fences.clone(),
         ctx.readers.clone(),
         ctx.transactions.clone(),
+        ctx.catalog.numbering.clone(),
     ));
     tokio::spawn(crate::control::serve(
         control,

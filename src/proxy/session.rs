@@ -269,6 +269,7 @@ impl Session {
         let fast = routes.all_default()
             && self.home.cluster() == routes.default_cluster()
             && !remapped
+            && !self.ctx.catalog.numbering.translates()
             && !(by_topic_id && self.ctx.catalog.ids_differ_on(self.home.cluster()));
         let plan = if fast {
             Plan::Forward(self.home.clone())

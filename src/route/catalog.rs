@@ -42,18 +42,23 @@ pub struct Catalog {
     /// response and never holds the lock across an await.
     inner: RwLock<Inner>,
     state: Arc<StateStore>,
+    /// How each mirrored partition's offsets read for clients.
+    pub numbering: Arc<crate::numbering::Numbering>,
 }
 
 impl Catalog {
     pub fn load(state: Arc<StateStore>) -> Catalog {
         let mut inner = Inner::default();
-        for (topic, id) in state.snapshot().topic_ids {
+        let persisted = state.snapshot();
+        let numbering = Arc::new(crate::numbering::Numbering::load(&persisted));
+        for (topic, id) in persisted.topic_ids {
             inner.names_by_client_id.insert(id, topic.clone());
             inner.client_ids.insert(topic, id);
         }
         Catalog {
             inner: RwLock::new(inner),
             state,
+            numbering,
         }
     }
 

@@ -25,6 +25,14 @@ use crate::error::{Error, Kind, Result};
 pub use crate::state::TopicState;
 use crate::state::{Applied, GroupRouteRecord, StateStore, TopicRouteRecord};
 
+/// What a flip records for one partition (see [`RouteTable::move_topics`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlipPoint {
+    /// `[source offset, target offset]` where both held the same records.
+    pub synced: [i64; 2],
+    pub eras: Vec<crate::numbering::Era>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicRoute {
     pub link: Option<String>,
@@ -296,23 +304,28 @@ impl RouteTable {
 
     /// Moves topics' reads and writes, and `groups`, to `to` and the
     /// topics' state to `state` in one durable change: a crash leaves the
-    /// old routes or the new, never a mix (the cutover's flip). `synced`
+    /// old routes or the new, never a mix (the cutover's flip). `points`
     /// (per topic, per partition: where both clusters held the same
-    /// records) goes into the mirrors' records in the same change, so the
-    /// copy that starts after the flip knows where.
+    /// records, and the client numbering's eras with the one the flip
+    /// starts) go into the mirrors' records in the same change, so the
+    /// copy that starts after the flip knows where, and clients' offsets
+    /// keep their meaning.
     pub fn move_topics(
         &self,
         topics: &[String],
         groups: &[String],
         to: &str,
         state: TopicState,
-        synced: &BTreeMap<String, BTreeMap<i32, [i64; 2]>>,
+        points: &BTreeMap<String, BTreeMap<i32, FlipPoint>>,
     ) -> Result<()> {
         let to = self.cluster(to)?;
         let also = |s: &mut crate::state::PersistedState| {
-            for (topic, points) in synced {
+            for (topic, points) in points {
                 if let Some(mirror) = s.mirrors.get_mut(topic) {
-                    mirror.synced.extend(points);
+                    for (&partition, point) in points {
+                        mirror.synced.insert(partition, point.synced);
+                        mirror.eras.insert(partition, point.eras.clone());
+                    }
                 }
             }
         };

@@ -8,6 +8,7 @@
 //! full fetch klink can see whole.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::PartitionData;
@@ -18,12 +19,14 @@ use super::{
     encode_response, entry, group_by, last_entry, leader_moved,
 };
 use crate::error::Result;
+use crate::numbering::{Position, View, renumber};
 
 /// Fetch v13 names topics by id (KIP-516).
 const TOPIC_IDS_SINCE: i16 = 13;
 
 const NOT_LEADER: i16 = ResponseError::NotLeaderOrFollower.code();
 const UNKNOWN_TOPIC_ID: i16 = ResponseError::UnknownTopicId.code();
+const OFFSET_OUT_OF_RANGE: i16 = ResponseError::OffsetOutOfRange.code();
 
 /// What one client connection's fetch sessions were set up under.
 #[derive(Debug, Default)]
@@ -49,6 +52,8 @@ pub async fn plan_fetch<C: Cluster>(
     let mut answered: HashMap<(TopicKey, i32), i16> = HashMap::new();
     let mut order: Vec<(TopicKey, i32)> = Vec::new();
     let mut needs_translation = false;
+    // Partitions whose offsets the cluster numbers otherwise than clients.
+    let mut views: HashMap<(TopicKey, i32), Arc<View>> = HashMap::new();
     for (topic, (client_key, name, cluster)) in request.topics.iter().zip(resolved) {
         let known = match (&name, &cluster) {
             (Some(name), Some(cluster)) if by_id => {
@@ -74,6 +79,24 @@ pub async fn plan_fetch<C: Cluster>(
                 continue;
             };
             let mut partition = p.clone();
+            if let Some(view) = cx
+                .catalog
+                .numbering
+                .view(&name, p.partition, destination.cluster())
+            {
+                needs_translation = true;
+                match view.from_client(p.fetch_offset) {
+                    Position::At(upstream) => partition.fetch_offset = upstream,
+                    Position::Below => {
+                        answered.insert((client_key.clone(), p.partition), OFFSET_OUT_OF_RANGE);
+                        continue;
+                    }
+                }
+                // A divergence check in another numbering would truncate
+                // the consumer at the wrong place.
+                partition.last_fetched_epoch = -1;
+                views.insert((client_key.clone(), p.partition), view);
+            }
             if destination.cluster() != cx.home.cluster() {
                 // The client's epochs came from the cluster it talks to;
                 // another cluster would fence them, or worse, take the last
@@ -191,6 +214,9 @@ pub async fn plan_fetch<C: Cluster>(
                     if leader_moved(p.error_code) {
                         catalog.mark_stale(&cluster, name);
                     }
+                    if let Some(view) = views.get(&(client_key.clone(), p.partition_index)) {
+                        in_client_numbering(view, &mut p);
+                    }
                     results.insert((client_key.clone(), p.partition_index), p);
                 }
             }
@@ -212,6 +238,25 @@ pub async fn plan_fetch<C: Cluster>(
         parts,
         merge: Some(merge),
     })
+}
+
+/// A fetched partition's offsets and records as clients number them.
+fn in_client_numbering(view: &View, p: &mut PartitionData) {
+    if p.high_watermark >= 0 {
+        p.high_watermark = view.end_to_client(p.high_watermark);
+    }
+    if p.last_stable_offset >= 0 {
+        p.last_stable_offset = view.end_to_client(p.last_stable_offset);
+    }
+    if p.log_start_offset >= 0 {
+        p.log_start_offset = view.start_to_client(p.log_start_offset);
+    }
+    for aborted in p.aborted_transactions.iter_mut().flatten() {
+        aborted.first_offset = view.start_to_client(aborted.first_offset);
+    }
+    if let Some(records) = &p.records {
+        p.records = Some(renumber(view, records));
+    }
 }
 
 fn failed_partition(index: i32, code: i16) -> PartitionData {

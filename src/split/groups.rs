@@ -106,6 +106,9 @@ pub async fn plan_group<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         .iter()
         .all(|g| cx.routes.group(g) == cx.home.cluster())
     {
+        if let Some(plan) = super::commits::plan_translated_commits(cx)? {
+            return Ok(plan);
+        }
         return Ok(Plan::Forward(cx.home.clone()));
     }
     tracing::debug!(api = ?cx.api, ?groups, "group routed elsewhere: NOT_COORDINATOR");

@@ -7,6 +7,7 @@
 //! Only requests that cross clusters are decoded, re-encoded and merged.
 
 mod admin;
+mod commits;
 mod errors;
 mod fetch;
 mod groups;

@@ -2,12 +2,13 @@
 //! each topic's read route.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
 use kafka_protocol::messages::{
-    ApiKey, DeleteRecordsRequest, ListOffsetsRequest, ListOffsetsResponse,
-    OffsetForLeaderEpochRequest,
+    ApiKey, DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 
 use super::{
@@ -15,6 +16,11 @@ use super::{
     encode_response, entry, group_by, last_entry, leader_moved,
 };
 use crate::error::Result;
+use crate::numbering::View;
+
+/// ListOffsets' time for "the end of the log" (its offset is an end, not a
+/// record's).
+const LATEST: i64 = -1;
 
 pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     let (header, request): (_, ListOffsetsRequest) = cx.decode()?;
@@ -27,6 +33,9 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
     .await;
     let mut assigned = Vec::new();
     let mut order = Vec::new();
+    // Partitions whose offsets the cluster numbers otherwise than clients,
+    // with the time asked for.
+    let mut views: HashMap<(String, i32), (Arc<View>, i64)> = HashMap::new();
     for topic in &request.topics {
         let name = topic.name.to_string();
         let cluster = cx.routes.reads(&name).clone();
@@ -41,11 +50,21 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
                     // An epoch from the client's cluster means nothing here.
                     partition.current_leader_epoch = -1;
                 }
+                if let Some(view) =
+                    cx.catalog
+                        .numbering
+                        .view(&name, p.partition_index, destination.cluster())
+                {
+                    views.insert((name.clone(), p.partition_index), (view, p.timestamp));
+                }
                 assigned.push((destination, (name.clone(), partition)));
             }
         }
     }
-    if assigned.len() == order.len() && assigned.iter().all(|(d, _)| d == cx.home) {
+    if views.is_empty()
+        && assigned.len() == order.len()
+        && assigned.iter().all(|(d, _)| d == cx.home)
+    {
         return Ok(Plan::Forward(cx.home.clone()));
     }
     let mut parts = Vec::new();
@@ -90,9 +109,19 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
             let response: ListOffsetsResponse = decode_response(api, version, &frame)?;
             merged.throttle_time_ms = merged.throttle_time_ms.max(response.throttle_time_ms);
             for topic in response.topics {
-                for p in topic.partitions {
+                for mut p in topic.partitions {
                     if leader_moved(p.error_code) {
                         catalog.mark_stale(&cluster, topic.name.as_str());
+                    }
+                    let key = (topic.name.to_string(), p.partition_index);
+                    if let Some((view, timestamp)) = views.get(&key)
+                        && p.error_code == 0
+                        && p.offset >= 0
+                    {
+                        p.offset = match *timestamp {
+                            LATEST => view.end_to_client(p.offset),
+                            _ => view.start_to_client(p.offset),
+                        };
                     }
                     results.insert((topic.name.to_string(), p.partition_index), p);
                 }
@@ -127,7 +156,9 @@ fn failed_partition(index: i32, code: i16) -> ListOffsetsPartitionResponse {
 /// partition's route and any partition led elsewhere is told
 /// NOT_LEADER_OR_FOLLOWER by the broker, which makes the client refresh.
 /// Sent to a cluster other than the client's, OffsetForLeaderEpoch carries
-/// no current leader epoch: the client's came from its own cluster.
+/// no current leader epoch: the client's came from its own cluster. Where
+/// the cluster numbers a partition otherwise than clients (`numbering`),
+/// end offsets, deletion points and low watermarks are translated.
 pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     let first: Option<(String, i32)> = match cx.api {
         ApiKey::OffsetForLeaderEpoch => {
@@ -154,27 +185,93 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         .partition_destination(&cluster, &topic, partition)
         .await
         .unwrap_or_else(|| cx.home.clone());
-    if cx.api != ApiKey::OffsetForLeaderEpoch || destination.cluster() == cx.home.cluster() {
-        return Ok(Plan::Forward(destination));
-    }
-    let (header, mut request): (_, OffsetForLeaderEpochRequest) = cx.decode()?;
-    for topic in &mut request.topics {
-        for p in &mut topic.partitions {
-            p.current_leader_epoch = -1;
-        }
-    }
-    // The one part keeps the client's correlation id: its answer goes
-    // back as it came.
-    let merge = Box::new(move |answers: Vec<PartAnswer>| {
-        let frame = super::all_answered(answers)?
+    let cluster = destination.cluster().clone();
+    let numbering = cx.catalog.numbering.clone();
+    let crossing = destination.cluster() != cx.home.cluster();
+    let (api, version) = (cx.api, cx.version);
+    let correlation_id = crate::wire::RequestHeader::correlation_id_of(cx.payload)
+        .ok_or_else(|| crate::error::Error::client(crate::error::Kind::Protocol, "no header"))?;
+    let answer_of = |answers: Vec<PartAnswer>| {
+        super::all_answered(answers)?
             .pop()
-            .ok_or_else(|| crate::error::Error::klink(crate::error::Kind::Protocol, "no answer"))?;
-        Ok(frame.wire_bytes().clone())
-    });
+            .ok_or_else(|| crate::error::Error::klink(crate::error::Kind::Protocol, "no answer"))
+    };
+    let frame = if cx.api == ApiKey::OffsetForLeaderEpoch {
+        let (header, mut request): (_, OffsetForLeaderEpochRequest) = cx.decode()?;
+        let mut translated = false;
+        for topic in &mut request.topics {
+            for p in &mut topic.partitions {
+                if crossing {
+                    p.current_leader_epoch = -1;
+                }
+                translated |= numbering
+                    .view(topic.topic.as_str(), p.partition, &cluster)
+                    .is_some();
+            }
+        }
+        if !crossing && !translated {
+            return Ok(Plan::Forward(destination));
+        }
+        let frame = cx.encode_request(&header, &request)?;
+        let merge: super::Merge = Box::new(move |answers: Vec<PartAnswer>| {
+            let frame = answer_of(answers)?;
+            if !translated {
+                // The one part kept the client's correlation id: its
+                // answer goes back as it came.
+                return Ok(frame.wire_bytes().clone());
+            }
+            let mut response: OffsetForLeaderEpochResponse = decode_response(api, version, &frame)?;
+            for topic in &mut response.topics {
+                for p in &mut topic.partitions {
+                    if let Some(view) = numbering.view(topic.topic.as_str(), p.partition, &cluster)
+                        && p.end_offset >= 0
+                    {
+                        p.end_offset = view.end_to_client(p.end_offset);
+                    }
+                }
+            }
+            encode_response(api, version, correlation_id, &response)
+        });
+        (frame, merge)
+    } else {
+        let (header, mut request): (_, DeleteRecordsRequest) = cx.decode()?;
+        let mut translated = false;
+        for topic in &mut request.topics {
+            for p in &mut topic.partitions {
+                if let Some(view) = numbering.view(topic.name.as_str(), p.partition_index, &cluster)
+                    && p.offset >= 0
+                {
+                    p.offset = view.commit_position(p.offset);
+                    translated = true;
+                }
+            }
+        }
+        if !translated {
+            return Ok(Plan::Forward(destination));
+        }
+        let frame = cx.encode_request(&header, &request)?;
+        let merge: super::Merge = Box::new(move |answers: Vec<PartAnswer>| {
+            let frame = answer_of(answers)?;
+            let mut response: DeleteRecordsResponse = decode_response(api, version, &frame)?;
+            for topic in &mut response.topics {
+                for p in &mut topic.partitions {
+                    if let Some(view) =
+                        numbering.view(topic.name.as_str(), p.partition_index, &cluster)
+                        && p.low_watermark >= 0
+                    {
+                        p.low_watermark = view.start_to_client(p.low_watermark);
+                    }
+                }
+            }
+            encode_response(api, version, correlation_id, &response)
+        });
+        (frame, merge)
+    };
+    let (frame, merge) = frame;
     Ok(Plan::Split {
         parts: vec![Part {
             destination,
-            frame: cx.encode_request(&header, &request)?,
+            frame,
             expects_response: true,
         }],
         merge: Some(merge),

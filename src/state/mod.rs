@@ -57,6 +57,10 @@ pub struct MirrorRecord {
     /// leave no entry).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub synced: BTreeMap<i32, [i64; 2]>,
+    /// Per partition, the eras of the client numbering each flip started
+    /// (`numbering`): written in the same change as the flip's routes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub eras: BTreeMap<i32, Vec<crate::numbering::Era>>,
 }
 
 /// Where a topic stands in a migration (see DESIGN.md, "Topic states").

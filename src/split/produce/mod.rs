@@ -15,6 +15,7 @@ use super::{
 };
 use crate::batch;
 use crate::error::Result;
+use crate::numbering::View;
 use crate::route::{
     BatchKey, ClientProducer, Identity, Outcome, Placement, ProducerIds, outcome_of,
 };
@@ -61,6 +62,7 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
     let mut assigned: Vec<(Destination, Routed)> = Vec::new();
     let mut answered: HashMap<(TopicKey, i32), i16> = HashMap::new();
     let mut needs_translation = false;
+    let mut views: HashMap<(TopicKey, i32), Arc<View>> = HashMap::new();
     // A retry of a batch whose answer was lost goes where its first try
     // went, and that cluster's answer must be seen per partition to end the
     // doubt: such requests are never forwarded whole.
@@ -99,6 +101,15 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                 answered.insert((client_key.clone(), p.index), NOT_LEADER);
                 continue;
             };
+            if let Some(view) = cx
+                .catalog
+                .numbering
+                .view(&name, p.index, destination.cluster())
+            {
+                // The answer's offsets are the cluster's: clients get theirs.
+                needs_translation = true;
+                views.insert((client_key.clone(), p.index), view);
+            }
             let mut data = p.clone();
             let mut placements = Vec::new();
             match reidentify(cx, &cluster, &name, p.index, p.records.as_ref()).await {
@@ -226,9 +237,17 @@ pub async fn plan_produce<C: Cluster>(cx: &Context<'_, C>, acks: i16) -> Result<
                     tracing::error!(%cluster, topic = ?upstream_key, "Produce answer names a topic klink did not send there; dropped");
                     continue;
                 };
-                for p in topic.partition_responses {
+                for mut p in topic.partition_responses {
                     if leader_moved(p.error_code) {
                         catalog.mark_stale(&cluster, name);
+                    }
+                    if let Some(view) = views.get(&(client_key.clone(), p.index)) {
+                        if p.base_offset >= 0 {
+                            p.base_offset = view.to_client(p.base_offset).unwrap_or(-1);
+                        }
+                        if p.log_start_offset >= 0 {
+                            p.log_start_offset = view.start_to_client(p.log_start_offset);
+                        }
                     }
                     if let Some(listed) = placed.remove(&(client_key.clone(), p.index)) {
                         answered_for(producers.as_ref(), &listed, &cluster, p.error_code);

@@ -1,0 +1,155 @@
+//! Every mirrored partition's eras and live offset map, shared by the
+//! sessions that translate, the copiers that extend the map and the
+//! cutover that starts eras.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+
+use super::{Era, Side, View};
+use crate::mirror::OffsetMap;
+use crate::state::PersistedState;
+
+#[derive(Debug, Default)]
+struct Partition {
+    eras: Vec<Era>,
+    map: Arc<OffsetMap>,
+    /// Built on first use after a change, per side (source, target).
+    views: [Option<Arc<View>>; 2],
+}
+
+#[derive(Debug, Clone)]
+struct Clusters {
+    source: Arc<str>,
+    target: Arc<str>,
+}
+
+#[derive(Debug, Default)]
+pub struct Numbering {
+    /// Per mirrored topic, its link's two clusters.
+    topics: DashMap<String, Clusters>,
+    partitions: DashMap<(String, i32), Arc<RwLock<Partition>>>,
+    /// Some partition's numbering differs from a cluster's own somewhere:
+    /// sessions then leave their untouched fast path (one-way: set once).
+    translates: AtomicBool,
+}
+
+fn slot(side: Side) -> usize {
+    match side {
+        Side::Source => 0,
+        Side::Target => 1,
+    }
+}
+
+impl Numbering {
+    /// The eras persisted at past flips.
+    pub fn load(state: &PersistedState) -> Numbering {
+        let numbering = Numbering::default();
+        for (topic, mirror) in &state.mirrors {
+            for (&partition, eras) in &mirror.eras {
+                if let Ok(mut p) = numbering.partition(topic, partition).write() {
+                    p.eras = eras.clone();
+                    numbering.note_change(&mut p);
+                }
+            }
+        }
+        numbering
+    }
+
+    /// Names `topic`'s two clusters: only a registered topic translates.
+    pub fn register(&self, topic: &str, source: Arc<str>, target: Arc<str>) {
+        self.topics
+            .insert(topic.to_string(), Clusters { source, target });
+    }
+
+    /// Whether any partition's offsets need translating on any cluster.
+    pub fn translates(&self) -> bool {
+        self.translates.load(Ordering::Relaxed)
+    }
+
+    fn note_change(&self, p: &mut Partition) {
+        p.views = [None, None];
+        if self.translates() || p.eras.is_empty() {
+            // Before any flip clients read the source in its own numbering.
+            return;
+        }
+        let differs =
+            p.eras.iter().any(|e| e.upstream_from != e.client_from) || !p.map.is_identity();
+        if differs {
+            self.translates.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn partition(&self, topic: &str, partition: i32) -> Arc<RwLock<Partition>> {
+        self.partitions
+            .entry((topic.to_string(), partition))
+            .or_default()
+            .clone()
+    }
+
+    /// The copier's map after a change.
+    pub fn publish_map(&self, topic: &str, partition: i32, map: &OffsetMap) {
+        if let Ok(mut p) = self.partition(topic, partition).write() {
+            p.map = Arc::new(map.clone());
+            self.note_change(&mut p);
+        }
+    }
+
+    /// A flip's new eras, after they are durable.
+    pub fn publish_eras(&self, eras: &BTreeMap<String, BTreeMap<i32, Vec<Era>>>) {
+        for (topic, partitions) in eras {
+            for (&partition, list) in partitions {
+                if let Ok(mut p) = self.partition(topic, partition).write() {
+                    p.eras = list.clone();
+                    self.note_change(&mut p);
+                }
+            }
+        }
+    }
+
+    /// The eras of a partition so far.
+    pub fn eras(&self, topic: &str, partition: i32) -> Vec<Era> {
+        self.partitions
+            .get(&(topic.to_string(), partition))
+            .and_then(|p| p.read().ok().map(|p| p.eras.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Which side of `topic`'s link `cluster` is, if the topic is mirrored.
+    pub fn side(&self, topic: &str, cluster: &str) -> Option<Side> {
+        let clusters = self.topics.get(topic)?;
+        if *clusters.source == *cluster {
+            Some(Side::Source)
+        } else if *clusters.target == *cluster {
+            Some(Side::Target)
+        } else {
+            None
+        }
+    }
+
+    /// How `cluster`'s offsets of a partition read for clients; `None`
+    /// where they are the client's own (nothing to translate).
+    pub fn view(&self, topic: &str, partition: i32, cluster: &str) -> Option<Arc<View>> {
+        let side = self.side(topic, cluster)?;
+        let entry = self.partition(topic, partition);
+        if let Some(view) = entry.read().ok()?.views[slot(side)].clone() {
+            return (!view.is_identity()).then_some(view);
+        }
+        let mut p = entry.write().ok()?;
+        let view = Arc::new(View::build(&p.eras, &p.map, side));
+        p.views[slot(side)] = Some(view.clone());
+        (!view.is_identity()).then_some(view)
+    }
+
+    /// The view of `side` whatever it is (the cutover starts eras from it).
+    pub fn view_of(&self, topic: &str, partition: i32, side: Side) -> View {
+        let entry = self.partition(topic, partition);
+        let p = entry.read();
+        match p {
+            Ok(p) => View::build(&p.eras, &p.map, side),
+            Err(_) => View::build(&[], &OffsetMap::default(), side),
+        }
+    }
+}
