@@ -16,7 +16,7 @@ use crate::routing::{KillOnDrop, py};
 /// A source with `orders` (linked) and `payments` (not), a target, and
 /// klink mirroring `orders` with `link_extra` appended to the link (and
 /// the config), caught up.
-fn migration(name: &str, link_extra: &str) -> (Broker, Broker, Klink) {
+pub(crate) fn migration(name: &str, link_extra: &str) -> (Broker, Broker, Klink) {
     let source = Broker::start(&format!("{name}-source"));
     let target = Broker::start(&format!("{name}-target"));
     create(&source, "orders");
@@ -47,7 +47,7 @@ fn copies(dumped: &BTreeMap<i64, Vec<String>>) -> HashMap<&str, usize> {
 
 /// A flips.py command started with its stdout piped, past its STARTED
 /// line; the rest of its output is read from the returned lines.
-fn started(
+pub(crate) fn started(
     args: &[&str],
 ) -> (
     KillOnDrop,
@@ -69,7 +69,7 @@ fn started(
 }
 
 /// The four producers of flips.py's ledger through klink for `seconds`.
-fn producers(
+pub(crate) fn producers(
     klink: &Klink,
     seconds: &str,
     extra: &[&str],

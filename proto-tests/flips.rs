@@ -39,14 +39,17 @@ pub(crate) fn flips_py(args: &[&str]) -> Command {
 /// Every record of `topic` on one cluster, read directly: per partition,
 /// the values in log order.
 pub(crate) fn dump(broker: &Broker, topic: &str) -> BTreeMap<i64, Vec<String>> {
+    dump_records(&broker.addr.to_string(), topic)
+        .into_iter()
+        .map(|(p, records)| (p, records.into_iter().map(|(_, v)| v).collect()))
+        .collect()
+}
+
+/// Every record of `topic` read from `bootstrap` (a broker, or klink):
+/// per partition, offsets and values in log order.
+pub(crate) fn dump_records(bootstrap: &str, topic: &str) -> BTreeMap<i64, Vec<(i64, String)>> {
     let (status, stdout, stderr) = run_bounded(
-        flips_py(&[
-            "dump",
-            "--bootstrap",
-            &broker.addr.to_string(),
-            "--topic",
-            topic,
-        ]),
+        flips_py(&["dump", "--bootstrap", bootstrap, "--topic", topic]),
         Duration::from_secs(90),
     );
     assert!(status.success(), "dump {topic}: {stderr}");
@@ -55,8 +58,7 @@ pub(crate) fn dump(broker: &Broker, topic: &str) -> BTreeMap<i64, Vec<String>> {
     assert_eq!(
         report["errors"].as_array().map(Vec::len),
         Some(0),
-        "dump {topic} from {}: read every record: {}",
-        broker.addr,
+        "dump {topic} from {bootstrap}: read every record: {}",
         report["errors"]
     );
     let mut partitions: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
@@ -69,13 +71,10 @@ pub(crate) fn dump(broker: &Broker, topic: &str) -> BTreeMap<i64, Vec<String>> {
             .or_default()
             .push((offset, value));
     }
+    for records in partitions.values_mut() {
+        records.sort();
+    }
     partitions
-        .into_iter()
-        .map(|(p, mut records)| {
-            records.sort();
-            (p, records.into_iter().map(|(_, v)| v).collect())
-        })
-        .collect()
 }
 
 /// Cuts every connection klink holds to a broker (`ss -K`, root only) and

@@ -12,6 +12,7 @@ mod flips;
 mod hung;
 mod lifecycle;
 mod mirror;
+mod numbering;
 mod perf;
 mod rewrites;
 mod routing;

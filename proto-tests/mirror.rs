@@ -27,13 +27,19 @@ fn mirror_py(args: &[&str]) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("json")
 }
 
-fn produce(broker: &Broker, topic: &str, start: u64, count: u64) {
+pub(crate) fn produce(broker: &Broker, topic: &str, start: u64, count: u64) {
     produce_to(&broker.addr.to_string(), topic, start, count, None);
 }
 
 /// `count` records to `bootstrap` (a broker or klink), to one partition
 /// or by key.
-fn produce_to(bootstrap: &str, topic: &str, start: u64, count: u64, partition: Option<i32>) {
+pub(crate) fn produce_to(
+    bootstrap: &str,
+    topic: &str,
+    start: u64,
+    count: u64,
+    partition: Option<i32>,
+) {
     let (start, count_arg) = (start.to_string(), count.to_string());
     let mut args = vec![
         "produce",

@@ -197,7 +197,7 @@ def consume(a):
     """A group member reading --topic for --seconds (and on while records
     keep coming), committing after every batch it got; prints every value
     it saw (duplicates included)."""
-    errors, commit_errors, values = [], [], []
+    errors, commit_errors, values, records = [], [], [], []
     c = Consumer({
         "bootstrap.servers": a.bootstrap,
         "group.id": a.group,
@@ -225,13 +225,14 @@ def consume(a):
         if got:
             last_got = time.time()
         values.extend(m.value().decode() for m in got)
+        records.extend([m.partition(), m.offset(), m.value().decode()] for m in got)
         if got:
             try:
                 c.commit(asynchronous=False)
             except KafkaException as e:
                 commit_errors.append(str(e))
     c.close()
-    print(json.dumps({"values": values, "commit_errors": commit_errors[-5:],
+    print(json.dumps({"values": values, "records": records, "commit_errors": commit_errors[-5:],
                       "errors": errors[:5] + errors[-5:]}), flush=True)
 
 
