@@ -57,6 +57,15 @@ class Ledger:
             base["debug"] = "eos"
             base["logger"] = self.eos_logger()
         base.update(conf)
+        if name == "idem" and os.environ.get("FLIPS_IDEM_DEBUG"):
+            # Everything librdkafka says, to a file (for a stuck producer).
+            base["debug"] = "eos,protocol,broker,topic,msg"
+            handler = logging.FileHandler(os.environ["FLIPS_IDEM_DEBUG"])
+            handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+            full = logging.getLogger("flips-idem-full")
+            full.setLevel(logging.DEBUG)
+            full.addHandler(handler)
+            base["logger"] = full
         self.producer = Producer(base)
 
     def eos_logger(self):

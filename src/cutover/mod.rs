@@ -94,17 +94,30 @@ pub struct Cutover {
     promoting: tokio::sync::Mutex<()>,
 }
 
+/// What the sessions share with the cutover about the traffic they carry:
+/// writes forwarded, the fences they hold requests at, the groups reading
+/// each topic, the transactions open.
+pub struct Traffic {
+    pub forwarded: Arc<ForwardedWrites>,
+    pub fences: Arc<Fences>,
+    pub readers: Arc<Readers>,
+    pub transactions: Arc<OpenTransactions>,
+}
+
 impl Cutover {
     pub fn new(
         config: Config,
         routes: Arc<RouteTable>,
         mirrors: Arc<Mirrors>,
-        forwarded: Arc<ForwardedWrites>,
-        fences: Arc<Fences>,
-        readers: Arc<Readers>,
-        transactions: Arc<OpenTransactions>,
         numbering: Arc<Numbering>,
+        traffic: Traffic,
     ) -> Cutover {
+        let Traffic {
+            forwarded,
+            fences,
+            readers,
+            transactions,
+        } = traffic;
         Cutover {
             config,
             routes,

@@ -78,6 +78,7 @@ impl Numbering {
         let differs =
             p.eras.iter().any(|e| e.upstream_from != e.client_from) || !p.map.is_identity();
         if differs {
+            tracing::info!(eras = ?p.eras, runs = ?p.map.runs(), "offsets differ between the clusters: clients' offsets are translated from now on");
             self.translates.store(true, Ordering::Relaxed);
         }
     }

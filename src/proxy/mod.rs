@@ -120,11 +120,13 @@ pub async fn run_with_listener(
         ctx.config.clone(),
         routes.clone(),
         mirrors.clone(),
-        ctx.forwarded.clone(),
-        ctx.fences.clone(),
-        ctx.readers.clone(),
-        ctx.transactions.clone(),
         ctx.catalog.numbering.clone(),
+        crate::cutover::Traffic {
+            forwarded: ctx.forwarded.clone(),
+            fences: ctx.fences.clone(),
+            readers: ctx.readers.clone(),
+            transactions: ctx.transactions.clone(),
+        },
     ));
     tokio::spawn(crate::control::serve(
         control,
