@@ -153,6 +153,7 @@ fn a_topic_promoted_rolled_back_and_promoted_under_running_producers_loses_dupli
     assert_eq!(status["state"], "promoted", "{status}");
     assert_eq!(status["writes"], "target", "{status}");
     assert_eq!(status["reads"], "target", "{status}");
+    assert_eq!(status["offsets"], "identical", "{status}");
     assert!(
         promotion["groups"]["billing"]
             .as_object()

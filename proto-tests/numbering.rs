@@ -125,6 +125,7 @@ fn a_latest_link_keeps_every_offset_meaning_across_promote_and_rollback() {
     promote(&klink, "promote");
     let offsets = klink.ctl_ok(&["offsets", "orders", "0"]);
     assert!(offsets.contains("not the identity"), "{offsets}");
+    assert_eq!(topic_status(&klink, "orders")["offsets"], "translated");
     std::thread::sleep(Duration::from_millis(2000));
     promote(&klink, "rollback");
     std::thread::sleep(Duration::from_millis(1500));

@@ -43,7 +43,7 @@ pub fn warning_line(reply: &Reply) -> Option<String> {
 /// The status as an operator reads it.
 pub fn table(status: &Status) -> String {
     let mut out = String::new();
-    let rows: Vec<[String; 6]> = status
+    let rows: Vec<[String; 7]> = status
         .topics
         .iter()
         .map(|t| {
@@ -54,12 +54,13 @@ pub fn table(status: &Status) -> String {
                 t.writes.clone(),
                 t.reads.clone(),
                 t.lag.map_or_else(|| "-".into(), |l| l.to_string()),
+                t.offsets.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     push_table(
         &mut out,
-        ["TOPIC", "LINK", "STATE", "WRITES", "READS", "LAG"],
+        ["TOPIC", "LINK", "STATE", "WRITES", "READS", "LAG", "OFFSETS"],
         &rows,
     );
     out.push('\n');
@@ -215,6 +216,7 @@ mod tests {
                 writes: "target".into(),
                 reads: "source".into(),
                 lag: None,
+                offsets: Some("translated".into()),
                 note: None,
                 warnings: vec![
                     "bypass: partition 1: 3 records written to the source without klink".into(),
@@ -228,11 +230,11 @@ mod tests {
         };
         let text = table(&status);
         assert!(
-            text.contains("TOPIC   LINK  STATE   WRITES  READS   LAG"),
+            text.contains("TOPIC   LINK  STATE   WRITES  READS   LAG  OFFSETS"),
             "{text}"
         );
         assert!(
-            text.contains("orders  move  source  target  source  -"),
+            text.contains("orders  move  source  target  source  -    translated"),
             "{text}"
         );
         assert!(text.contains("billing  -     target"), "{text}");

@@ -133,6 +133,12 @@ pub struct TopicStatus {
     pub reads: String,
     /// Records the mirror still has to copy; `None` while no mirror runs.
     pub lag: Option<i64>,
+    /// Whether every partition has the same offsets on both clusters
+    /// (`identical`: clients could one day bypass klink) or not
+    /// (`translated`: klink keeps the source's offsets for clients);
+    /// `None` while no mirror has reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<String>,
     /// Why the topic is not mirroring when its link says it should.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -234,6 +240,7 @@ pub fn status(routes: &Routes, mirrors: &Mirrors) -> Status {
                     writes: r.writes.to_string(),
                     reads: r.reads.to_string(),
                     lag: mirror.as_ref().and_then(|m| m.lag()),
+                    offsets: mirror.as_ref().and_then(offsets_word),
                     warnings: mirror.as_ref().map(bypass_warnings).unwrap_or_default(),
                     note: mirror.and_then(|m| m.note),
                 }
@@ -249,6 +256,18 @@ pub fn status(routes: &Routes, mirrors: &Mirrors) -> Status {
             })
             .collect(),
     }
+}
+
+fn offsets_word(mirror: &crate::mirror::TopicMirror) -> Option<String> {
+    if mirror.partitions.is_empty() {
+        return None;
+    }
+    let identical = mirror
+        .partitions
+        .values()
+        .flat_map(|p| &p.runs)
+        .all(|r| r.source_start == r.target_start);
+    Some(if identical { "identical" } else { "translated" }.to_string())
 }
 
 fn bypass_warnings(mirror: &crate::mirror::TopicMirror) -> Vec<String> {
