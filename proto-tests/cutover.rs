@@ -53,12 +53,22 @@ pub(crate) fn started(
     KillOnDrop,
     std::io::Lines<BufReader<std::process::ChildStdout>>,
 ) {
+    started_command(flips_py(args))
+}
+
+/// A client command started with its stdout piped, past its STARTED line.
+pub(crate) fn started_command(
+    mut command: std::process::Command,
+) -> (
+    KillOnDrop,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
     let mut child = KillOnDrop(
-        flips_py(args)
+        command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start flips.py"),
+            .expect("start a client"),
     );
     let mut lines = BufReader::new(child.0.stdout.take().expect("stdout")).lines();
     assert_eq!(

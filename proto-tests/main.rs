@@ -8,6 +8,7 @@ mod raw;
 mod bad_input;
 mod clients;
 mod cutover;
+mod cutover_clients;
 mod flips;
 mod hung;
 mod lifecycle;

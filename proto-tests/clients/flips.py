@@ -202,6 +202,37 @@ def ledger(a):
     print(json.dumps({l.name: l.report() for l in ledgers}), flush=True)
 
 
+def kp_ledger(a):
+    """kafka-python's producer (acks=all, one record per send) through the
+    same ledger: values "kp:N"; prints STARTED, then one JSON line."""
+    from kafka import KafkaProducer
+    p = KafkaProducer(bootstrap_servers=a.bootstrap, acks="all", linger_ms=0,
+                      retries=1000, retry_backoff_ms=100, request_timeout_ms=15000,
+                      max_in_flight_requests_per_connection=1, client_id="flips-kp")
+    acked, errors, failed = [], {}, [0]
+
+    def ok(n):
+        return lambda md: acked.append([md.topic, md.partition, n, round(time.time(), 4)])
+
+    def bad(e):
+        failed[0] += 1
+        errors[str(e)] = errors.get(str(e), 0) + 1
+
+    print("STARTED", flush=True)
+    began, sent = time.time(), 0
+    while time.time() - began < a.seconds:
+        while sent < min(a.max, (time.time() - began) * a.pace):
+            p.send(a.topic, key=f"k{sent}".encode(), value=f"kp:{sent}".encode()) \
+                .add_callback(ok(sent)).add_errback(bad)
+            sent += 1
+        time.sleep(0.002)
+    p.flush(30)
+    p.close(10)
+    log("kp sent", sent, "acked", len(acked), "failed", failed[0])
+    print(json.dumps({"acked": acked, "failed": failed[0], "unflushed": sent - len(acked) - failed[0],
+                      "errors": sorted(errors.items(), key=lambda e: -e[1])[:5]}), flush=True)
+
+
 def consume(a):
     """A group member reading --topic for --seconds (and on while records
     keep coming), committing after every batch it got; prints every value
@@ -276,7 +307,7 @@ def dump(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["ledger", "dump", "consume"])
+    ap.add_argument("command", choices=["ledger", "kp-ledger", "dump", "consume"])
     ap.add_argument("--group", default="")
     ap.add_argument("--one-per-batch", action="store_true")
     ap.add_argument("--bootstrap", required=True)
@@ -287,7 +318,7 @@ def main():
     ap.add_argument("--pace", type=float, default=0,
                     help="records per second per producer at most (0: as fast as they go)")
     a = ap.parse_args()
-    {"ledger": ledger, "dump": dump, "consume": consume}[a.command](a)
+    {"ledger": ledger, "kp-ledger": kp_ledger, "dump": dump, "consume": consume}[a.command](a)
 
 
 if __name__ == "__main__":

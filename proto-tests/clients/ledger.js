@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+// kafkajs through a cutover, for proto-tests/cutover_clients.rs:
+//
+//   NODE_PATH=$KLINK_NODE_PATH node ledger.js produce --bootstrap B --topic T \
+//       --seconds S --pace N
+//   NODE_PATH=$KLINK_NODE_PATH node ledger.js consume --bootstrap B --topic T \
+//       --group G --seconds S
+//
+// Prints STARTED once connected, then one JSON line at the end:
+//   produce: {"acked": [[topic, partition, n, unix_s], ...], "failed": F, "errors": [...]}
+//     (values are "kafkajs:N", one record per send, one send at a time so that a retry cannot reorder)
+//   consume: {"records": [[partition, offset, value], ...], "errors": [...]}
+//     (a group member committing what it handed over after every batch; it
+//     keeps going past --seconds while records still come, 60 s more at most)
+'use strict'
+
+process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1'
+
+const { Kafka, logLevel, Partitioners } = require('kafkajs')
+
+function parseArgs(argv) {
+  const o = { command: argv[0], seconds: 6, pace: 200 }
+  for (let i = 1; i < argv.length; i += 2) {
+    const key = argv[i].replace(/^--/, '')
+    o[key] = argv[i + 1]
+  }
+  o.seconds = parseFloat(o.seconds)
+  o.pace = parseFloat(o.pace)
+  return o
+}
+
+const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
+
+function kafka(args, clientId) {
+  return new Kafka({
+    clientId,
+    brokers: [args.bootstrap],
+    logLevel: logLevel.NOTHING,
+    connectionTimeout: 5000,
+    requestTimeout: 15000,
+    retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 2000 },
+  })
+}
+
+async function produce(args) {
+  const producer = kafka(args, 'ledger-kafkajs').producer({
+    createPartitioner: Partitioners.DefaultPartitioner,
+    allowAutoTopicCreation: false,
+  })
+  await producer.connect()
+  console.log('STARTED')
+  const acked = []
+  const errors = []
+  let failed = 0
+  let sent = 0
+  let inFlight = 0
+  const began = Date.now()
+  const send = n => {
+    inFlight++
+    producer
+      .send({ topic: args.topic, acks: -1, messages: [{ key: `k${n}`, value: `kafkajs:${n}` }] })
+      .then(meta => {
+        for (const m of meta) acked.push([m.topicName, m.partition, n, Date.now() / 1000])
+      })
+      .catch(e => {
+        failed++
+        if (errors.length < 10) errors.push(String(e && e.message))
+      })
+      .finally(() => inFlight--)
+  }
+  while (Date.now() - began < args.seconds * 1000) {
+    const allowed = ((Date.now() - began) / 1000) * args.pace
+    while (sent < allowed && inFlight < 1) send(sent++)
+    await sleep(2)
+  }
+  const flushBy = Date.now() + 30000
+  while (inFlight > 0 && Date.now() < flushBy) await sleep(10)
+  await producer.disconnect()
+  console.log(JSON.stringify({ acked, failed, unflushed: inFlight, errors }))
+}
+
+async function consume(args) {
+  const consumer = kafka(args, 'ledger-kafkajs-consumer').consumer({
+    groupId: args.group,
+    sessionTimeout: 6000,
+    heartbeatInterval: 500,
+    maxWaitTimeInMs: 10,
+    allowAutoTopicCreation: false,
+    retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 2000 },
+  })
+  const records = []
+  const errors = []
+  let crashed = null
+  let lastGot = Date.now()
+  consumer.on(consumer.events.CRASH, e => {
+    crashed = e.payload.error
+    errors.push(`crash: ${crashed && crashed.message}`)
+  })
+  await consumer.connect()
+  await consumer.subscribe({ topics: [args.topic], fromBeginning: true })
+  await consumer.run({
+    autoCommit: true,
+    autoCommitInterval: 200,
+    eachBatch: async ({ batch, resolveOffset, heartbeat, commitOffsetsIfNecessary }) => {
+      for (const m of batch.messages) {
+        records.push([batch.partition, parseInt(m.offset, 10), m.value.toString()])
+        resolveOffset(m.offset)
+      }
+      if (batch.messages.length > 0) lastGot = Date.now()
+      await commitOffsetsIfNecessary()
+      await heartbeat()
+    },
+  })
+  console.log('STARTED')
+  const began = Date.now()
+  const deadline = began + args.seconds * 1000
+  while (!crashed && (Date.now() < deadline || (Date.now() - lastGot < 2000 && Date.now() < deadline + 60000))) {
+    await sleep(50)
+  }
+  await consumer.disconnect()
+  console.log(JSON.stringify({ records, errors }))
+}
+
+const args = parseArgs(process.argv.slice(2))
+const run = { produce, consume }[args.command]
+if (!run) {
+  process.stderr.write(`ledger.js: unknown command ${args.command}\n`)
+  process.exit(64)
+}
+run(args).catch(e => {
+  process.stderr.write(`ledger.js: ${e && e.stack}\n`)
+  process.exit(1)
+})
