@@ -85,8 +85,6 @@ pub fn handling(api: ApiKey) -> Handling {
         | DescribeProducers
         | DescribeTransactions
         | ListTransactions
-        | ConsumerGroupHeartbeat
-        | ConsumerGroupDescribe
         | GetTelemetrySubscriptions
         | PushTelemetry
         | ListConfigResources => Forward,
@@ -97,6 +95,13 @@ pub fn handling(api: ApiKey) -> Handling {
             NODE_IDS
         }
         DescribeQuorum => Refused("its response names controller addresses"),
+        // KIP-848 assignments name topics by the coordinator's own ids, and
+        // a group moved to another cluster would hand a client ids it has
+        // never seen: not offered until klink translates them (consumers
+        // use the classic protocol, which every client falls back to).
+        ConsumerGroupHeartbeat | ConsumerGroupDescribe => {
+            Refused("KIP-848 assignments carry topic ids klink does not translate yet")
+        }
         ShareGroupHeartbeat
         | ShareGroupDescribe
         | ShareFetch
@@ -314,6 +319,22 @@ mod tests {
             api_versions.max_version,
             ApiKey::ApiVersions.valid_versions().max
         );
+    }
+
+    #[test]
+    fn the_kip_848_group_protocol_is_not_offered_until_klink_translates_it() {
+        let both = || {
+            upstream(&[
+                (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+                (ApiKey::ConsumerGroupDescribe, 0, 1),
+                (ApiKey::JoinGroup, 0, 9),
+            ])
+        };
+        let list = advertised(&[both(), both()]);
+        let offered = |api: ApiKey| list.iter().any(|v| v.api_key == api as i16);
+        assert!(!offered(ApiKey::ConsumerGroupHeartbeat));
+        assert!(!offered(ApiKey::ConsumerGroupDescribe));
+        assert!(offered(ApiKey::JoinGroup), "the classic protocol stays");
     }
 
     #[test]
