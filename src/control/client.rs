@@ -60,7 +60,9 @@ pub fn table(status: &Status) -> String {
         .collect();
     push_table(
         &mut out,
-        ["TOPIC", "LINK", "STATE", "WRITES", "READS", "LAG", "OFFSETS"],
+        [
+            "TOPIC", "LINK", "STATE", "WRITES", "READS", "LAG", "OFFSETS",
+        ],
         &rows,
     );
     out.push('\n');

@@ -64,7 +64,15 @@ impl Numbering {
             .insert(topic.to_string(), Clusters { source, target });
     }
 
-    /// Whether any partition's offsets need translating on any cluster.
+    /// Whether any topic is mirrored (only those can need translating).
+    pub fn any_mirrored(&self) -> bool {
+        !self.topics.is_empty()
+    }
+
+    /// Whether clients reading the cluster a session's fast path serves
+    /// (the default, the source of every link so far) may need offsets
+    /// translated: once some partition's numbering has an era whose
+    /// offsets differ from a cluster's.
     pub fn translates(&self) -> bool {
         self.translates.load(Ordering::Relaxed)
     }

@@ -2,8 +2,8 @@
 //! coordinator stores them in its own cluster's numbering, so the target
 //! stays self-consistent for tools that read it directly, and klink
 //! translates OffsetCommit on the way in and OffsetFetch on the way out.
-//! Only where some partition's numbering differs (`Numbering::translates`);
-//! everywhere else the request goes as its bytes.
+//! Only where a mirrored topic's numbering differs on the group's cluster;
+//! everywhere else an OffsetCommit goes as its bytes.
 
 use std::sync::Arc;
 
@@ -17,7 +17,9 @@ use crate::numbering::Numbering;
 /// cluster coordinates, when its offsets need translating there.
 pub fn plan_translated_commits<C: Cluster>(cx: &Context<'_, C>) -> Result<Option<Plan>> {
     let numbering = &cx.catalog.numbering;
-    if !numbering.translates() {
+    // Not gated on `translates`: a group routed by hand to a `latest`
+    // link's target reads target offsets before any flip.
+    if !numbering.any_mirrored() {
         return Ok(None);
     }
     let cluster = cx.home.cluster().clone();
