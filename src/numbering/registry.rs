@@ -162,3 +162,98 @@ impl Numbering {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MirrorRecord;
+
+    fn latest_link_map() -> OffsetMap {
+        let mut map = OffsetMap::default();
+        map.append(100, 149, 0).expect("run");
+        map
+    }
+
+    #[test]
+    fn only_a_registered_topic_with_other_offsets_is_translated() {
+        let numbering = Numbering::default();
+        numbering.publish_map("orders", 0, &latest_link_map());
+        assert!(
+            numbering.view("orders", 0, "target").is_none(),
+            "not registered"
+        );
+        numbering.register("orders", Arc::from("source"), Arc::from("target"));
+        assert!(numbering.view("orders", 0, "source").is_none(), "its own");
+        let view = numbering.view("orders", 0, "target").expect("translated");
+        assert_eq!(view.to_client(0), Some(100));
+        assert!(numbering.view("orders", 0, "elsewhere").is_none());
+        // Reads of the source need nothing until a flip starts an era.
+        assert!(!numbering.translates());
+        let mut eras = BTreeMap::new();
+        eras.insert(
+            "orders".to_string(),
+            BTreeMap::from([(
+                0,
+                vec![Era {
+                    side: Side::Target,
+                    upstream_from: 50,
+                    client_from: 150,
+                }],
+            )]),
+        );
+        numbering.publish_eras(&eras);
+        assert!(numbering.translates());
+        // A new map entry is seen at once.
+        let mut map = latest_link_map();
+        map.append(150, 159, 50).expect("run");
+        numbering.publish_map("orders", 0, &map);
+        let source = numbering.view_of("orders", 0, Side::Source);
+        assert!(source.is_identity());
+    }
+
+    #[test]
+    fn an_identity_flip_leaves_the_fast_path_alone() {
+        let numbering = Numbering::default();
+        numbering.register("orders", Arc::from("source"), Arc::from("target"));
+        let mut map = OffsetMap::default();
+        map.append(0, 99, 0).expect("run");
+        numbering.publish_map("orders", 0, &map);
+        numbering.publish_eras(&BTreeMap::from([(
+            "orders".to_string(),
+            BTreeMap::from([(
+                0,
+                vec![Era {
+                    side: Side::Target,
+                    upstream_from: 100,
+                    client_from: 100,
+                }],
+            )]),
+        )]));
+        assert!(!numbering.translates());
+        assert!(numbering.view("orders", 0, "target").is_none());
+    }
+
+    #[test]
+    fn eras_come_back_from_the_state_file() {
+        let mut state = PersistedState::default();
+        state.mirrors.insert(
+            "orders".to_string(),
+            MirrorRecord {
+                link: "move".into(),
+                start: BTreeMap::from([(0, 100)]),
+                synced: BTreeMap::new(),
+                eras: BTreeMap::from([(
+                    0,
+                    vec![Era {
+                        side: Side::Target,
+                        upstream_from: 50,
+                        client_from: 150,
+                    }],
+                )]),
+            },
+        );
+        let numbering = Numbering::load(&state);
+        assert_eq!(numbering.eras("orders", 0).len(), 1);
+        assert!(numbering.translates());
+    }
+}
