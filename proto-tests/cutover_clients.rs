@@ -11,6 +11,7 @@ use serde_json::Value;
 use crate::cutover::{migration, started, started_command};
 use crate::flips::dump;
 use crate::harness::{node_path, repo_root};
+use crate::routing::py;
 
 fn ledger_js(args: &[&str]) -> Command {
     let mut command = Command::new("node");
@@ -36,6 +37,44 @@ fn report(
 fn kafkajs_and_kafka_python_go_through_promote_rollback_promote_and_commit() {
     let (_source, target, klink) = migration("cutover-clients", "groups = [\"billing\"]\n");
     let bootstrap = klink.bootstrap_str();
+    // A group outside the link reads orders too: a promotion refuses to
+    // leave it behind until it is named with --group.
+    py(&[
+        "produce",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "orders",
+        "--count",
+        "30",
+    ]);
+    py(&[
+        "group",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "orders",
+        "--group",
+        "audit",
+        "--seconds",
+        "1",
+    ]);
+    let (code, _, stderr) = klink.ctl(&["promote", "orders"]);
+    assert!(
+        !code.success() && stderr.contains("group `audit` reads `orders` but is not in the link"),
+        "{stderr}"
+    );
+    let (code, _, stderr) =
+        klink.ctl(&["promote", "orders", "--group", "billing2", "--link", "move"]);
+    assert!(!code.success(), "a topic and --link together: {stderr}");
+    let group_route = |group: &str| -> Value {
+        let status: Value =
+            serde_json::from_str(&klink.ctl_ok(&["status", "--json"])).expect("status json");
+        status["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["group"] == group).cloned())
+            .unwrap_or(Value::Null)
+    };
     let (consumer, consumer_lines) = started_command(ledger_js(&[
         "consume",
         "--bootstrap",
@@ -70,19 +109,25 @@ fn kafkajs_and_kafka_python_go_through_promote_rollback_promote_and_commit() {
         "--pace",
         "200",
     ]);
-    let flip = |command: &str| {
+    let flip = |command: &[&str]| {
         std::thread::sleep(Duration::from_millis(2000));
-        let (code, stdout, stderr) = klink.ctl(&[command, "orders"]);
+        let (code, stdout, stderr) = klink.ctl(command);
         assert!(
             code.success(),
-            "{command}: {stdout}{stderr}\nklink log:\n{}",
+            "{command:?}: {stdout}{stderr}\nklink log:\n{}",
             klink.process.log_text()
         );
         eprintln!("cutover_clients: {}", stdout.trim());
     };
-    flip("promote");
-    flip("rollback");
-    flip("promote");
+    flip(&["promote", "orders", "--group", "audit"]);
+    let audit = group_route("audit");
+    assert_eq!(audit["route"], "target", "{audit}");
+    assert_eq!(audit["link"], "move", "{audit}");
+    // Joined to the link: the way back takes it without being named.
+    flip(&["rollback", "orders"]);
+    assert_eq!(group_route("audit")["route"], "source");
+    flip(&["promote", "orders"]);
+    assert_eq!(group_route("audit")["route"], "target");
     let js = report(js, js_lines, "kafkajs producer");
     let kp = report(kp, kp_lines, "kafka-python producer");
     let consumed = report(consumer, consumer_lines, "kafkajs consumer");

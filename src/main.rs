@@ -88,6 +88,10 @@ enum CtlCommand {
         /// Every topic of this link, under one fence.
         #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
         link: Option<String>,
+        /// A consumer group outside the link that moves with the topics
+        /// (and belongs to the link from then on); repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -99,6 +103,10 @@ enum CtlCommand {
         /// Every topic of this link, under one fence.
         #[arg(long, conflicts_with = "topic", required_unless_present = "topic")]
         link: Option<String>,
+        /// A consumer group outside the link that moves with the topics
+        /// (and belongs to the link from then on); repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -159,8 +167,32 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
             partition,
             json,
         } => (Request::Offsets { topic, partition }, json),
-        CtlCommand::Promote { topic, link, json } => (Request::Promote { topic, link }, json),
-        CtlCommand::Rollback { topic, link, json } => (Request::Rollback { topic, link }, json),
+        CtlCommand::Promote {
+            topic,
+            link,
+            groups,
+            json,
+        } => (
+            Request::Promote {
+                topic,
+                link,
+                groups,
+            },
+            json,
+        ),
+        CtlCommand::Rollback {
+            topic,
+            link,
+            groups,
+            json,
+        } => (
+            Request::Rollback {
+                topic,
+                link,
+                groups,
+            },
+            json,
+        ),
         CtlCommand::Commit { topic, link } => (Request::Commit { topic, link }, false),
     };
     let reply = control::client::send(&config.proxy.control_socket, &request);

@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::cutover::{Cutover, Promotion, Selection};
+use crate::cutover::{Cutover, Promotion, Selection, Topics};
 use crate::error::{Error, Kind, Result};
 use crate::mirror::{Mirrors, PartitionMirror};
 use crate::route::{RouteTable, Routes};
@@ -88,6 +88,10 @@ pub enum Command {
         topic: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         link: Option<String>,
+        /// Groups outside the link that move with the topics (and with
+        /// the link from then on).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<String>,
     },
     /// Move a promoted topic's (or every topic of a link's) reads and
     /// writes back to its source.
@@ -96,6 +100,10 @@ pub enum Command {
         topic: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         link: Option<String>,
+        /// Groups outside the link that move with the topics (and with
+        /// the link from then on).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<String>,
     },
     /// End a promoted topic's (or every topic of a link's) migration.
     Commit {
@@ -109,17 +117,29 @@ pub enum Command {
 impl Command {
     /// The topics a cutover command names, and the command's name.
     fn selection(&self) -> Option<(&'static str, std::result::Result<Selection, String>)> {
-        let (name, topic, link) = match self {
-            Command::Promote { topic, link } => ("promote", topic, link),
-            Command::Rollback { topic, link } => ("rollback", topic, link),
-            Command::Commit { topic, link } => ("commit", topic, link),
+        let (name, topic, link, groups) = match self {
+            Command::Promote {
+                topic,
+                link,
+                groups,
+            } => ("promote", topic, link, groups.as_slice()),
+            Command::Rollback {
+                topic,
+                link,
+                groups,
+            } => ("rollback", topic, link, groups.as_slice()),
+            Command::Commit { topic, link } => ("commit", topic, link, &[][..]),
             _ => return None,
         };
-        let selection = match (topic, link) {
-            (Some(topic), None) => Ok(Selection::Topic(topic.clone())),
-            (None, Some(link)) => Ok(Selection::Link(link.clone())),
+        let what = match (topic, link) {
+            (Some(topic), None) => Ok(Topics::Topic(topic.clone())),
+            (None, Some(link)) => Ok(Topics::Link(link.clone())),
             _ => Err(format!("{name} takes a topic or --link, not both")),
         };
+        let selection = what.map(|topics| Selection {
+            topics,
+            groups: groups.to_vec(),
+        });
         Some((name, selection))
     }
 }

@@ -131,11 +131,35 @@ impl Cutover {
         }
     }
 
-    /// The topics a promotion moves: one topic, or every topic of a link.
-    fn resolve(&self, what: &Selection) -> Result<(LinkConfig, Vec<String>)> {
+    /// The topics a flip moves (one topic, or every topic of a link) and
+    /// their link, whose groups are the config's, those an earlier
+    /// `--group` joined to it, and this one's `--group`s (joined to the
+    /// link from now on: the way back takes them too). A named group must
+    /// be where the topics are now.
+    fn resolve(&self, what: &Selection, direction: Direction) -> Result<(LinkConfig, Vec<String>)> {
+        let (mut link, topics) = self.resolve_topics(&what.topics)?;
+        if !what.groups.is_empty() {
+            let now_at = match direction {
+                Direction::Forward => &link.source,
+                Direction::Reverse => &link.target,
+            };
+            self.routes.join_groups(&link.id, &what.groups, now_at)?;
+        }
+        let routes = self.routes.snapshot();
+        for (group, route) in routes.groups() {
+            if route.link.as_deref() == Some(link.id.as_str())
+                && !link.groups.iter().any(|g| g == group)
+            {
+                link.groups.push(group.to_string());
+            }
+        }
+        Ok((link, topics))
+    }
+
+    fn resolve_topics(&self, what: &Topics) -> Result<(LinkConfig, Vec<String>)> {
         match what {
-            Selection::Topic(topic) => Ok((self.link_of(topic)?, vec![topic.clone()])),
-            Selection::Link(id) => {
+            Topics::Topic(topic) => Ok((self.link_of(topic)?, vec![topic.clone()])),
+            Topics::Link(id) => {
                 let link = self
                     .config
                     .links
@@ -158,7 +182,7 @@ impl Cutover {
     /// lost if that takes longer than the fence bound.
     pub async fn promote(&self, what: &Selection) -> Result<Promotion> {
         let _one = self.promoting.lock().await;
-        let (link, topics) = self.resolve(what)?;
+        let (link, topics) = self.resolve(what, Direction::Forward)?;
         if self.already(&link, &topics, Direction::Forward)? {
             return Ok(Promotion::already(topics, Direction::Forward));
         }
@@ -171,7 +195,7 @@ impl Cutover {
     /// mirroring`, the forward mirror then going on from there.
     pub async fn rollback(&self, what: &Selection) -> Result<Promotion> {
         let _one = self.promoting.lock().await;
-        let (link, topics) = self.resolve(what)?;
+        let (link, topics) = self.resolve(what, Direction::Reverse)?;
         if self.already(&link, &topics, Direction::Reverse)? {
             return Ok(Promotion::already(topics, Direction::Reverse));
         }
@@ -267,7 +291,7 @@ impl Cutover {
     /// committed topic says so (`false`); any other state is refused.
     pub async fn commit(&self, what: &Selection) -> Result<bool> {
         let _one = self.promoting.lock().await;
-        let (_, topics) = self.resolve(what)?;
+        let (_, topics) = self.resolve_topics(&what.topics)?;
         let routes = self.routes.snapshot();
         let mut changed = false;
         for topic in &topics {
@@ -327,10 +351,17 @@ impl Cutover {
     }
 }
 
-/// How the operator names what to move: one topic, or every topic of a
-/// link.
+/// What the operator moves: one topic or every topic of a link, with
+/// groups outside the link that go with them (`--group`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Selection {
+pub struct Selection {
+    pub topics: Topics,
+    pub groups: Vec<String>,
+}
+
+/// One topic, or every topic of a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topics {
     Topic(String),
     Link(String),
 }

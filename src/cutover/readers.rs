@@ -75,7 +75,7 @@ impl Readers {
             let in_link = groups.contains(group);
             if !moving.is_empty() && !in_link {
                 problems.push(format!(
-                    "group `{group}` reads {} but is not in the link (add it to the link's groups)",
+                    "group `{group}` reads {} but is not in the link (add it to the link's groups, or name it with --group)",
                     list(&moving)
                 ));
             }

@@ -5,9 +5,7 @@
 //! take an `Arc` snapshot (one lock-free-in-practice clone) and writers
 //! persist the new table before swapping it in: no request is ever released
 //! under a route that is not yet durable.
-//!
-//! A little over 600 lines with its tests: the table, its load from the
-//! state file and every durable change to it are read together.
+//! (Tests in `tests.rs`.)
 
 mod catalog;
 mod in_doubt;
@@ -355,6 +353,45 @@ impl RouteTable {
         .map(|applied| applied.value)
     }
 
+    /// Joins `groups` to link `link` (a promotion's `--group`): from then
+    /// on they move with its topics. Each must be coordinated by `at`
+    /// (where the topics are) and belong to no other link.
+    pub fn join_groups(&self, link: &str, groups: &[String], at: &str) -> Result<()> {
+        let at = self.cluster(at)?;
+        self.change(|routes| {
+            for group in groups {
+                let now = routes.group(group).clone();
+                match routes.groups.get(group).and_then(|r| r.link.clone()) {
+                    Some(theirs) if theirs == link => continue,
+                    Some(theirs) => {
+                        return Err(Error::client(
+                            Kind::Config,
+                            format!("group `{group}` belongs to link `{theirs}`"),
+                        ));
+                    }
+                    None if now != at => {
+                        return Err(Error::client(
+                            Kind::Config,
+                            format!(
+                                "group `{group}` is coordinated by `{now}`, not `{at}` where the topics are"
+                            ),
+                        ));
+                    }
+                    None => {}
+                }
+                routes.groups.insert(
+                    group.clone(),
+                    GroupRoute {
+                        link: Some(link.to_string()),
+                        cluster: at.clone(),
+                    },
+                );
+            }
+            Ok(())
+        })
+        .map(|applied| applied.value)
+    }
+
     pub fn route_group(&self, group: &str, to: &str) -> Result<GroupRoute> {
         self.route_group_applied(group, to)
             .map(|applied| applied.value)
@@ -435,204 +472,4 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn config() -> Config {
-        Config::parse(
-            Path::new("klink.toml"),
-            r#"
-[proxy]
-listen = "127.0.0.1:9092"
-advertised_host = "127.0.0.1"
-broker_ports_start = 9100
-[clusters.source]
-bootstrap = "127.0.0.1:19092"
-[clusters.target]
-bootstrap = "127.0.0.1:29092"
-[[links]]
-id = "move"
-source = "source"
-target = "target"
-topics = ["orders", "payments"]
-groups = ["billing"]
-"#,
-        )
-        .expect("config")
-    }
-
-    #[test]
-    fn a_promotion_cut_short_by_a_crash_leaves_the_old_routes_and_a_flip_the_new() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let load = || {
-            let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-            RouteTable::load(&config(), state).expect("load")
-        };
-        let table = load();
-        table
-            .set_state("orders", TopicState::Promoting)
-            .expect("promoting");
-        // klink dies here: on restart the topic mirrors again, on the
-        // source.
-        let routes = load().snapshot();
-        let orders = routes.topic("orders").expect("orders");
-        assert_eq!(orders.state, TopicState::Mirroring);
-        assert_eq!((&*orders.writes, &*orders.reads), ("source", "source"));
-        assert!(routes.any_mirroring());
-        // The flip moves routes, groups and state in one change.
-        let table = load();
-        table
-            .move_topics(
-                &["orders".to_string()],
-                &["billing".to_string()],
-                "target",
-                TopicState::Promoted,
-                &BTreeMap::new(),
-            )
-            .expect("flip");
-        let routes = load().snapshot();
-        let orders = routes.topic("orders").expect("orders");
-        assert_eq!(orders.state, TopicState::Promoted);
-        assert_eq!((&*orders.writes, &*orders.reads), ("target", "target"));
-        assert_eq!(&**routes.group("billing"), "target");
-        assert!(
-            table
-                .move_topics(
-                    &["payments".to_string()],
-                    &["nobody".to_string()],
-                    "target",
-                    TopicState::Promoted,
-                    &BTreeMap::new(),
-                )
-                .is_err(),
-            "an unknown group changes nothing"
-        );
-    }
-
-    #[test]
-    fn link_topics_start_on_the_source_and_flips_persist() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        let table = RouteTable::load(&config(), state).expect("load");
-        let routes = table.snapshot();
-        assert_eq!(&**routes.writes("orders"), "source");
-        assert_eq!(&**routes.reads("unlinked"), "source");
-        assert!(routes.all_default());
-
-        table
-            .route_topic("orders", Some("target"), None)
-            .expect("route");
-        table.route_group("billing", "target").expect("route group");
-        let routes = table.snapshot();
-        assert_eq!(&**routes.writes("orders"), "target");
-        assert_eq!(&**routes.reads("orders"), "source");
-        assert_eq!(&**routes.group("billing"), "target");
-        assert!(!routes.all_default());
-        assert_eq!(routes.generation, 2);
-
-        // A restart restores the flips, whatever the config says.
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        let reloaded = RouteTable::load(&config(), state)
-            .expect("reload")
-            .snapshot();
-        assert_eq!(&**reloaded.writes("orders"), "target");
-        assert_eq!(&**reloaded.group("billing"), "target");
-        assert_eq!(reloaded.read_clusters().len(), 1);
-    }
-
-    #[test]
-    fn bad_requests_change_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        let table = RouteTable::load(&config(), state.clone()).expect("load");
-        let before = state.snapshot();
-        assert!(table.route_topic("nosuch", Some("target"), None).is_err());
-        assert!(table.route_topic("orders", Some("nowhere"), None).is_err());
-        assert!(table.route_group("nosuch", "target").is_err());
-        assert_eq!(state.snapshot(), before);
-        assert_eq!(table.snapshot().generation, 0);
-    }
-
-    #[test]
-    fn state_naming_an_unknown_cluster_refuses_to_load() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        RouteTable::load(&config(), state.clone()).expect("load");
-        state
-            .update(|s| {
-                if let Some(r) = s.topics.get_mut("orders") {
-                    r.writes = "gone".into();
-                }
-            })
-            .expect("update");
-        let err = RouteTable::load(&config(), state).err().expect("refused");
-        assert!(err.to_string().contains("gone"), "{err}");
-    }
-
-    #[test]
-    fn readers_never_wait_for_a_change_being_written() {
-        // The old change held the readers' lock through the fsync: the
-        // snapshot below then waited for the write it is not part of.
-        use std::sync::Barrier;
-        use std::time::Duration;
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        let table = Arc::new(RouteTable::load(&config(), state.clone()).expect("load"));
-        let hold = Arc::new((Barrier::new(2), Barrier::new(2)));
-        state.inject(Some(crate::state::Fault::Hold(hold.clone())));
-        let writer = {
-            let table = table.clone();
-            std::thread::spawn(move || table.route_topic("orders", Some("target"), None))
-        };
-        // The writer is now inside the state write, and stays there.
-        hold.0.wait();
-        let (seen, during) = std::sync::mpsc::channel();
-        let reader = {
-            let table = table.clone();
-            std::thread::spawn(move || {
-                let _ = seen.send(table.snapshot().generation);
-            })
-        };
-        let during = during.recv_timeout(Duration::from_secs(10));
-        hold.1.wait();
-        let written = writer.join().expect("writer thread");
-        reader.join().expect("reader thread");
-        assert_eq!(
-            during,
-            Ok(0),
-            "a snapshot during the write returns the old table at once"
-        );
-        written.expect("route");
-        let after = table.snapshot();
-        assert_eq!(after.generation, 1);
-        assert_eq!(&**after.writes("orders"), "target");
-        let on_disk = StateStore::open(dir.path()).expect("reopen").snapshot();
-        assert_eq!(on_disk.topics["orders"].writes, "target");
-    }
-
-    #[test]
-    fn a_route_change_reports_a_failed_directory_fsync_as_its_own() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        let table = RouteTable::load(&config(), state.clone()).expect("load");
-        state.inject(Some(crate::state::Fault::DirectorySync));
-        let applied = table
-            .route_topic_applied("orders", Some("target"), None)
-            .expect("applied");
-        assert_eq!(&*applied.value.writes, "target");
-        assert!(applied.warning.is_some_and(|w| w.contains("power loss")));
-        assert_eq!(&**table.snapshot().writes("orders"), "target");
-        state.inject(None);
-        let applied = table
-            .route_group_applied("billing", "target")
-            .expect("applied");
-        assert_eq!(applied.warning, None, "the next change is not blamed");
-        state.inject(Some(crate::state::Fault::BeforeRename));
-        assert!(table.route_group("billing", "source").is_err());
-        assert_eq!(&**table.snapshot().group("billing"), "target");
-        assert_eq!(table.snapshot().generation, 2);
-    }
-}
+mod tests;
