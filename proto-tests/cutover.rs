@@ -78,6 +78,29 @@ pub(crate) fn started_command(
     (child, lines)
 }
 
+/// A confluent-kafka member of group `billing` reading `orders` through
+/// `bootstrap` for `seconds`, committing after every batch (flips.py
+/// consume).
+pub(crate) fn billing_consumer(
+    bootstrap: &str,
+    seconds: &str,
+) -> (
+    KillOnDrop,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    started(&[
+        "consume",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        "orders",
+        "--group",
+        "billing",
+        "--seconds",
+        seconds,
+    ])
+}
+
 /// The four producers of flips.py's ledger through klink for `seconds`.
 pub(crate) fn producers(
     klink: &Klink,
@@ -133,17 +156,7 @@ fn a_topic_promoted_rolled_back_and_promoted_under_running_producers_loses_dupli
     // A member of group billing reads orders through klink throughout,
     // committing as it goes.
     let bootstrap = klink.bootstrap_str();
-    let (mut consumer, consumed_lines) = started(&[
-        "consume",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "orders",
-        "--group",
-        "billing",
-        "--seconds",
-        "18",
-    ]);
+    let (mut consumer, consumed_lines) = billing_consumer(&bootstrap, "18");
     std::thread::sleep(Duration::from_millis(1500));
 
     let (mut ledger, lines) = producers(&klink, "9", &["--one-per-batch"]);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cutover::{producers, started};
+use crate::cutover::{billing_consumer, producers};
 use crate::flips::dump_records;
 use crate::harness::{Broker, Klink, KlinkOptions};
 use crate::mirror::{create, produce, produce_to, topic_status, wait_caught_up};
@@ -108,17 +108,7 @@ fn a_latest_link_keeps_every_offset_meaning_across_promote_and_rollback() {
     // A member of billing reads everything through klink from the
     // beginning, committing as it goes, across both flips.
     let bootstrap = klink.bootstrap_str();
-    let (mut consumer, consumer_lines) = started(&[
-        "consume",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "orders",
-        "--group",
-        "billing",
-        "--seconds",
-        "12",
-    ]);
+    let (mut consumer, consumer_lines) = billing_consumer(&bootstrap, "12");
     std::thread::sleep(Duration::from_millis(1500));
     let (mut ledger, lines) = producers(&klink, "7", &["--one-per-batch"]);
     std::thread::sleep(Duration::from_millis(1500));
@@ -226,17 +216,7 @@ fn a_latest_link_keeps_every_offset_meaning_across_promote_and_rollback() {
     // commit: it reads the records written since, and only those, at
     // the offsets the source gives them once copied back.
     produce_to(&bootstrap, "orders", 10_000, 30, None);
-    let (mut late, late_lines) = started(&[
-        "consume",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "orders",
-        "--group",
-        "billing",
-        "--seconds",
-        "4",
-    ]);
+    let (mut late, late_lines) = billing_consumer(&bootstrap, "4");
     let late_report = late_lines.map_while(Result::ok).last().unwrap_or_default();
     assert!(late.0.wait().expect("late consumer").success());
     let late_seen = consumed(&serde_json::from_str(&late_report).expect("json"));
