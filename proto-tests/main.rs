@@ -15,6 +15,7 @@ mod lifecycle;
 mod mirror;
 mod numbering;
 mod perf;
+mod producer_ids;
 mod rewrites;
 mod routing;
 

@@ -52,6 +52,8 @@ pub async fn run_with_listener(
     );
     let routes = Arc::new(RouteTable::load(&config, state.clone())?);
     let catalog = Catalog::load(state.clone());
+    // Before any client: a retry from before a crash must meet its remap.
+    let producers = Arc::new(crate::route::ProducerIds::open(&config.proxy.state_dir)?);
     let control = crate::control::bind(&config.proxy.control_socket).await?;
     let clusters: Vec<Cluster> = config
         .clusters
@@ -72,7 +74,7 @@ pub async fn run_with_listener(
         registry,
         routes: routes.clone(),
         catalog: Arc::new(catalog),
-        producers: Arc::default(),
+        producers,
         forwarded: Arc::default(),
         fences: Arc::default(),
         readers: Arc::default(),

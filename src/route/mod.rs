@@ -9,6 +9,7 @@
 
 mod catalog;
 mod in_doubt;
+mod producer_journal;
 mod producers;
 
 use std::collections::{BTreeMap, HashMap};

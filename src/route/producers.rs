@@ -18,12 +18,19 @@
 //! its place back. The issuing cluster's space starts as the identity (the
 //! client talks to it with its own sequences) and only becomes a space of
 //! its own once the partition's writes have been elsewhere.
+//!
+//! Identities and placements are journaled (`producer_journal`) before the
+//! batch goes upstream, so a klink killed and restarted sends a client's
+//! retry under the identity and sequence its first try had.
 
 use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::in_doubt::{BatchKey, InDoubt};
+use super::producer_journal::{ClientKey, Entry, Journal, SpaceState};
+use crate::error::Result;
 
 /// Kafka sequences wrap to 0 after `i32::MAX`: they count modulo 2^31.
 const SEQUENCE_MODULUS: i64 = 1 << 31;
@@ -168,6 +175,83 @@ struct Inner {
     mapped: HashMap<(ClientProducer, Arc<str>), Identity>,
     /// Per client identity and partition, each cluster's sequence space.
     spaces: HashMap<PartitionKey, HashMap<Arc<str>, Space>>,
+    /// Where every change above is written before it is used (none in
+    /// unit tests and while replaying).
+    journal: Option<(Journal, PathBuf)>,
+}
+
+fn client_key(client: &ClientProducer) -> ClientKey {
+    (
+        client.issuer.to_string(),
+        client.identity.producer_id,
+        client.identity.epoch,
+    )
+}
+
+fn client_of((issuer, producer_id, epoch): &ClientKey) -> ClientProducer {
+    ClientProducer {
+        issuer: Arc::from(issuer.as_str()),
+        identity: Identity {
+            producer_id: *producer_id,
+            epoch: *epoch,
+        },
+    }
+}
+
+impl Inner {
+    fn journal(&mut self, entry: Entry) {
+        let Some((journal, _)) = &mut self.journal else {
+            return;
+        };
+        if journal.append(&entry) {
+            self.compact();
+        }
+    }
+
+    /// The journal rewritten as things stand.
+    fn compact(&mut self) {
+        let Some((_, dir)) = &self.journal else {
+            return;
+        };
+        let dir = dir.clone();
+        match Journal::rewrite(&dir, &self.entries()) {
+            Ok(journal) => self.journal = Some((journal, dir)),
+            Err(e) => {
+                tracing::error!(error = %e, "producer journal not compacted; it keeps growing")
+            }
+        }
+    }
+
+    fn entries(&self) -> Vec<Entry> {
+        let mut entries = Vec::new();
+        for ((client, cluster), issued) in &self.mapped {
+            entries.push(Entry::Mapped {
+                client: client_key(client),
+                cluster: cluster.to_string(),
+                issued: (issued.producer_id, issued.epoch),
+            });
+        }
+        for ((client, topic, partition), spaces) in &self.spaces {
+            for (cluster, space) in spaces {
+                entries.push(Entry::Space {
+                    client: client_key(client),
+                    topic: topic.clone(),
+                    partition: *partition,
+                    cluster: cluster.to_string(),
+                    space: SpaceState {
+                        floor: space.floor,
+                        identity_end: space.identity_end,
+                        sent: space
+                            .sent
+                            .iter()
+                            .map(|s| (s.client_sequence, s.start, s.count, s.refused))
+                            .collect(),
+                    },
+                });
+            }
+        }
+        entries
+    }
 }
 
 #[derive(Default)]
@@ -184,6 +268,93 @@ pub struct ProducerIds {
 }
 
 impl ProducerIds {
+    /// The remaps journaled in `dir` (empty the first time), journaling
+    /// from now on.
+    pub fn open(dir: &Path) -> Result<ProducerIds> {
+        let ids = ProducerIds::default();
+        for entry in Journal::read(dir)? {
+            ids.replay(entry);
+        }
+        let mut inner = ids.lock();
+        if !inner.mapped.is_empty() || !inner.spaces.is_empty() {
+            ids.any_remapped.store(true, Ordering::Relaxed);
+        }
+        let journal = Journal::rewrite(dir, &inner.entries())?;
+        inner.journal = Some((journal, dir.to_path_buf()));
+        drop(inner);
+        Ok(ids)
+    }
+
+    fn replay(&self, entry: Entry) {
+        match entry {
+            Entry::Mapped {
+                client,
+                cluster,
+                issued: (producer_id, epoch),
+            } => {
+                let issued = Identity { producer_id, epoch };
+                self.set_mapped(&client_of(&client), &Arc::from(cluster.as_str()), issued);
+            }
+            Entry::Placed {
+                client,
+                topic,
+                partition,
+                cluster,
+                client_sequence,
+                count,
+            } => {
+                let cluster = Arc::from(cluster.as_str());
+                let client = client_of(&client);
+                self.place(&client, &cluster, &topic, partition, client_sequence, count);
+            }
+            Entry::Refused {
+                client,
+                topic,
+                partition,
+                cluster,
+                client_sequence,
+                sequence,
+            } => {
+                let placement = Placement {
+                    client: client_of(&client),
+                    cluster: Arc::from(cluster.as_str()),
+                    topic,
+                    partition,
+                    client_sequence,
+                    sequence,
+                };
+                self.settle(&placement, Outcome::Refused);
+            }
+            Entry::Space {
+                client,
+                topic,
+                partition,
+                cluster,
+                space,
+            } => {
+                let restored = Space {
+                    floor: space.floor,
+                    identity_end: space.identity_end,
+                    sent: space
+                        .sent
+                        .into_iter()
+                        .map(|(client_sequence, start, count, refused)| Sent {
+                            client_sequence,
+                            start,
+                            count,
+                            refused,
+                        })
+                        .collect(),
+                };
+                self.lock()
+                    .spaces
+                    .entry((client_of(&client), topic, partition))
+                    .or_default()
+                    .insert(Arc::from(cluster.as_str()), restored);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -213,11 +384,18 @@ impl ProducerIds {
         cluster: &Arc<str>,
         issued: Identity,
     ) -> Identity {
-        *self
-            .lock()
-            .mapped
-            .entry((client.clone(), cluster.clone()))
-            .or_insert(issued)
+        let mut inner = self.lock();
+        let key = (client.clone(), cluster.clone());
+        if let Some(first) = inner.mapped.get(&key) {
+            return *first;
+        }
+        inner.mapped.insert(key, issued);
+        inner.journal(Entry::Mapped {
+            client: client_key(client),
+            cluster: cluster.to_string(),
+            issued: (issued.producer_id, issued.epoch),
+        });
+        issued
     }
 
     /// Where a batch of `count` records with the client's base sequence
@@ -250,6 +428,15 @@ impl ProducerIds {
         } else {
             space.place(client_sequence, i64::from(count.max(0)))
         };
+        // Written before the batch goes: a retry after a crash finds it.
+        inner.journal(Entry::Placed {
+            client: client_key(client),
+            topic: topic.to_string(),
+            partition,
+            cluster: cluster.to_string(),
+            client_sequence,
+            count,
+        });
         Some(Placement {
             client: client.clone(),
             cluster: cluster.clone(),
@@ -302,6 +489,16 @@ impl ProducerIds {
                 .map(|s| s.start);
             if let Some(start) = start {
                 space.settle(placement.client_sequence, start, outcome);
+                if outcome == Outcome::Refused {
+                    inner.journal(Entry::Refused {
+                        client: client_key(&placement.client),
+                        topic: placement.topic.clone(),
+                        partition: placement.partition,
+                        cluster: placement.cluster.to_string(),
+                        client_sequence: placement.client_sequence,
+                        sequence: placement.sequence,
+                    });
+                }
             }
         }
     }
@@ -331,173 +528,5 @@ fn wrap(position: i64) -> i32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn client(id: i64, epoch: i16) -> ClientProducer {
-        ClientProducer {
-            issuer: Arc::from("source"),
-            identity: Identity {
-                producer_id: id,
-                epoch,
-            },
-        }
-    }
-
-    fn seq(ids: &ProducerIds, c: &ClientProducer, to: &Arc<str>, s: i32, n: i32) -> Option<i32> {
-        ids.place(c, to, "orders", 0, s, n).map(|p| p.sequence)
-    }
-
-    #[test]
-    fn batches_to_the_issuer_go_as_they_are_until_the_writes_leave_it() {
-        let ids = ProducerIds::default();
-        let source: Arc<str> = Arc::from("source");
-        let c = client(7, 0);
-        assert_eq!(seq(&ids, &c, &source, 0, 10), None);
-        assert_eq!(seq(&ids, &c, &source, 10, 10), None);
-        assert!(!ids.any_remapped());
-    }
-
-    #[test]
-    fn sequences_start_at_zero_per_partition_and_retries_keep_theirs() {
-        let ids = ProducerIds::default();
-        let target: Arc<str> = Arc::from("target");
-        let c = client(7, 0);
-        assert_eq!(seq(&ids, &c, &target, 100, 5), Some(0));
-        assert_eq!(seq(&ids, &c, &target, 105, 3), Some(5));
-        assert_eq!(seq(&ids, &c, &target, 100, 5), Some(0), "a retry");
-        assert_eq!(
-            ids.place(&c, &target, "orders", 1, 40, 1)
-                .map(|p| p.sequence),
-            Some(0),
-            "per partition"
-        );
-        assert_eq!(
-            seq(&ids, &client(7, 1), &target, 0, 1),
-            Some(0),
-            "a new epoch is a new identity"
-        );
-    }
-
-    #[test]
-    fn flips_back_and_forth_keep_every_space_continuous() {
-        let ids = ProducerIds::default();
-        let source: Arc<str> = Arc::from("source");
-        let target: Arc<str> = Arc::from("target");
-        let c = client(3, 2);
-        // 0..100 went to the source as they were (not seen by this map).
-        assert_eq!(seq(&ids, &c, &target, 100, 50), Some(0));
-        // Back to the source: it last saw 99, so 150 becomes 100.
-        assert_eq!(seq(&ids, &c, &source, 150, 10), Some(100));
-        assert_eq!(seq(&ids, &c, &source, 160, 10), Some(110));
-        // Again to the target: it continues at 50.
-        assert_eq!(seq(&ids, &c, &target, 170, 5), Some(50));
-        for round in 0..10 {
-            let base = 175 + round * 20;
-            let on_source = seq(&ids, &c, &source, base, 10).expect("placed");
-            let on_target = seq(&ids, &c, &target, base + 10, 10).expect("placed");
-            assert_eq!(on_source, 120 + round * 10);
-            assert_eq!(on_target, 55 + round * 10);
-        }
-    }
-
-    #[test]
-    fn a_retry_from_before_the_first_batch_seen_is_new_data_not_a_wrap() {
-        let ids = ProducerIds::default();
-        let target: Arc<str> = Arc::from("target");
-        let c = client(3, 0);
-        assert_eq!(seq(&ids, &c, &target, 100, 10), Some(0));
-        // A batch from before the flip, retried after it, lands after: the
-        // old rebasing sent it at about 2^31.
-        assert_eq!(seq(&ids, &c, &target, 95, 5), Some(10));
-        assert_eq!(seq(&ids, &c, &target, 110, 1), Some(15));
-    }
-
-    #[test]
-    fn a_retry_of_a_batch_the_issuer_saw_unchanged_keeps_the_clients_sequence() {
-        let ids = ProducerIds::default();
-        let source: Arc<str> = Arc::from("source");
-        let target: Arc<str> = Arc::from("target");
-        let c = client(3, 0);
-        assert_eq!(seq(&ids, &c, &target, 100, 10), Some(0));
-        // Batch 90 went to the source as it was, its answer was lost, and
-        // the client retries it there: the source deduplicates it.
-        assert_eq!(seq(&ids, &c, &source, 90, 10), Some(90));
-        assert_eq!(seq(&ids, &c, &source, 110, 10), Some(100));
-    }
-
-    #[test]
-    fn sequences_wrap_at_two_to_the_31() {
-        let ids = ProducerIds::default();
-        let source: Arc<str> = Arc::from("source");
-        let target: Arc<str> = Arc::from("target");
-        let c = client(3, 0);
-        // The source has seen up to i32::MAX - 1 when the writes leave it.
-        assert_eq!(seq(&ids, &c, &target, i32::MAX - 1, 4), Some(0));
-        let back = seq(&ids, &c, &source, 2, 4).expect("placed");
-        assert_eq!(back, i32::MAX - 1, "continues where the source was");
-        assert_eq!(seq(&ids, &c, &source, 6, 4), Some(2), "wrapped past 2^31");
-    }
-
-    #[test]
-    fn a_refused_batch_gives_its_place_back_and_a_lost_one_keeps_it() {
-        let ids = ProducerIds::default();
-        let target: Arc<str> = Arc::from("target");
-        let c = client(3, 0);
-        let a = ids.place(&c, &target, "orders", 0, 0, 10).expect("a");
-        let b = ids.place(&c, &target, "orders", 0, 10, 10).expect("b");
-        assert_eq!((a.sequence, b.sequence), (0, 10));
-        // b refused (e.g. NOT_LEADER at a flip) and retried elsewhere; the
-        // next batch to the target takes b's place, not one after it.
-        ids.settle(&b, Outcome::Refused);
-        assert_eq!(seq(&ids, &c, &target, 20, 5), Some(10));
-        // A batch whose answer never came keeps its place.
-        let d = ids.place(&c, &target, "orders", 0, 25, 5).expect("d");
-        ids.settle(&d, Outcome::Kept);
-        assert_eq!(seq(&ids, &c, &target, 30, 1), Some(20));
-        // A refused batch retried to the same cluster gets a place again.
-        let e = ids.place(&c, &target, "orders", 0, 31, 2).expect("e");
-        ids.settle(&e, Outcome::Refused);
-        assert_eq!(seq(&ids, &c, &target, 31, 2), Some(21));
-    }
-
-    #[test]
-    fn ids_from_two_clusters_never_meet() {
-        // Both clusters issue id 0 first: the client's 0 from the source and
-        // klink's 0 from the target are different identities.
-        let ids = ProducerIds::default();
-        let target: Arc<str> = Arc::from("target");
-        let c = client(0, 0);
-        assert_eq!(
-            ids.set_mapped(
-                &c,
-                &target,
-                Identity {
-                    producer_id: 0,
-                    epoch: 0
-                }
-            )
-            .producer_id,
-            0
-        );
-        assert_eq!(
-            ids.mapped(&c, &Arc::from("source")),
-            Some(c.identity),
-            "on its issuer a client keeps its own id"
-        );
-        assert_eq!(seq(&ids, &c, &target, 40, 1), Some(0));
-        assert_eq!(seq(&ids, &c, &target, 41, 1), Some(1));
-        // A second client with klink's number gets its own mapping.
-        let other = client(5, 0);
-        assert_eq!(ids.mapped(&other, &target), None);
-    }
-
-    #[test]
-    fn error_codes_say_whether_a_batch_was_taken() {
-        assert_eq!(outcome_of(0), Outcome::Kept);
-        assert_eq!(outcome_of(46), Outcome::Kept, "duplicate sequence");
-        assert_eq!(outcome_of(7), Outcome::Kept, "request timed out");
-        assert_eq!(outcome_of(6), Outcome::Refused, "not leader");
-        assert_eq!(outcome_of(45), Outcome::Refused, "out of order");
-    }
-}
+#[path = "producers_tests.rs"]
+mod tests;
