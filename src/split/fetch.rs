@@ -6,6 +6,10 @@
 //! incremental fetch made under routes that changed since its session began
 //! is answered FETCH_SESSION_ID_NOT_FOUND so the client starts over with a
 //! full fetch klink can see whole.
+//!
+//! Where a cluster numbers a partition's offsets otherwise than clients
+//! (`numbering`), the fetch position goes out translated and the answer
+//! comes back renumbered: such fetches are always sessionless.
 
 use std::collections::HashMap;
 use std::sync::Arc;

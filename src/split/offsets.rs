@@ -196,7 +196,7 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
             .pop()
             .ok_or_else(|| crate::error::Error::klink(crate::error::Kind::Protocol, "no answer"))
     };
-    let frame = if cx.api == ApiKey::OffsetForLeaderEpoch {
+    let (frame, merge): (_, super::Merge) = if cx.api == ApiKey::OffsetForLeaderEpoch {
         let (header, mut request): (_, OffsetForLeaderEpochRequest) = cx.decode()?;
         let mut translated = false;
         for topic in &mut request.topics {
@@ -267,7 +267,6 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         });
         (frame, merge)
     };
-    let (frame, merge) = frame;
     Ok(Plan::Split {
         parts: vec![Part {
             destination,
