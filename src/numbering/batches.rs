@@ -39,7 +39,9 @@ pub fn renumber(view: &View, records: &Bytes) -> Bytes {
         // Magic 0 and 1 entries hold one (possibly wrapped) message whose
         // offset is its last.
         let last = match batch.get(MAGIC_AT) {
-            Some(2) => i32_at(batch, LAST_OFFSET_DELTA_AT).map(|d| base + i64::from(d)),
+            Some(2) => {
+                i32_at(batch, LAST_OFFSET_DELTA_AT).map(|d| base.saturating_add(i64::from(d)))
+            }
             Some(_) => Some(base),
             None => None,
         };

@@ -174,14 +174,14 @@ impl View {
     /// The client offset of the record at `upstream`.
     pub fn to_client(&self, upstream: i64) -> Option<i64> {
         self.containing(upstream)
-            .map(|s| s.client_start + (upstream - s.upstream_start))
+            .map(|s| s.client_start.saturating_add(upstream - s.upstream_start))
     }
 
     /// Where the batch `base..=last` goes.
     pub fn place_batch(&self, base: i64, last: i64) -> BatchPlace {
         match self.containing(base) {
             Some(s) if last < s.upstream_end => {
-                BatchPlace::At(s.client_start + (base - s.upstream_start))
+                BatchPlace::At(s.client_start.saturating_add(base - s.upstream_start))
             }
             // Segments hold whole batches; one that straddles is not ours.
             Some(_) => BatchPlace::Skip,
@@ -196,7 +196,9 @@ impl View {
     pub fn end_to_client(&self, end: i64) -> i64 {
         let i = self.segments.partition_point(|s| s.upstream_start < end);
         match i.checked_sub(1).and_then(|i| self.segments.get(i)) {
-            Some(s) => s.client_start + (end.min(s.upstream_end) - s.upstream_start),
+            Some(s) => s
+                .client_start
+                .saturating_add(end.min(s.upstream_end) - s.upstream_start),
             None => self.segments.first().map_or(end, |s| s.client_start),
         }
     }
@@ -207,7 +209,9 @@ impl View {
     pub fn start_to_client(&self, start: i64) -> i64 {
         let i = self.segments.partition_point(|s| s.upstream_end <= start);
         match self.segments.get(i) {
-            Some(s) => s.client_start + (start.max(s.upstream_start) - s.upstream_start),
+            Some(s) => s
+                .client_start
+                .saturating_add(start.max(s.upstream_start) - s.upstream_start),
             None => self.end_to_client(start),
         }
     }
@@ -225,7 +229,7 @@ impl View {
     /// record it reads, or the end of what it may read so far.
     pub fn committed_to_client(&self, upstream: i64) -> i64 {
         match self.containing(upstream) {
-            Some(s) => s.client_start + (upstream - s.upstream_start),
+            Some(s) => s.client_start.saturating_add(upstream - s.upstream_start),
             None => self.start_to_client(upstream),
         }
     }
@@ -245,7 +249,11 @@ impl View {
             // Between two segments: the next record.
             return Position::At(s.upstream_start);
         }
-        Position::At(s.upstream_start + (client - s.client_start))
+        // Client offsets are the client's to choose: no overflow on any.
+        Position::At(
+            s.upstream_start
+                .saturating_add(client.saturating_sub(s.client_start)),
+        )
     }
 }
 

@@ -111,3 +111,20 @@ fn an_empty_map_before_a_latest_link_copies_anything() {
     assert!(target.is_identity());
     assert_eq!(target.place_batch(0, 3), BatchPlace::NotYet);
 }
+
+#[test]
+fn offsets_at_the_ends_of_the_range_do_not_overflow() {
+    let copied = map(&[(100, 149, 0)]);
+    let eras = [era(Side::Target, 50, 150)];
+    let target = View::build(&eras, &copied, Side::Target);
+    for extreme in [i64::MIN, -1, i64::MAX] {
+        let _ = target.from_client(extreme);
+        let _ = target.commit_position(extreme);
+        let _ = target.committed_to_client(extreme);
+        let _ = target.start_to_client(extreme);
+        let _ = target.end_to_client(extreme);
+        let _ = target.to_client(extreme);
+        let _ = target.place_batch(extreme, extreme);
+    }
+    assert_eq!(target.from_client(i64::MAX), Position::At(i64::MAX - 100));
+}
