@@ -31,6 +31,9 @@ function parseArgs(argv) {
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 
+// The report, then exit once it is written (kafkajs may hold timers open).
+const finish = report => process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0))
+
 function kafka(args, clientId) {
   return new Kafka({
     clientId,
@@ -75,8 +78,8 @@ async function produce(args) {
   }
   const flushBy = Date.now() + 30000
   while (inFlight > 0 && Date.now() < flushBy) await sleep(10)
-  await producer.disconnect()
-  console.log(JSON.stringify({ acked, failed, unflushed: inFlight, errors }))
+  await Promise.race([producer.disconnect(), sleep(10000)])
+  finish({ acked, failed, unflushed: inFlight, errors })
 }
 
 async function consume(args) {
@@ -93,8 +96,12 @@ async function consume(args) {
   let crashed = null
   let lastGot = Date.now()
   consumer.on(consumer.events.CRASH, e => {
-    crashed = e.payload.error
-    errors.push(`crash: ${crashed && crashed.message}`)
+    // kafkajs restarts the consumer itself after a retriable crash (a
+    // NOT_COORDINATOR while committing across a flip is one): only a
+    // crash it will not restart from ends the run.
+    const error = e.payload.error
+    errors.push(`crash (restart: ${e.payload.restart}): ${error && error.message}`)
+    if (!e.payload.restart) crashed = error
   })
   await consumer.connect()
   await consumer.subscribe({ topics: [args.topic], fromBeginning: true })
@@ -107,8 +114,14 @@ async function consume(args) {
         resolveOffset(m.offset)
       }
       if (batch.messages.length > 0) lastGot = Date.now()
-      await commitOffsetsIfNecessary()
-      await heartbeat()
+      // A commit or heartbeat refused across a flip (NOT_COORDINATOR) is
+      // retried by the next batch; thrown, it would crash the consumer.
+      try {
+        await commitOffsetsIfNecessary()
+        await heartbeat()
+      } catch (e) {
+        if (errors.length < 20) errors.push(`commit/heartbeat: ${e && e.message}`)
+      }
     },
   })
   console.log('STARTED')
@@ -117,8 +130,9 @@ async function consume(args) {
   while (!crashed && (Date.now() < deadline || (Date.now() - lastGot < 2000 && Date.now() < deadline + 60000))) {
     await sleep(50)
   }
-  await consumer.disconnect()
-  console.log(JSON.stringify({ records, errors }))
+  // A disconnect caught in a restart can wait forever: bounded.
+  await Promise.race([consumer.disconnect(), sleep(10000)])
+  finish({ records, errors })
 }
 
 const args = parseArgs(process.argv.slice(2))
