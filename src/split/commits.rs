@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetFetchResponse};
 
-use super::{Cluster, Context, Part, PartAnswer, Plan, all_answered, decode_response};
+use super::{Cluster, Context, Merge, PartAnswer, Plan, decode_response, only_answer};
 use crate::error::{Error, Kind, Result};
 use crate::numbering::Numbering;
 
@@ -44,21 +44,12 @@ pub fn plan_translated_commits<C: Cluster>(cx: &Context<'_, C>) -> Result<Option
             if !changed {
                 return Ok(None);
             }
-            let part = Part {
-                destination: cx.home.clone(),
-                frame: cx.encode_request(&header, &request)?,
-                expects_response: true,
-            };
-            let merge = Box::new(|answers: Vec<PartAnswer>| {
-                let frame = all_answered(answers)?
-                    .pop()
-                    .ok_or_else(|| Error::klink(Kind::Protocol, "no answer"))?;
-                Ok(frame.wire_bytes().clone())
-            });
-            Ok(Some(Plan::Split {
-                parts: vec![part],
-                merge: Some(merge),
-            }))
+            // The answer goes back as it came (the part kept the client's
+            // correlation id).
+            let merge: Merge =
+                Box::new(|answers: Vec<PartAnswer>| Ok(only_answer(answers)?.wire_bytes().clone()));
+            let frame = cx.encode_request(&header, &request)?;
+            Ok(Some(Plan::single(cx.home.clone(), frame, merge)))
         }
         ApiKey::OffsetFetch => {
             let correlation_id = crate::wire::RequestHeader::correlation_id_of(cx.payload)
@@ -66,10 +57,8 @@ pub fn plan_translated_commits<C: Cluster>(cx: &Context<'_, C>) -> Result<Option
             let numbering = numbering.clone();
             let by_id = cx.catalog.clone();
             let (api, version) = (cx.api, cx.version);
-            let merge = Box::new(move |answers: Vec<PartAnswer>| {
-                let frame = all_answered(answers)?
-                    .pop()
-                    .ok_or_else(|| Error::klink(Kind::Protocol, "no answer"))?;
+            let merge: Merge = Box::new(move |answers: Vec<PartAnswer>| {
+                let frame = only_answer(answers)?;
                 let mut response: OffsetFetchResponse = decode_response(api, version, &frame)?;
                 in_client_numbering(&numbering, &cluster, &mut response, |name, id| {
                     if name.is_empty() {
@@ -80,14 +69,11 @@ pub fn plan_translated_commits<C: Cluster>(cx: &Context<'_, C>) -> Result<Option
                 });
                 super::encode_response(api, version, correlation_id, &response)
             });
-            Ok(Some(Plan::Split {
-                parts: vec![Part {
-                    destination: cx.home.clone(),
-                    frame: cx.payload_frame(),
-                    expects_response: true,
-                }],
-                merge: Some(merge),
-            }))
+            Ok(Some(Plan::single(
+                cx.home.clone(),
+                cx.payload_frame(),
+                merge,
+            )))
         }
         _ => Ok(None),
     }

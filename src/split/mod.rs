@@ -104,6 +104,14 @@ pub fn all_answered(answers: Vec<PartAnswer>) -> Result<Vec<Frame>> {
         .collect()
 }
 
+/// The one answer of a single-part plan: for requests klink sends on to
+/// one broker rewritten (translated offsets, epochs taken out).
+pub fn only_answer(answers: Vec<PartAnswer>) -> Result<Frame> {
+    all_answered(answers)?
+        .pop()
+        .ok_or_else(|| Error::klink(Kind::Protocol, "no answer"))
+}
+
 pub enum Plan {
     /// Send the original bytes to one destination.
     Forward(Destination),
@@ -114,6 +122,20 @@ pub enum Plan {
         parts: Vec<Part>,
         merge: Option<Merge>,
     },
+}
+
+impl Plan {
+    /// One request to one destination, its answer made by `merge`.
+    pub fn single(destination: Destination, frame: Bytes, merge: Merge) -> Plan {
+        Plan::Split {
+            parts: vec![Part {
+                destination,
+                frame,
+                expects_response: true,
+            }],
+            merge: Some(merge),
+        }
+    }
 }
 
 /// What planning needs from the running proxy.

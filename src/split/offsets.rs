@@ -191,11 +191,6 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     let (api, version) = (cx.api, cx.version);
     let correlation_id = crate::wire::RequestHeader::correlation_id_of(cx.payload)
         .ok_or_else(|| crate::error::Error::client(crate::error::Kind::Protocol, "no header"))?;
-    let answer_of = |answers: Vec<PartAnswer>| {
-        super::all_answered(answers)?
-            .pop()
-            .ok_or_else(|| crate::error::Error::klink(crate::error::Kind::Protocol, "no answer"))
-    };
     let (frame, merge): (_, super::Merge) = if cx.api == ApiKey::OffsetForLeaderEpoch {
         let (header, mut request): (_, OffsetForLeaderEpochRequest) = cx.decode()?;
         let mut translated = false;
@@ -214,7 +209,7 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         }
         let frame = cx.encode_request(&header, &request)?;
         let merge: super::Merge = Box::new(move |answers: Vec<PartAnswer>| {
-            let frame = answer_of(answers)?;
+            let frame = super::only_answer(answers)?;
             if !translated {
                 // The one part kept the client's correlation id: its
                 // answer goes back as it came.
@@ -251,7 +246,7 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         }
         let frame = cx.encode_request(&header, &request)?;
         let merge: super::Merge = Box::new(move |answers: Vec<PartAnswer>| {
-            let frame = answer_of(answers)?;
+            let frame = super::only_answer(answers)?;
             let mut response: DeleteRecordsResponse = decode_response(api, version, &frame)?;
             for topic in &mut response.topics {
                 for p in &mut topic.partitions {
@@ -267,14 +262,7 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         });
         (frame, merge)
     };
-    Ok(Plan::Split {
-        parts: vec![Part {
-            destination,
-            frame,
-            expects_response: true,
-        }],
-        merge: Some(merge),
-    })
+    Ok(Plan::single(destination, frame, merge))
 }
 
 #[cfg(test)]
