@@ -2,7 +2,7 @@
 //! sessions that translate, the copiers that extend the map and the
 //! cutover that starts eras.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -30,7 +30,10 @@ struct Clusters {
 pub struct Numbering {
     /// Per mirrored topic, its link's two clusters.
     topics: DashMap<String, Clusters>,
-    partitions: DashMap<(String, i32), Arc<RwLock<Partition>>>,
+    /// Per topic, per partition: looked up by `&str` under a shard read
+    /// lock (sessions ask per fetched partition); written only when a
+    /// partition is first seen.
+    partitions: DashMap<String, HashMap<i32, Arc<RwLock<Partition>>>>,
     /// Some partition's numbering differs from a cluster's own somewhere:
     /// sessions then leave their untouched fast path (one-way: set once).
     translates: AtomicBool,
@@ -91,9 +94,18 @@ impl Numbering {
         }
     }
 
+    fn existing(&self, topic: &str, partition: i32) -> Option<Arc<RwLock<Partition>>> {
+        self.partitions.get(topic)?.get(&partition).cloned()
+    }
+
     fn partition(&self, topic: &str, partition: i32) -> Arc<RwLock<Partition>> {
+        if let Some(found) = self.existing(topic, partition) {
+            return found;
+        }
         self.partitions
-            .entry((topic.to_string(), partition))
+            .entry(topic.to_string())
+            .or_default()
+            .entry(partition)
             .or_default()
             .clone()
     }
@@ -120,8 +132,7 @@ impl Numbering {
 
     /// The eras of a partition so far.
     pub fn eras(&self, topic: &str, partition: i32) -> Vec<Era> {
-        self.partitions
-            .get(&(topic.to_string(), partition))
+        self.existing(topic, partition)
             .and_then(|p| p.read().ok().map(|p| p.eras.clone()))
             .unwrap_or_default()
     }
@@ -142,7 +153,8 @@ impl Numbering {
     /// where they are the client's own (nothing to translate).
     pub fn view(&self, topic: &str, partition: i32, cluster: &str) -> Option<Arc<View>> {
         let side = self.side(topic, cluster)?;
-        let entry = self.partition(topic, partition);
+        // No map and no era yet: every cluster reads as its own numbering.
+        let entry = self.existing(topic, partition)?;
         if let Some(view) = entry.read().ok()?.views[slot(side)].clone() {
             return (!view.is_identity()).then_some(view);
         }
