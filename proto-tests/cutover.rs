@@ -105,6 +105,21 @@ pub(crate) fn billing_consumer(
     ])
 }
 
+/// Group `billing`'s committed offsets of `orders` as `bootstrap` (a
+/// broker, or klink) answers them, by partition.
+pub(crate) fn billing_committed(bootstrap: &str) -> Value {
+    py(&[
+        "committed",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        "orders",
+        "--group",
+        "billing",
+    ])["committed"]
+        .clone()
+}
+
 /// The four producers of flips.py's ledger through klink for `seconds`.
 pub(crate) fn producers(
     klink: &Klink,
@@ -400,18 +415,10 @@ fn a_topic_promoted_rolled_back_and_promoted_under_running_producers_loses_dupli
     );
     // The group went on on the target to the end: its commits there reach
     // each partition's end.
-    let committed = py(&[
-        "committed",
-        "--bootstrap",
-        &target.addr.to_string(),
-        "--topic",
-        "orders",
-        "--group",
-        "billing",
-    ]);
+    let committed = billing_committed(&target.addr.to_string());
     for (partition, values) in &on_target {
         assert_eq!(
-            committed["committed"][partition.to_string()].as_i64(),
+            committed[partition.to_string()].as_i64(),
             Some(values.len() as i64),
             "billing's commit on the target for partition {partition}: {committed}"
         );

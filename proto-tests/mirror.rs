@@ -220,10 +220,16 @@ pub(crate) fn topic_status(klink: &Klink, topic: &str) -> Value {
 
 /// Waits until `topic` is mirroring with no lag left.
 pub(crate) fn wait_caught_up(klink: &Klink, topic: &str) {
+    wait_copied(klink, topic, Some("mirroring"));
+}
+
+/// Waits until the copy of `topic` (in whichever direction its state asks
+/// for) has nothing left to copy, in `state` when one is named.
+pub(crate) fn wait_copied(klink: &Klink, topic: &str, state: Option<&str>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let status = topic_status(klink, topic);
-        if status["state"] == "mirroring" && status["lag"] == 0 {
+        if state.is_none_or(|state| status["state"] == state) && status["lag"] == 0 {
             return;
         }
         assert!(

@@ -4,36 +4,17 @@
 //! producers and a committing consumer.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cutover::{billing_consumer, producers};
+use crate::cutover::{billing_committed as committed, billing_consumer, producers};
 use crate::flips::dump_records;
 use crate::harness::{Broker, Klink, KlinkOptions};
-use crate::mirror::{create, produce, produce_to, topic_status, wait_caught_up};
-use crate::routing::py;
+use crate::mirror::{create, produce, produce_to, topic_status, wait_caught_up, wait_copied};
 
 /// Records each partition of `orders` held before the link started.
 const BEFORE: u64 = 300;
-
-/// Waits until the copy in whichever direction the topic's state asks
-/// for has nothing left to copy.
-fn wait_copied(klink: &Klink, topic: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = topic_status(klink, topic);
-        if status["lag"] == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} did not catch up: {status}\nklink log:\n{}",
-            klink.process.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn promote(klink: &Klink, command: &str) -> Value {
     let (code, stdout, stderr) = klink.ctl(&[command, "orders", "--json"]);
@@ -61,20 +42,6 @@ fn consumed(report: &Value) -> Vec<(i64, i64, String)> {
             )
         })
         .collect()
-}
-
-/// The group's committed offsets of `orders` as `bootstrap` answers them.
-fn committed(bootstrap: &str) -> Value {
-    py(&[
-        "committed",
-        "--bootstrap",
-        bootstrap,
-        "--topic",
-        "orders",
-        "--group",
-        "billing",
-    ])["committed"]
-        .clone()
 }
 
 #[test]
@@ -137,7 +104,7 @@ fn a_latest_link_keeps_every_offset_meaning_across_promote_and_rollback() {
 
     // The reverse mirror carries the last records back: then the source
     // holds every record, each at the offset clients know it by.
-    wait_copied(&klink, "orders");
+    wait_copied(&klink, "orders", None);
     let on_source = dump_records(&source.addr.to_string(), "orders");
     let by_offset: HashMap<(i64, i64), &str> = on_source
         .iter()
@@ -225,7 +192,7 @@ fn a_latest_link_keeps_every_offset_meaning_across_promote_and_rollback() {
     values.dedup();
     assert_eq!(values.len(), 30, "the late consumer read: {late_seen:?}");
     assert!(values.iter().all(|v| v.starts_with('v')), "{values:?}");
-    wait_copied(&klink, "orders");
+    wait_copied(&klink, "orders", None);
     let on_source = dump_records(&source.addr.to_string(), "orders");
     for (partition, offset, value) in &late_seen {
         let found = on_source
