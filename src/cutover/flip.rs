@@ -13,7 +13,7 @@ use crate::config::LinkConfig;
 use crate::error::{Error, Kind, Result};
 use crate::mirror::runner::{map_path, maps_dir};
 use crate::mirror::{Direction, OffsetMap, Run, high_watermark, log_bounds};
-use crate::numbering::{Era, Side};
+use crate::numbering::{Era, Side, next_era_epochs};
 use crate::route::{FlipPoint, TopicState};
 
 /// How often a flip looks at writes in flight and the copy's progress
@@ -123,7 +123,8 @@ impl Cutover {
                 .hand_over(link, &partitions, &maps, direction, &from, &to)
                 .await?;
             let synced = sync_points(&to, &drained, &maps, direction).await?;
-            let synced = self.with_eras(synced, direction);
+            let epochs = leader_epochs(&from, &to, &partitions).await?;
+            let synced = self.with_eras(synced, direction, &epochs);
             tracing::debug!(
                 drain_ms = drained_at.as_secs_f64() * 1000.0,
                 hand_over_ms = (fenced_at.elapsed() - drained_at).as_secs_f64() * 1000.0,
@@ -374,11 +375,13 @@ impl Cutover {
 
     /// Each partition's eras with the one this flip starts: from the sync
     /// point on the cluster flipped to, numbered where the client
-    /// numbering of the cluster left ends.
+    /// numbering of the cluster left ends, with leader epochs that start
+    /// at or above the highest one clients were shown (`numbering::Epochs`).
     fn with_eras(
         &self,
         synced: SyncPoints,
         direction: Direction,
+        epochs: &LeaderEpochs,
     ) -> BTreeMap<String, BTreeMap<i32, FlipPoint>> {
         let (left, gone_to) = match direction {
             Direction::Forward => (Side::Source, Side::Target),
@@ -394,15 +397,21 @@ impl Cutover {
                             Direction::Forward => (source, target),
                             Direction::Reverse => (target, source),
                         };
-                        let client_from = self
-                            .numbering
-                            .view_of(&topic, partition, left)
-                            .end_to_client(left_end);
+                        let left_view = self.numbering.view_of(&topic, partition, left);
+                        let client_from = left_view.end_to_client(left_end);
+                        let (left_epoch, to_epoch) = epochs
+                            .get(&(topic.clone(), partition))
+                            .copied()
+                            .unwrap_or((-1, -1));
                         let mut eras = self.numbering.eras(&topic, partition);
+                        let (epoch_from, epoch_shift) =
+                            next_era_epochs(&eras, left_epoch, to_epoch);
                         eras.push(Era {
                             side: gone_to,
                             upstream_from: to_start,
                             client_from,
+                            epoch_shift,
+                            epoch_from,
                         });
                         let point = FlipPoint {
                             synced: [source, target],
@@ -423,6 +432,37 @@ impl Cutover {
             }
         }
     }
+}
+
+/// Per partition, the leader epoch of the cluster left and of the cluster
+/// flipped to (-1 where a cluster names none).
+type LeaderEpochs = BTreeMap<(String, i32), (i32, i32)>;
+
+/// The partitions' leader epochs on both clusters, as each announces them
+/// now (neither elects a leader under the fence in a clean flip; if one
+/// does, the era's epochs still only go up from what was read here).
+async fn leader_epochs(
+    from: &Client,
+    to: &Client,
+    partitions: &BTreeMap<String, Vec<i32>>,
+) -> Result<LeaderEpochs> {
+    let mut epochs = LeaderEpochs::new();
+    for (topic, parts) in partitions {
+        let (left, gone_to) = (from.topic(topic).await?, to.topic(topic).await?);
+        let epoch_of = |meta: &crate::client::TopicMeta, partition: i32| {
+            meta.partitions
+                .iter()
+                .find(|p| p.partition == partition)
+                .map_or(-1, |p| p.leader_epoch)
+        };
+        for &partition in parts {
+            epochs.insert(
+                (topic.clone(), partition),
+                (epoch_of(&left, partition), epoch_of(&gone_to, partition)),
+            );
+        }
+    }
+    Ok(epochs)
 }
 
 /// Where both clusters hold the same records once the drain is done: the

@@ -14,8 +14,8 @@
 //! going; a `promoting` or `rolling-back` left by a crash is undone on
 //! restart (`route`). While promoted, the mirror copies target -> source
 //! (`mirror::runner`); `commit` stops that and ends the migration.
-//! Still to come (issue "Cutover"): offset and epoch translation for
-//! clients where the map is not the identity.
+//! Each flip starts an era of the partition's client numbering (offsets
+//! and leader epochs, `numbering`), persisted with the routes.
 
 mod fence;
 mod flip;

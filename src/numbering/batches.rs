@@ -1,7 +1,8 @@
 //! Fetched records in the client's numbering: each batch's base offset
-//! rewritten (it sits before the CRC, which covers the batch from its
-//! attributes on, so nothing else changes), batches with no client offset
-//! left out, and the answer cut before a copy the map does not list yet.
+//! and (v2 batches) partition leader epoch rewritten (both sit before the
+//! CRC, which covers the batch from its attributes on, so nothing else
+//! changes), batches with no client offset left out, and the answer cut
+//! before a copy the map does not list yet.
 
 use bytes::{Bytes, BytesMut};
 
@@ -9,7 +10,9 @@ use super::{BatchPlace, View};
 
 /// Base offset (8), batch length (4): the part every record format shares.
 const LOG_OVERHEAD: usize = 12;
-/// Where a v2 batch keeps its magic byte and its last offset delta.
+/// Where a v2 batch keeps its partition leader epoch, its magic byte and
+/// its last offset delta.
+const LEADER_EPOCH_AT: usize = 12;
 const MAGIC_AT: usize = 16;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 
@@ -51,7 +54,18 @@ pub fn renumber(view: &View, records: &Bytes) -> Bytes {
         match view.place_batch(base, last) {
             BatchPlace::At(client_base) => {
                 out.extend_from_slice(&client_base.to_be_bytes());
-                out.extend_from_slice(&batch[8..]);
+                let epoch = match (batch.get(MAGIC_AT), i32_at(batch, LEADER_EPOCH_AT)) {
+                    (Some(2), Some(epoch)) => Some(view.epochs().to_client(epoch)),
+                    _ => None,
+                };
+                match epoch {
+                    Some(epoch) => {
+                        out.extend_from_slice(&batch[8..LEADER_EPOCH_AT]);
+                        out.extend_from_slice(&epoch.to_be_bytes());
+                        out.extend_from_slice(&batch[LEADER_EPOCH_AT + 4..]);
+                    }
+                    None => out.extend_from_slice(&batch[8..]),
+                }
             }
             BatchPlace::Skip => {}
             BatchPlace::NotYet => break,
@@ -128,5 +142,57 @@ mod tests {
         let mut negative = batch(0, 1, b"");
         negative[8..12].copy_from_slice(&(-5i32).to_be_bytes());
         assert!(renumber(&view, &Bytes::from(negative)).is_empty());
+    }
+
+    #[test]
+    fn epochs_move_in_a_real_brokers_batches_and_their_crcs_still_hold() {
+        use kafka_protocol::messages::{FetchResponse, ResponseHeader};
+        use kafka_protocol::protocol::Decodable;
+
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/frames/fetch-v16-response.bin");
+        let mut frame = Bytes::from(std::fs::read(path).expect("captured frame"));
+        let _length = frame.split_to(4);
+        ResponseHeader::decode(&mut frame, 1).expect("header");
+        let response = FetchResponse::decode(&mut frame, 16).expect("fetch v16");
+        // Offsets the cluster's own, epochs shifted by 5.
+        let shifted = [crate::numbering::Era {
+            side: Side::Source,
+            upstream_from: 0,
+            client_from: 0,
+            epoch_shift: 5,
+            epoch_from: 5,
+        }];
+        let view = View::build(&shifted, &OffsetMap::default(), Side::Source);
+        let mut batches = 0;
+        let fetched = response.responses.iter().flat_map(|t| &t.partitions);
+        for records in fetched.filter_map(|p| p.records.as_ref()) {
+            let out = renumber(&view, records);
+            assert_eq!(out.len(), records.len());
+            let mut at = 0;
+            while at < out.len() {
+                let length =
+                    usize::try_from(i32_at(&out, at + 8).expect("length")).expect("length");
+                let (theirs, ours) = (&records[at..at + 12 + length], &out[at..at + 12 + length]);
+                assert_eq!(ours[..12], theirs[..12], "offset and length stay");
+                let epoch = i32_at(theirs, LEADER_EPOCH_AT).expect("epoch");
+                assert_eq!(i32_at(ours, LEADER_EPOCH_AT), Some(epoch + 5));
+                assert_eq!(ours[LEADER_EPOCH_AT + 4..], theirs[LEADER_EPOCH_AT + 4..]);
+                assert!(
+                    crate::batch::crc_ok(ours),
+                    "the CRC does not cover the epoch"
+                );
+                at += 12 + length;
+                batches += 1;
+            }
+        }
+        assert!(batches >= 1, "a batch to look at");
+    }
+
+    #[test]
+    fn epochs_of_a_cluster_not_shifted_stay() {
+        let view = latest_link_view();
+        let out = renumber(&view, &Bytes::from(batch(0, 10, b"x")));
+        assert_eq!(i32_at(&out, LEADER_EPOCH_AT), Some(7));
     }
 }

@@ -1,6 +1,7 @@
-//! The offsets clients see (DESIGN trap 7). A partition behind klink keeps
-//! one numbering for its life, whichever cluster serves it: the source's
-//! until the first flip, then continued across every flip.
+//! The offsets and leader epochs clients see (DESIGN traps 7 and 6). A
+//! partition behind klink keeps one numbering for its life, whichever
+//! cluster serves it: the source's until the first flip, then continued
+//! across every flip. Epochs are in [`epochs`]; offsets below.
 //!
 //! The numbering is a list of eras. Each flip starts one: from the sync
 //! point on, the cluster flipped to holds the partition's new records (they
@@ -24,9 +25,11 @@
 //! bypass warning) have no client offset and are skipped.
 
 mod batches;
+mod epochs;
 mod registry;
 
 pub use batches::renumber;
+pub use epochs::{Epochs, next_era_epochs, next_shift};
 pub use registry::Numbering;
 
 use serde::{Deserialize, Serialize};
@@ -51,12 +54,18 @@ impl Side {
 }
 
 /// From `upstream_from` on `side`, that cluster's records are the
-/// partition's new ones, numbered for clients from `client_from`.
+/// partition's new ones, numbered for clients from `client_from`; its
+/// leader epochs are the client's plus `epoch_shift`, from `epoch_from` on
+/// ([`Epochs`]; both 0 in state written before epochs were translated).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Era {
     pub side: Side,
     pub upstream_from: i64,
     pub client_from: i64,
+    #[serde(default)]
+    pub epoch_shift: i32,
+    #[serde(default)]
+    pub epoch_from: i32,
 }
 
 /// Before any flip: the source's own numbering.
@@ -64,6 +73,8 @@ const FIRST_ERA: Era = Era {
     side: Side::Source,
     upstream_from: 0,
     client_from: 0,
+    epoch_shift: 0,
+    epoch_from: 0,
 };
 
 /// Consecutive upstream offsets `[upstream_start, upstream_end)` that are
@@ -107,6 +118,7 @@ pub enum Position {
 pub struct View {
     segments: Vec<Segment>,
     identity: bool,
+    epochs: Epochs,
 }
 
 impl View {
@@ -153,13 +165,32 @@ impl View {
             }
         }
         segments.sort_by_key(|s| s.upstream_start);
-        let identity = segments.iter().all(|s| s.upstream_start == s.client_start);
-        View { segments, identity }
+        // The cluster's own era (the last on its side); a target that never
+        // had one shows its own epochs.
+        let own = all.iter().rev().find(|e| e.side == side);
+        let epochs = Epochs::new(
+            own.map_or(0, |e| e.epoch_shift),
+            own.map_or(0, |e| e.epoch_from),
+            all.iter().map(|e| (e.epoch_from, e.client_from)).collect(),
+        );
+        let identity =
+            epochs.is_identity() && segments.iter().all(|s| s.upstream_start == s.client_start);
+        View {
+            segments,
+            identity,
+            epochs,
+        }
     }
 
-    /// Same offsets for clients as on the cluster: nothing to translate.
+    /// Same offsets and epochs for clients as on the cluster: nothing to
+    /// translate.
     pub fn is_identity(&self) -> bool {
         self.identity
+    }
+
+    /// The cluster's leader epochs for clients.
+    pub fn epochs(&self) -> &Epochs {
+        &self.epochs
     }
 
     fn containing(&self, upstream: i64) -> Option<&Segment> {

@@ -73,9 +73,9 @@ impl Numbering {
     }
 
     /// Whether clients reading the cluster a session's fast path serves
-    /// (the default, the source of every link so far) may need offsets
-    /// translated: once some partition's numbering has an era whose
-    /// offsets differ from a cluster's.
+    /// (the default, the source of every link so far) may need offsets or
+    /// epochs translated: once some partition's numbering has an era whose
+    /// offsets or epochs differ from a cluster's.
     pub fn translates(&self) -> bool {
         self.translates.load(Ordering::Relaxed)
     }
@@ -87,7 +87,9 @@ impl Numbering {
             return;
         }
         let differs =
-            p.eras.iter().any(|e| e.upstream_from != e.client_from) || !p.map.is_identity();
+            p.eras.iter().any(|e| {
+                e.upstream_from != e.client_from || e.epoch_shift != 0 || e.epoch_from != 0
+            }) || !p.map.is_identity();
         if differs {
             tracing::info!(eras = ?p.eras, runs = ?p.map.runs(), "offsets differ between the clusters: clients' offsets are translated from now on");
             self.translates.store(true, Ordering::Relaxed);
@@ -210,6 +212,8 @@ mod tests {
                     side: Side::Target,
                     upstream_from: 50,
                     client_from: 150,
+                    epoch_shift: 0,
+                    epoch_from: 0,
                 }],
             )]),
         );
@@ -238,6 +242,8 @@ mod tests {
                     side: Side::Target,
                     upstream_from: 100,
                     client_from: 100,
+                    epoch_shift: 0,
+                    epoch_from: 0,
                 }],
             )]),
         )]));
@@ -260,6 +266,8 @@ mod tests {
                         side: Side::Target,
                         upstream_from: 50,
                         client_from: 150,
+                        epoch_shift: 0,
+                        epoch_from: 0,
                     }],
                 )]),
             },

@@ -14,6 +14,8 @@ fn era(side: Side, upstream_from: i64, client_from: i64) -> Era {
         side,
         upstream_from,
         client_from,
+        epoch_shift: 0,
+        epoch_from: 0,
     }
 }
 

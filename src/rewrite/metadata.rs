@@ -37,6 +37,12 @@ pub fn rewrite(response: &mut MetadataResponse, view: &BrokerView<'_>) -> bool {
             topic.topic_id = id;
         }
         for partition in &mut topic.partitions {
+            if let Some(shifted) = view.shifted(
+                topic.name.as_ref().map(|n| n.as_str()),
+                partition.partition_index,
+            ) {
+                partition.leader_epoch = shifted.epochs().to_client(partition.leader_epoch);
+            }
             partition.leader_id = view.map_id(partition.leader_id);
             partition.replica_nodes = view.map_ids(&partition.replica_nodes);
             partition.isr_nodes = view.map_ids(&partition.isr_nodes);
@@ -107,5 +113,61 @@ mod tests {
             assert_eq!(partitions[2].leader_id, BrokerId(-1));
             assert_eq!(partitions[0].replica_nodes, vec![BrokerId(1), BrokerId(2)]);
         }
+    }
+
+    #[test]
+    fn a_partition_flipped_back_shows_epochs_above_the_ones_the_target_showed() {
+        let (dir, registry) = registry();
+        let catalog = crate::route::Catalog::load(std::sync::Arc::new(
+            crate::state::StateStore::open(dir.path()).expect("state"),
+        ));
+        let numbering = &catalog.numbering;
+        numbering.register("orders", "source".into(), "target".into());
+        // Promoted (source at 5, new target shown from 5), then rolled
+        // back when the target was at 3 (shown 8): the source's 5 reads 8.
+        let era = |side, at, epoch_shift, epoch_from| crate::numbering::Era {
+            side,
+            upstream_from: at,
+            client_from: at,
+            epoch_shift,
+            epoch_from,
+        };
+        use crate::numbering::Side::{Source, Target};
+        numbering.publish_eras(&std::collections::BTreeMap::from([(
+            "orders".to_string(),
+            std::collections::BTreeMap::from([(
+                1,
+                vec![era(Target, 100, 5, 5), era(Source, 200, 3, 8)],
+            )]),
+        )]));
+        let mut upstream = upstream_metadata();
+        for p in &mut upstream.topics[0].partitions {
+            p.leader_epoch = 5;
+        }
+        let version = 12;
+        let rewrite = crate::rewrite::Rewrite::decode(
+            ApiKey::Metadata,
+            version,
+            frame(ApiKey::Metadata, version, &upstream),
+        )
+        .expect("decode")
+        .expect("rewritten api");
+        let view = BrokerView {
+            registry: &registry,
+            cluster: "source",
+            catalog: Some(&catalog),
+            cluster_id: None,
+        };
+        let out: MetadataResponse = decode(
+            ApiKey::Metadata,
+            version,
+            rewrite.apply(&view).expect("apply"),
+        );
+        let epochs: Vec<i32> = out.topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.leader_epoch)
+            .collect();
+        assert_eq!(epochs, vec![5, 8, 5], "only the flipped partition moves");
     }
 }

@@ -82,6 +82,20 @@ impl BrokerView<'_> {
     fn host(&self) -> &str {
         self.registry.advertised_host()
     }
+
+    /// How this cluster's leader epochs of a partition read for clients,
+    /// where they differ from its own (a mirrored topic after a flip).
+    fn shifted(
+        &self,
+        topic: Option<&str>,
+        partition: i32,
+    ) -> Option<std::sync::Arc<crate::numbering::View>> {
+        let view = self
+            .catalog?
+            .numbering
+            .view(topic?, partition, self.cluster)?;
+        (!view.epochs().is_identity()).then_some(view)
+    }
 }
 
 #[derive(Debug)]

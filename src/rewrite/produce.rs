@@ -22,10 +22,21 @@ pub fn announced(response: &ProduceResponse) -> Vec<UpstreamBroker> {
 pub fn rewrite(response: &mut ProduceResponse, view: &BrokerView<'_>) -> bool {
     let mut changed = false;
     for topic in &mut response.responses {
+        // v13+ names topics by the cluster's id.
+        let name = match topic.name.as_str() {
+            "" => view
+                .catalog
+                .and_then(|c| c.name_by_upstream_id(view.cluster, &topic.topic_id)),
+            name => Some(name.to_string()),
+        };
         for partition in &mut topic.partition_responses {
             let leader = &mut partition.current_leader.leader_id;
             if leader.0 >= 0 {
                 *leader = view.map_id(*leader);
+                if let Some(shifted) = view.shifted(name.as_deref(), partition.index) {
+                    let epoch = &mut partition.current_leader.leader_epoch;
+                    *epoch = shifted.epochs().to_client(*epoch);
+                }
                 changed = true;
             }
         }

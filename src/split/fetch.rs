@@ -99,9 +99,18 @@ pub async fn plan_fetch<C: Cluster>(
                 // A divergence check in another numbering would truncate
                 // the consumer at the wrong place.
                 partition.last_fetched_epoch = -1;
+                let epochs = view.epochs();
+                // Shown by this view's metadata: the cluster's, shifted;
+                // unless the epochs are the cluster's own and the client's
+                // may still be another cluster's (a read route moved by hand).
+                partition.current_leader_epoch =
+                    if epochs.is_identity() && destination.cluster() != cx.home.cluster() {
+                        -1
+                    } else {
+                        epochs.to_upstream(p.current_leader_epoch)
+                    };
                 views.insert((client_key.clone(), p.partition), view);
-            }
-            if destination.cluster() != cx.home.cluster() {
+            } else if destination.cluster() != cx.home.cluster() {
                 // The client's epochs came from the cluster it talks to;
                 // another cluster would fence them, or worse, take the last
                 // fetched epoch for a divergence and truncate the client.
@@ -258,6 +267,12 @@ fn in_client_numbering(view: &View, p: &mut PartitionData) {
     for aborted in p.aborted_transactions.iter_mut().flatten() {
         aborted.first_offset = view.start_to_client(aborted.first_offset);
     }
+    let epochs = view.epochs();
+    p.current_leader.leader_epoch = epochs.to_client(p.current_leader.leader_epoch);
+    if p.diverging_epoch.epoch >= 0 {
+        p.diverging_epoch.epoch = epochs.to_client(p.diverging_epoch.epoch);
+        p.diverging_epoch.end_offset = view.end_to_client(p.diverging_epoch.end_offset);
+    }
     if let Some(records) = &p.records {
         p.records = Some(renumber(view, records));
     }
@@ -271,250 +286,5 @@ fn failed_partition(index: i32, code: i16) -> PartitionData {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
-    use bytes::Bytes;
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::{ApiKey, RequestHeader};
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-
-    use super::*;
-    use crate::split::Destination;
-    use crate::split::test_support::*;
-    use kafka_protocol::messages::TopicName;
-    use kafka_protocol::messages::fetch_response::FetchableTopicResponse;
-
-    fn request(epoch: i32, topics: &[(&'static str, &[i32])]) -> Bytes {
-        let body = FetchRequest::default()
-            .with_session_id(if epoch > 0 { 9 } else { 0 })
-            .with_session_epoch(epoch)
-            .with_topics(
-                topics
-                    .iter()
-                    .map(|(t, ps)| {
-                        FetchTopic::default()
-                            .with_topic(TopicName(StrBytes::from_static_str(t)))
-                            .with_partitions(
-                                ps.iter()
-                                    .map(|p| {
-                                        FetchPartition::default()
-                                            .with_partition(*p)
-                                            .with_current_leader_epoch(7)
-                                            .with_last_fetched_epoch(6)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            );
-        let mut buf = bytes::BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(1)
-            .with_request_api_version(12)
-            .with_correlation_id(3)
-            .encode(&mut buf, ApiKey::Fetch.request_header_version(12))
-            .expect("header");
-        body.encode(&mut buf, 12).expect("body");
-        buf.freeze()
-    }
-
-    struct Setup {
-        _dir: tempfile::TempDir,
-        table: crate::route::RouteTable,
-        catalog: Arc<crate::route::Catalog>,
-        leaders: FixedLeaders,
-        home: Destination,
-    }
-
-    fn setup() -> Setup {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let table = routes(dir.path());
-        let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
-            crate::state::StateStore::open(dir.path()).expect("state"),
-        )));
-        Setup {
-            _dir: dir,
-            table,
-            catalog,
-            leaders: FixedLeaders(HashMap::from([("orders".to_string(), 3)])),
-            home: Destination::Broker {
-                cluster: Arc::from("source"),
-                upstream_id: 1,
-            },
-        }
-    }
-
-    async fn plan(s: &Setup, payload: &Bytes, sessions: &mut FetchSessions) -> Plan {
-        let routes = s.table.snapshot();
-        let cx = Context {
-            cluster: &s.leaders,
-            routes: &routes,
-            catalog: &s.catalog,
-            home: &s.home,
-            api: ApiKey::Fetch,
-            version: 12,
-            payload,
-        };
-        plan_fetch(&cx, sessions).await.expect("plan")
-    }
-
-    #[tokio::test]
-    async fn sessions_pass_through_until_routes_change() {
-        let s = setup();
-        let mut sessions = FetchSessions::default();
-        assert!(matches!(
-            plan(&s, &request(0, &[("orders", &[0])]), &mut sessions).await,
-            Plan::Forward(_)
-        ));
-        assert!(matches!(
-            plan(&s, &request(1, &[]), &mut sessions).await,
-            Plan::Forward(_)
-        ));
-        s.table
-            .route_topic("payments", None, Some("target"))
-            .expect("route");
-        // Routes changed under the session: the client must start over.
-        let Plan::Answer(bytes) = plan(&s, &request(2, &[]), &mut sessions).await else {
-            panic!("incremental fetch after a route change is answered by klink");
-        };
-        let response: FetchResponse =
-            decode_response(ApiKey::Fetch, 12, &frame_of(bytes)).expect("decode");
-        assert_eq!(
-            response.error_code,
-            ResponseError::FetchSessionIdNotFound.code()
-        );
-        assert!(matches!(
-            plan(&s, &request(0, &[("orders", &[0])]), &mut sessions).await,
-            Plan::Forward(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn moved_partitions_are_fetched_sessionless_from_the_new_leader() {
-        let s = setup();
-        s.table
-            .route_topic("orders", None, Some("target"))
-            .expect("route");
-        let mut sessions = FetchSessions::default();
-        let Plan::Split { parts, merge } = plan(
-            &s,
-            &request(0, &[("orders", &[2]), ("other", &[0])]),
-            &mut sessions,
-        )
-        .await
-        else {
-            panic!("split");
-        };
-        assert_eq!(
-            parts[0].destination,
-            Destination::Broker {
-                cluster: Arc::from("target"),
-                upstream_id: 12
-            }
-        );
-        assert_eq!(parts[1].destination, s.home);
-        let mut payload = parts[0].frame.slice(4..);
-        RequestHeader::decode(&mut payload, ApiKey::Fetch.request_header_version(12))
-            .expect("header");
-        let sub = FetchRequest::decode(&mut payload, 12).expect("sub");
-        assert_eq!((sub.session_id, sub.session_epoch), (0, -1));
-        let moved = &sub.topics[0].partitions[0];
-        assert_eq!(
-            (moved.current_leader_epoch, moved.last_fetched_epoch),
-            (-1, -1),
-            "the source's epochs never reach the target"
-        );
-        let mut payload = parts[1].frame.slice(4..);
-        RequestHeader::decode(&mut payload, ApiKey::Fetch.request_header_version(12))
-            .expect("header");
-        let stayed = FetchRequest::decode(&mut payload, 12).expect("sub");
-        assert_eq!(
-            stayed.topics[0].partitions[0].current_leader_epoch, 7,
-            "epochs stay where they came from"
-        );
-        let answer = |topic: &'static str, p: i32| {
-            let response = FetchResponse::default()
-                .with_session_id(5)
-                .with_responses(vec![
-                    FetchableTopicResponse::default()
-                        .with_topic(TopicName(StrBytes::from_static_str(topic)))
-                        .with_partitions(vec![
-                            PartitionData::default()
-                                .with_partition_index(p)
-                                .with_high_watermark(42)
-                                .with_records(Some(Bytes::from_static(b"rec"))),
-                        ]),
-                ]);
-            frame_of(encode_response(ApiKey::Fetch, 12, 3, &response).expect("encode"))
-        };
-        let merged = (merge.expect("merge"))(vec![
-            PartAnswer::Answered(answer("orders", 2)),
-            PartAnswer::Answered(answer("other", 0)),
-        ])
-        .expect("merge");
-        let response: FetchResponse =
-            decode_response(ApiKey::Fetch, 12, &frame_of(merged)).expect("decode");
-        assert_eq!(response.session_id, 0);
-        let got: Vec<(String, i32, i64)> = response
-            .responses
-            .iter()
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .map(move |p| (t.topic.to_string(), p.partition_index, p.high_watermark))
-            })
-            .collect();
-        assert_eq!(got, vec![("orders".into(), 2, 42), ("other".into(), 0, 42)]);
-    }
-
-    #[tokio::test]
-    async fn a_failed_part_leaves_the_others_answered() {
-        let s = setup();
-        s.table
-            .route_topic("orders", None, Some("target"))
-            .expect("route");
-        let mut sessions = FetchSessions::default();
-        let Plan::Split { parts, merge } = plan(
-            &s,
-            &request(0, &[("orders", &[0]), ("other", &[0])]),
-            &mut sessions,
-        )
-        .await
-        else {
-            panic!("split");
-        };
-        assert_eq!(parts.len(), 2);
-        let other = FetchResponse::default().with_responses(vec![
-            FetchableTopicResponse::default()
-                .with_topic(TopicName(StrBytes::from_static_str("other")))
-                .with_partitions(vec![
-                    PartitionData::default()
-                        .with_partition_index(0)
-                        .with_high_watermark(9),
-                ]),
-        ]);
-        let other = frame_of(encode_response(ApiKey::Fetch, 12, 3, &other).expect("encode"));
-        let merged = (merge.expect("merge"))(vec![
-            PartAnswer::Failed(PartFailure::Lost),
-            PartAnswer::Answered(other),
-        ])
-        .expect("merge");
-        let response: FetchResponse =
-            decode_response(ApiKey::Fetch, 12, &frame_of(merged)).expect("decode");
-        let got: Vec<(String, i16, i64)> = response
-            .responses
-            .iter()
-            .flat_map(|t| {
-                t.partitions
-                    .iter()
-                    .map(move |p| (t.topic.to_string(), p.error_code, p.high_watermark))
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![("orders".into(), NOT_LEADER, -1), ("other".into(), 0, 9)]
-        );
-    }
-}
+#[path = "fetch_tests.rs"]
+mod tests;

@@ -5,11 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use kafka_protocol::messages::{
     ApiKey, DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 
 use super::{
     Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, decode_response,
@@ -46,16 +51,22 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
                 .await
             {
                 let mut partition = p.clone();
-                if destination.cluster() != cx.home.cluster() {
-                    // An epoch from the client's cluster means nothing here.
-                    partition.current_leader_epoch = -1;
-                }
+                let crossing = destination.cluster() != cx.home.cluster();
                 if let Some(view) =
                     cx.catalog
                         .numbering
                         .view(&name, p.partition_index, destination.cluster())
                 {
+                    let epochs = view.epochs();
+                    partition.current_leader_epoch = if epochs.is_identity() && crossing {
+                        -1
+                    } else {
+                        epochs.to_upstream(p.current_leader_epoch)
+                    };
                     views.insert((name.clone(), p.partition_index), (view, p.timestamp));
+                } else if crossing {
+                    // An epoch from the client's cluster means nothing here.
+                    partition.current_leader_epoch = -1;
                 }
                 assigned.push((destination, (name.clone(), partition)));
             }
@@ -122,6 +133,7 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
                             LATEST => view.end_to_client(p.offset),
                             _ => view.start_to_client(p.offset),
                         };
+                        p.leader_epoch = view.epochs().to_client(p.leader_epoch);
                     }
                     results.insert((topic.name.to_string(), p.partition_index), p);
                 }
@@ -194,15 +206,45 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     let (frame, merge): (_, super::Merge) = if cx.api == ApiKey::OffsetForLeaderEpoch {
         let (header, mut request): (_, OffsetForLeaderEpochRequest) = cx.decode()?;
         let mut translated = false;
+        // Epochs clients saw in an earlier era, answered here.
+        let mut answered = OffsetForLeaderEpochResponse::default();
         for topic in &mut request.topics {
-            for p in &mut topic.partitions {
-                if crossing {
-                    p.current_leader_epoch = -1;
+            let name = topic.topic.to_string();
+            topic.partitions.retain_mut(|p| {
+                let Some(view) = numbering.view(&name, p.partition, &cluster) else {
+                    if crossing {
+                        p.current_leader_epoch = -1;
+                    }
+                    return true;
+                };
+                translated = true;
+                let epochs = view.epochs();
+                p.current_leader_epoch = if epochs.is_identity() && crossing {
+                    -1
+                } else {
+                    epochs.to_upstream(p.current_leader_epoch)
+                };
+                if let Some(end) = epochs.earlier_end(p.leader_epoch) {
+                    last_result(&mut answered, &name).partitions.push(
+                        EpochEndOffset::default()
+                            .with_partition(p.partition)
+                            .with_leader_epoch(p.leader_epoch)
+                            .with_end_offset(end),
+                    );
+                    return false;
                 }
-                translated |= numbering
-                    .view(topic.topic.as_str(), p.partition, &cluster)
-                    .is_some();
-            }
+                p.leader_epoch = epochs.to_upstream(p.leader_epoch);
+                true
+            });
+        }
+        request.topics.retain(|t| !t.partitions.is_empty());
+        if request.topics.is_empty() {
+            return Ok(Plan::Answer(encode_response(
+                api,
+                version,
+                correlation_id,
+                &answered,
+            )?));
         }
         if !crossing && !translated {
             return Ok(Plan::Forward(destination));
@@ -218,12 +260,20 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
             let mut response: OffsetForLeaderEpochResponse = decode_response(api, version, &frame)?;
             for topic in &mut response.topics {
                 for p in &mut topic.partitions {
-                    if let Some(view) = numbering.view(topic.topic.as_str(), p.partition, &cluster)
-                        && p.end_offset >= 0
-                    {
+                    let Some(view) = numbering.view(topic.topic.as_str(), p.partition, &cluster)
+                    else {
+                        continue;
+                    };
+                    if p.end_offset >= 0 {
                         p.end_offset = view.end_to_client(p.end_offset);
                     }
+                    p.leader_epoch = view.epochs().to_client(p.leader_epoch);
                 }
+            }
+            for topic in answered.topics {
+                last_result(&mut response, topic.topic.as_str())
+                    .partitions
+                    .extend(topic.partitions);
             }
             encode_response(api, version, correlation_id, &response)
         });
@@ -265,104 +315,28 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
     Ok(Plan::single(destination, frame, merge))
 }
 
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-    use kafka_protocol::messages::list_offsets_response::ListOffsetsTopicResponse;
-    use kafka_protocol::messages::metadata_response::{
-        MetadataResponsePartition, MetadataResponseTopic,
-    };
-    use kafka_protocol::messages::{BrokerId, MetadataResponse, RequestHeader, TopicName};
-    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-
-    use super::*;
-    use crate::split::Destination;
-    use crate::split::test_support::*;
-
-    fn request() -> Bytes {
-        let body = ListOffsetsRequest::default().with_topics(vec![
-            ListOffsetsTopic::default()
-                .with_name(TopicName(StrBytes::from_static_str("orders")))
-                .with_partitions(vec![
-                    ListOffsetsPartition::default()
-                        .with_partition_index(0)
-                        .with_current_leader_epoch(12)
-                        .with_timestamp(-1),
-                ]),
-        ]);
-        let mut buf = BytesMut::new();
-        RequestHeader::default()
-            .with_request_api_key(ApiKey::ListOffsets as i16)
-            .with_request_api_version(7)
-            .with_correlation_id(5)
-            .encode(&mut buf, ApiKey::ListOffsets.request_header_version(7))
-            .expect("header");
-        body.encode(&mut buf, 7).expect("body");
-        buf.freeze()
-    }
-
-    #[tokio::test]
-    async fn another_clusters_offsets_are_asked_without_the_clients_epoch_and_leader_errors_refresh()
-     {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let table = routes(dir.path());
-        table
-            .route_topic("orders", None, Some("target"))
-            .expect("route");
-        let routes = table.snapshot();
-        let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
-            crate::state::StateStore::open(dir.path()).expect("state"),
-        )));
-        let target: Arc<str> = Arc::from("target");
-        let layout = MetadataResponse::default().with_topics(vec![
-            MetadataResponseTopic::default()
-                .with_name(Some(TopicName(StrBytes::from_static_str("orders"))))
-                .with_partitions(vec![
-                    MetadataResponsePartition::default().with_leader_id(BrokerId(10)),
-                ]),
-        ]);
-        catalog.learn(&target, &layout).await.expect("learn");
-        let max_age = std::time::Duration::from_secs(60);
-        assert!(catalog.is_fresh("target", "orders", max_age));
-        let leaders = FixedLeaders(HashMap::from([("orders".to_string(), 1)]));
-        let home = Destination::Any(Arc::from("source"));
-        let payload = request();
-        let cx = Context {
-            cluster: &leaders,
-            routes: &routes,
-            catalog: &catalog,
-            home: &home,
-            api: ApiKey::ListOffsets,
-            version: 7,
-            payload: &payload,
-        };
-        let Plan::Split { parts, merge } = plan_list_offsets(&cx).await.expect("plan") else {
-            panic!("routed to the target");
-        };
-        let mut sent = parts[0].frame.slice(4..);
-        RequestHeader::decode(&mut sent, ApiKey::ListOffsets.request_header_version(7))
-            .expect("header");
-        let sub = ListOffsetsRequest::decode(&mut sent, 7).expect("sub");
-        assert_eq!(sub.topics[0].partitions[0].current_leader_epoch, -1);
-
-        let answer = ListOffsetsResponse::default().with_topics(vec![
-            ListOffsetsTopicResponse::default()
-                .with_name(TopicName(StrBytes::from_static_str("orders")))
-                .with_partitions(vec![
-                    ListOffsetsPartitionResponse::default()
-                        .with_partition_index(0)
-                        .with_error_code(ResponseError::NotLeaderOrFollower.code()),
-                ]),
-        ]);
-        let frame = frame_of(encode_response(ApiKey::ListOffsets, 7, 5, &answer).expect("encode"));
-        (merge.expect("merge"))(vec![PartAnswer::Answered(frame)]).expect("merge");
-        assert!(
-            !catalog.is_fresh("target", "orders", max_age),
-            "the leader moved: klink asks the target again"
-        );
+/// The response's entry for `topic`, added at the end if it has none.
+fn last_result<'a>(
+    response: &'a mut OffsetForLeaderEpochResponse,
+    topic: &str,
+) -> &'a mut OffsetForLeaderTopicResult {
+    match response
+        .topics
+        .iter()
+        .position(|t| t.topic.as_str() == topic)
+    {
+        Some(i) => &mut response.topics[i],
+        None => {
+            response.topics.push(
+                OffsetForLeaderTopicResult::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_string()))),
+            );
+            let last = response.topics.len() - 1;
+            &mut response.topics[last]
+        }
     }
 }
+
+#[cfg(test)]
+#[path = "offsets_tests.rs"]
+mod tests;
