@@ -12,7 +12,7 @@ use crate::client::Client;
 use crate::config::LinkConfig;
 use crate::error::{Error, Kind, Result};
 use crate::mirror::runner::{map_path, maps_dir};
-use crate::mirror::{Direction, OffsetMap, Run, high_watermark, log_bounds};
+use crate::mirror::{Direction, OffsetMap, Run, high_watermarks, log_bounds};
 use crate::numbering::{Era, Side, next_era_epochs};
 use crate::route::{FlipPoint, TopicState};
 
@@ -95,16 +95,54 @@ impl Cutover {
             }
             partitions.insert(topic.clone(), mirror.partitions.keys().copied().collect());
         }
+        // Every copier in this direction open before the fence: one that
+        // turned round at the last flip may still be opening, and writes
+        // should not wait for that. (Past the bound the drain goes on and
+        // reads such a partition's end on its own.)
+        let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
+        let asked_at = Instant::now();
+        while asked_at.elapsed() < bound
+            && partitions.iter().any(|(topic, parts)| {
+                parts
+                    .iter()
+                    .any(|&p| self.mirrors.gate(topic, p, direction).copied_to() < 0)
+            })
+        {
+            tokio::time::sleep(POLL).await;
+        }
         self.wait_for_transactions(&topics).await?;
         // Connected before the fence: it should hold writes only for the
         // drain itself.
         let from = Client::connect(self.client_config(link, from_cluster)).await?;
+        // Layouts known before the fence: no Metadata round trip under it.
+        for topic in &topics {
+            from.topic(topic).await?;
+        }
+        // Awaited under the fence (a cluster that cannot be reached is no
+        // place to send the writes, and aborts), opened meanwhile.
+        let to_connecting = {
+            let (config, topics) = (self.client_config(link, to_cluster), topics.clone());
+            tokio::spawn(async move {
+                let to = Client::connect(config).await?;
+                for topic in &topics {
+                    to.topic(topic).await?;
+                }
+                Ok::<_, Error>(to)
+            })
+        };
 
         for topic in &topics {
             self.set_state(topic, during).await?;
         }
         let fence = self.fences.raise(&topics, &link.groups);
         let fenced_at = Instant::now();
+        // The copiers stop waiting on long fetches now, while the drain
+        // reads where the copy must reach.
+        for (topic, parts) in &partitions {
+            for &partition in parts {
+                self.mirrors.gate(topic, partition, direction).hurry();
+            }
+        }
         let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
         let drained = tokio::time::timeout(bound, async {
             let mut drained = Vec::new();
@@ -115,14 +153,16 @@ impl Cutover {
                 );
             }
             let drained_at = fenced_at.elapsed();
-            // Connected under the fence on purpose: a cluster that cannot
-            // be reached is no place to send the writes, and aborts.
-            let to = Client::connect(self.client_config(link, to_cluster)).await?;
+            let to = to_connecting
+                .await
+                .map_err(|e| Error::klink(Kind::Io, format!("connecting {to_cluster}: {e}")))??;
             let maps = self.maps(link, &partitions)?;
-            let groups = self
-                .hand_over(link, &partitions, &maps, direction, &from, &to)
-                .await?;
-            let synced = sync_points(&to, &drained, &maps, direction).await?;
+            // Both read the cluster gone to, neither changes what the
+            // other reads: side by side.
+            let (groups, synced) = tokio::try_join!(
+                self.hand_over(link, &partitions, &maps, direction, &from, &to),
+                sync_points(&to, &drained, &maps, direction)
+            )?;
             let epochs = leader_epochs(&from, &to, &partitions).await?;
             let synced = self.with_eras(synced, direction, &epochs);
             tracing::debug!(
@@ -149,6 +189,7 @@ impl Cutover {
                     to_cluster.clone(),
                     link.groups.clone(),
                 );
+                let persisting = Instant::now();
                 let flipped = tokio::task::spawn_blocking(move || {
                     routes.move_topics(&moving, &moved, &moved_to, after, &synced)
                 })
@@ -157,6 +198,7 @@ impl Cutover {
                 .and_then(|flipped| flipped);
                 match flipped {
                     Ok(()) => {
+                        let persist_ms = persisting.elapsed().as_secs_f64() * 1000.0;
                         // Before the release: the held writes land in the
                         // new era.
                         self.numbering.publish_eras(&eras);
@@ -173,7 +215,7 @@ impl Cutover {
                         self.lift_limits(&partitions, other);
                         let fence_ms = fenced_at.elapsed().as_secs_f64() * 1000.0;
                         self.forget_members(link, &from).await;
-                        tracing::info!(topics = %names(&topics), fence_ms, to = %to_cluster, "{} done", word(direction));
+                        tracing::info!(topics = %names(&topics), fence_ms, persist_ms, to = %to_cluster, "{} done", word(direction));
                         return Ok(Promotion {
                             topics,
                             rollback: direction == Direction::Reverse,
@@ -238,20 +280,46 @@ impl Cutover {
             tokio::time::sleep(POLL).await;
         }
         let answered_at = fenced_at.elapsed();
-        // Every partition's end at once: they are read while writes wait.
-        let reads = partitions.iter().map(|&partition| async move {
-            let copied_to = self.mirrors.gate(topic, partition, direction).copied_to();
-            let end = if copied_to >= 0 {
-                high_watermark(from, topic, partition, copied_to).await?
-            } else {
-                log_bounds(from, topic, partition).await?.1
-            };
-            Ok::<_, Error>((partition, end))
-        });
-        let ends: BTreeMap<i32, i64> = futures::future::try_join_all(reads)
-            .await?
-            .into_iter()
+        // Every partition's end in one request: they are read while writes
+        // wait. A copier that has not opened yet has no position to read
+        // from: its partition's bounds are asked on their own.
+        let (copying, opening): (Vec<i32>, Vec<i32>) = partitions
+            .iter()
+            .partition(|&&p| self.mirrors.gate(topic, p, direction).copied_to() >= 0);
+        let at: BTreeMap<i32, i64> = copying
+            .iter()
+            .map(|&p| (p, self.mirrors.gate(topic, p, direction).copied_to()))
             .collect();
+        let bounds = opening.iter().map(|&partition| async move {
+            Ok::<_, Error>((partition, log_bounds(from, topic, partition).await?.1))
+        });
+        let (mut ends, opened) = tokio::try_join!(
+            async {
+                if at.is_empty() {
+                    Ok(BTreeMap::new())
+                } else {
+                    high_watermarks(from, topic, &at).await
+                }
+            },
+            futures::future::try_join_all(bounds)
+        )?;
+        ends.extend(opened);
+        // Every answered write is in, even one answered before the cluster's
+        // high watermark covered it (acks=1 on a replicated cluster).
+        for (partition, answered_end) in self.forwarded.answered_ends(from_cluster, topic) {
+            if let Some(end) = ends.get_mut(&partition)
+                && answered_end > *end
+            {
+                tracing::debug!(
+                    topic,
+                    partition,
+                    high_watermark = *end,
+                    answered_end,
+                    "drain: answered writes reach past the high watermark"
+                );
+                *end = answered_end;
+            }
+        }
         // The copy stops at these ends: an acks=0 write landing after
         // them must not reach the other cluster once clients write there.
         for (&partition, &end) in &ends {
@@ -474,26 +542,60 @@ async fn sync_points(
     maps: &BTreeMap<String, BTreeMap<i32, OffsetMap>>,
     direction: Direction,
 ) -> Result<SyncPoints> {
-    let reads = drained.iter().map(|d| async move {
+    // Per topic: partitions with a mapped end (an offset that cluster
+    // holds, or its end) in one small fetch; others on their own.
+    let mut mapped: BTreeMap<&str, BTreeMap<i32, i64>> = BTreeMap::new();
+    let mut unmapped: Vec<&Drained> = Vec::new();
+    for d in drained {
         let mapped_end = maps
             .get(&d.topic)
             .and_then(|m| m.get(&d.partition))
             .and_then(|m| m.ends(direction))
             .map(|(_, to_end)| to_end);
-        let to_end = match mapped_end {
-            // An offset that cluster holds (or its end): one small fetch.
-            Some(at) => high_watermark(to, &d.topic, d.partition, at).await?,
-            None => log_bounds(to, &d.topic, d.partition).await?.1,
-        };
+        match mapped_end {
+            Some(at) => {
+                mapped.entry(&d.topic).or_default().insert(d.partition, at);
+            }
+            None => unmapped.push(d),
+        }
+    }
+    let by_topic = mapped.into_iter().map(|(topic, at)| async move {
+        let ends = high_watermarks(to, topic, &at).await?;
+        Ok::<_, Error>(
+            ends.into_iter()
+                .map(move |(p, end)| (topic.to_string(), p, end)),
+        )
+    });
+    let single = unmapped.into_iter().map(|d| async move {
+        let end = log_bounds(to, &d.topic, d.partition).await?.1;
+        Ok::<_, Error>((d.topic.clone(), d.partition, end))
+    });
+    let (by_topic, single) = tokio::try_join!(
+        futures::future::try_join_all(by_topic),
+        futures::future::try_join_all(single)
+    )?;
+    let ends: BTreeMap<(String, i32), i64> = by_topic
+        .into_iter()
+        .flatten()
+        .chain(single)
+        .map(|(topic, p, end)| ((topic, p), end))
+        .collect();
+    let mut points = SyncPoints::new();
+    for d in drained {
+        let to_end = *ends.get(&(d.topic.clone(), d.partition)).ok_or_else(|| {
+            Error::klink(
+                Kind::Protocol,
+                format!("no end read for {}/{}", d.topic, d.partition),
+            )
+        })?;
         let point = match direction {
             Direction::Forward => [d.end, to_end],
             Direction::Reverse => [to_end, d.end],
         };
-        Ok::<_, Error>((d.topic.clone(), d.partition, point))
-    });
-    let mut points = SyncPoints::new();
-    for (topic, partition, point) in futures::future::try_join_all(reads).await? {
-        points.entry(topic).or_default().insert(partition, point);
+        points
+            .entry(d.topic.clone())
+            .or_default()
+            .insert(d.partition, point);
     }
     Ok(points)
 }

@@ -47,10 +47,16 @@ struct Written {
     /// Sends not answered yet, by number.
     unanswered: BTreeSet<u64>,
     next_send: u64,
+    /// The end of the highest batch an answer placed (kept when ranges
+    /// are dropped): a flip's drain must copy at least this far even
+    /// where the cluster's high watermark is still below it (acks=1 on a
+    /// replicated cluster answers before the records are replicated).
+    answered_end: i64,
 }
 
 impl Written {
     fn add_range(&mut self, start: i64, end: i64) {
+        self.answered_end = self.answered_end.max(end);
         let (mut start, mut end) = (start, end);
         // Merge with a range ending where this one starts (or overlapping).
         if let Some((&s, &e)) = self.ranges.range(..=start).next_back()
@@ -227,6 +233,16 @@ impl ForwardedWrites {
             .filter(|((c, t, _), _)| &**c == cluster && t == topic)
             .map(|(_, w)| w.unanswered.len())
             .sum()
+    }
+
+    /// Where the last record klink's answered writes placed on `cluster`
+    /// ends, per partition of `topic`.
+    pub fn answered_ends(&self, cluster: &str, topic: &str) -> HashMap<i32, i64> {
+        self.lock()
+            .iter()
+            .filter(|((c, t, _), w)| &**c == cluster && t == topic && w.answered_end > 0)
+            .map(|((_, _, p), w)| (*p, w.answered_end))
+            .collect()
     }
 
     fn next_send(&self, key: &PartitionKey) -> u64 {

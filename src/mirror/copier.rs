@@ -42,12 +42,13 @@ use super::committed::{Walked, walk};
 use super::gate::CopyGate;
 use super::holes::up_to_a_hole;
 use super::offset_map::{Direction, OffsetLog};
-use super::requests::{fetch, init_producer_id};
+use super::requests::{fetch, fetch_on, init_producer_id};
 use super::sender::SenderPool;
 use crate::batch;
 use crate::client::{Client, PartitionResponse, broker_error};
 use crate::error::{Error, Kind, Result};
 use crate::route::Identity;
+use crate::upstream::UpstreamConn;
 
 /// Kafka sequences wrap at 2^31.
 const SEQUENCE_MODULUS: i64 = 1 << 31;
@@ -156,6 +157,9 @@ pub struct PartitionCopier {
     hole: Option<(i64, std::time::Instant)>,
     /// Where a promotion stops this copier, and what it reports to it.
     gate: Arc<CopyGate>,
+    /// The connection of this copier's own that its fetches take while a
+    /// flip drains it (`drain_fetch`).
+    drain_conn: Option<UpstreamConn>,
     /// Where sessions read the map to translate clients' offsets.
     numbering: Option<Arc<crate::numbering::Numbering>>,
 }
@@ -165,11 +169,17 @@ impl Drop for PartitionCopier {
         if let Some((_, pending)) = self.prefetched.take() {
             pending.abort();
         }
+        // Nobody copies in this direction until the next copier opens: a
+        // flip waits for that rather than for a position that went away.
+        self.gate.note_position(-1);
     }
 }
 
 /// A busy copier's fetch wait (see `busy`).
 const BUSY_FETCH_WAIT: Duration = Duration::from_millis(5);
+/// The fetch wait while a flip drains the copy: short, not 0, so that a
+/// copier with nothing left to copy before the end does not spin.
+const DRAIN_FETCH_WAIT: Duration = Duration::from_millis(2);
 /// The fetch wait of a copier whose partition got records lately.
 const RECENT_FETCH_WAIT: Duration = Duration::from_millis(20);
 /// How long "lately" is.
@@ -219,6 +229,7 @@ impl PartitionCopier {
             bypass: None,
             hole: None,
             gate: Arc::default(),
+            drain_conn: None,
             numbering: None,
         };
         copier.target_end = match (ends, origin.to) {
@@ -290,25 +301,43 @@ impl PartitionCopier {
     /// Fetches once from the source and copies what came back.
     pub async fn step(&mut self) -> Result<Progress> {
         let began = std::time::Instant::now();
-        let fetched = match self.prefetched.take() {
-            Some((at, pending)) if at == self.position => pending
-                .await
-                .map_err(|e| Error::klink(Kind::Io, format!("mirror fetch task: {e}")))??,
-            stale => {
-                if let Some((_, pending)) = stale {
-                    pending.abort();
+        let gate = self.gate.clone();
+        let drain_started = gate.drain_started();
+        tokio::pin!(drain_started);
+        drain_started.as_mut().enable();
+        if !gate.draining() {
+            self.drain_conn = None;
+        }
+        let usual = if gate.draining() {
+            None
+        } else {
+            let prefetched = self.prefetched.take();
+            let config = self.fetch_config();
+            let (source, topic, partition, position) =
+                (&self.source, &self.topic, self.partition, self.position);
+            let usual = async move {
+                match prefetched {
+                    Some((at, pending)) if at == position => pending
+                        .await
+                        .map_err(|e| Error::klink(Kind::Io, format!("mirror fetch task: {e}")))?,
+                    stale => {
+                        if let Some((_, pending)) = stale {
+                            pending.abort();
+                        }
+                        fetch(source, topic, partition, position, 1, &config).await
+                    }
                 }
-                let config = self.fetch_config();
-                fetch(
-                    &self.source,
-                    &self.topic,
-                    self.partition,
-                    self.position,
-                    1,
-                    &config,
-                )
-                .await?
+            };
+            // A drain starting while this waits on a long fetch: the
+            // fetch is dropped (its answer goes nowhere) for one at once.
+            tokio::select! {
+                fetched = usual => Some(fetched),
+                () = &mut drain_started => None,
             }
+        };
+        let fetched = match usual {
+            Some(fetched) => fetched?,
+            None => self.drain_fetch().await?,
         };
         self.busy = !fetched.records.is_empty();
         if self.busy {
@@ -356,7 +385,7 @@ impl PartitionCopier {
         if let Some(next) = walked
             .last()
             .map(|w| w.last_offset + 1)
-            .filter(|next| *next < fetched.high_watermark)
+            .filter(|next| *next < fetched.high_watermark && !gate.draining())
         {
             let (source, topic, partition) =
                 (self.source.clone(), self.topic.clone(), self.partition);
@@ -537,6 +566,46 @@ impl PartitionCopier {
         }
         self.hole = hole;
         kept
+    }
+
+    /// A fetch while a flip drains this copy: it holds clients' writes
+    /// until the copy reaches the drain end, so no long wait, and on a
+    /// connection of its own (brokers answer a connection's requests in
+    /// order, and the shared one may be behind the other partitions' long
+    /// fetches).
+    async fn drain_fetch(&mut self) -> Result<PartitionResponse> {
+        let conn = match &self.drain_conn {
+            Some(conn) if !conn.is_closed() => conn.clone(),
+            _ => {
+                let meta = self.source.topic(&self.topic).await?;
+                let leader = meta.leader(self.partition).ok_or_else(|| {
+                    Error::upstream(
+                        self.source.cluster_name(),
+                        Kind::Protocol,
+                        format!("{}/{} has no leader", self.topic, self.partition),
+                    )
+                })?;
+                let conn = self.source.new_broker_conn(leader).await?;
+                self.drain_conn = Some(conn.clone());
+                conn
+            }
+        };
+        let mut config = self.config.clone();
+        config.fetch_wait = DRAIN_FETCH_WAIT;
+        let fetched = fetch_on(
+            &self.source,
+            Some(&conn),
+            &self.topic,
+            self.partition,
+            self.position,
+            1,
+            &config,
+        )
+        .await;
+        if fetched.is_err() {
+            self.drain_conn = None;
+        }
+        fetched
     }
 
     fn fetch_config(&self) -> CopyConfig {

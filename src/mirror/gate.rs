@@ -8,12 +8,21 @@
 //! limit (both sides use sequentially consistent atomics).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use tokio::sync::Notify;
 
 #[derive(Debug)]
 pub struct CopyGate {
     limit: AtomicI64,
-    /// Where copying continues on the source; -1 before the copier opened.
+    /// A flip holds clients' writes until this copy reaches its drain end:
+    /// the copier fetches without waiting (set at the fence, before the
+    /// end is known; cleared with the limit).
+    hurried: AtomicBool,
+    /// Told when a flip starts: a copier waiting out a long fetch fetches
+    /// again at once.
+    drain: Notify,
+    /// Where copying continues on the source; -1 while no copier is open.
     copied_to: AtomicI64,
     /// Batches handed to the target and not answered (or given up) yet.
     in_flight: AtomicI64,
@@ -23,6 +32,8 @@ impl Default for CopyGate {
     fn default() -> Self {
         CopyGate {
             limit: AtomicI64::new(i64::MAX),
+            hurried: AtomicBool::new(false),
+            drain: Notify::new(),
             copied_to: AtomicI64::new(-1),
             in_flight: AtomicI64::new(0),
         }
@@ -43,10 +54,29 @@ impl CopyGate {
     /// Source offsets from `end` on are not copied until [`CopyGate::lift`].
     pub fn set_limit(&self, end: i64) {
         self.limit.store(end, Ordering::SeqCst);
+        self.hurry();
+    }
+
+    /// A flip has fenced the writes and waits on this copy.
+    pub fn hurry(&self) {
+        self.hurried.store(true, Ordering::SeqCst);
+        self.drain.notify_waiters();
+    }
+
+    /// Whether a flip is draining this copy.
+    pub fn draining(&self) -> bool {
+        self.hurried.load(Ordering::SeqCst) || self.limit() != i64::MAX
+    }
+
+    /// Resolves at the next [`CopyGate::hurry`]; enable it before looking
+    /// at [`CopyGate::draining`] so that none is missed.
+    pub fn drain_started(&self) -> tokio::sync::futures::Notified<'_> {
+        self.drain.notified()
     }
 
     pub fn lift(&self) {
         self.limit.store(i64::MAX, Ordering::SeqCst);
+        self.hurried.store(false, Ordering::SeqCst);
     }
 
     pub fn limit(&self) -> i64 {
@@ -98,5 +128,27 @@ mod tests {
         assert!(gate.drained_to(12));
         gate.lift();
         assert!(gate.admit(500).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_copier_waiting_on_a_fetch_hears_the_drain_start() {
+        let gate = Arc::new(CopyGate::default());
+        let started = gate.drain_started();
+        tokio::pin!(started);
+        started.as_mut().enable();
+        assert!(!gate.draining());
+        let setter = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.hurry() })
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), started)
+            .await
+            .expect("told");
+        setter.await.expect("setter");
+        assert!(gate.draining());
+        assert_eq!(gate.limit(), i64::MAX, "no end known yet");
+        gate.set_limit(7);
+        gate.lift();
+        assert!(!gate.draining());
     }
 }

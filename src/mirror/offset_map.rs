@@ -162,6 +162,9 @@ pub struct OffsetLog {
     path: PathBuf,
     file: File,
     map: OffsetMap,
+    /// Entries written since the last fsync: an idle copier syncs often
+    /// and should cost nothing when there is nothing to make durable.
+    unsynced: bool,
 }
 
 impl OffsetLog {
@@ -189,6 +192,7 @@ impl OffsetLog {
             path: path.to_path_buf(),
             file,
             map,
+            unsynced: false,
         };
         log.seek_end()?;
         Ok(log)
@@ -210,6 +214,7 @@ impl OffsetLog {
     pub fn append(&mut self, source_base: i64, source_last: i64, target_base: i64) -> Result<()> {
         self.map.append(source_base, source_last, target_base)?;
         let entry = encode(source_base, source_last + 1, target_base);
+        self.unsynced = true;
         self.file
             .write_all(&entry)
             .map_err(|e| Error::klink(Kind::Io, format!("writing {}: {e}", self.path.display())))
@@ -234,9 +239,14 @@ impl OffsetLog {
 
     /// Makes every appended entry durable.
     pub fn sync(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::klink(Kind::Io, format!("fsyncing {}: {e}", self.path.display())))
+        if !self.unsynced {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| {
+            Error::klink(Kind::Io, format!("fsyncing {}: {e}", self.path.display()))
+        })?;
+        self.unsynced = false;
+        Ok(())
     }
 }
 

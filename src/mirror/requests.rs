@@ -2,6 +2,7 @@
 //! one partition's fetch (read_committed or not), a partition's log bounds,
 //! and klink's own producer id on the target.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
@@ -13,6 +14,7 @@ use super::copier::CopyConfig;
 use crate::client::{Client, PartitionResponse, broker_error, scan_fetch_response};
 use crate::error::{Error, Kind, Result};
 use crate::route::Identity;
+use crate::upstream::UpstreamConn;
 
 /// A partition's log start and high watermark, from a Fetch (tansu's
 /// ListOffsets "latest" is not the high watermark; a Fetch's is).
@@ -67,6 +69,90 @@ pub async fn high_watermark(
         .high_watermark)
 }
 
+/// Partitions' high watermarks, each from an offset its log holds (such
+/// as where its mirror stands), in one Fetch per leader of at most a byte
+/// per partition: a flip reads them while clients' writes wait, and a
+/// broker answers one connection's requests one after another.
+pub async fn high_watermarks(
+    client: &Client,
+    topic: &str,
+    from: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, i64>> {
+    let meta = client.topic(topic).await?;
+    let mut by_leader: BTreeMap<i32, Vec<FetchPartition>> = BTreeMap::new();
+    for (&partition, &offset) in from {
+        let leader = meta.leader(partition).ok_or_else(|| {
+            Error::upstream(
+                client.cluster_name(),
+                Kind::Protocol,
+                format!("{topic}/{partition} has no leader"),
+            )
+        })?;
+        by_leader.entry(leader).or_default().push(
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(1),
+        );
+    }
+    let version = client.versions().fetch;
+    let asks = by_leader
+        .into_iter()
+        .map(|(leader, partitions)| async move {
+            let count = i32::try_from(partitions.len()).unwrap_or(i32::MAX);
+            let request = FetchRequest::default()
+                .with_max_wait_ms(0)
+                .with_min_bytes(1)
+                .with_max_bytes(count)
+                .with_topics(vec![
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                        .with_partitions(partitions),
+                ]);
+            let frame = client.encode(&request, version)?;
+            let conn = client.broker_conn(leader).await?;
+            let answer = client
+                .round_trip(&conn, frame, Duration::ZERO)
+                .await
+                .inspect_err(|_| client.drop_conn(leader))?;
+            scan_fetch_response(&answer.payload(), version).map_err(|e| {
+                Error::upstream(
+                    client.cluster_name(),
+                    Kind::Protocol,
+                    format!("Fetch response: {e}"),
+                )
+            })
+        });
+    let mut ends = BTreeMap::new();
+    for response in futures::future::try_join_all(asks).await? {
+        if response.error_code != 0 {
+            return Err(broker_error(
+                client.cluster_name(),
+                response.error_code,
+                "Fetch",
+            ));
+        }
+        for p in response.partitions.iter().filter(|p| p.topic == topic) {
+            if p.error_code != 0 {
+                return Err(broker_error(
+                    client.cluster_name(),
+                    p.error_code,
+                    &format!("Fetch {topic}/{}", p.partition),
+                ));
+            }
+            ends.insert(p.partition, p.high_watermark);
+        }
+    }
+    if let Some(missing) = from.keys().find(|p| !ends.contains_key(p)) {
+        return Err(Error::upstream(
+            client.cluster_name(),
+            Kind::Protocol,
+            format!("Fetch answer without {topic}/{missing}"),
+        ));
+    }
+    Ok(ends)
+}
+
 /// klink's own producer identity on the target, for the mirror's writes.
 pub(super) async fn init_producer_id(
     target: &Client,
@@ -111,6 +197,20 @@ pub(super) async fn fetch(
     isolation: i8,
     config: &CopyConfig,
 ) -> Result<PartitionResponse> {
+    fetch_on(client, None, topic, partition, offset, isolation, config).await
+}
+
+/// [`fetch`] on `own`, a connection of the caller's (else the client's
+/// shared one to the leader).
+pub(super) async fn fetch_on(
+    client: &Client,
+    own: Option<&UpstreamConn>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    isolation: i8,
+    config: &CopyConfig,
+) -> Result<PartitionResponse> {
     let meta = client.topic(topic).await?;
     let leader = meta.leader(partition).ok_or_else(|| {
         Error::upstream(
@@ -136,11 +236,16 @@ pub(super) async fn fetch(
                 ]),
         ]);
     let frame = client.encode(&request, version)?;
-    let conn = client.broker_conn(leader).await?;
+    let conn = match own {
+        Some(conn) => conn.clone(),
+        None => client.broker_conn(leader).await?,
+    };
     let answer = match client.round_trip(&conn, frame, config.fetch_wait).await {
         Ok(answer) => answer,
         Err(e) => {
-            client.drop_conn(leader);
+            if own.is_none() {
+                client.drop_conn(leader);
+            }
             return Err(e);
         }
     };

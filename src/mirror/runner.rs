@@ -510,6 +510,7 @@ async fn run_partition(job: Job, clients: Clients, partition: i32, start: i64) {
             }
             continue;
         };
+        let opening = Instant::now();
         let opened = open_copier(&job, &clients, partition, start, direction);
         let mut copier = tokio::select! {
             _ = job.shutdown.cancelled() => return,
@@ -527,6 +528,7 @@ async fn run_partition(job: Job, clients: Clients, partition: i32, start: i64) {
                 }
             },
         };
+        tracing::debug!(topic = %job.topic, partition, ?direction, open_ms = opening.elapsed().as_secs_f64() * 1000.0, at = copier.position(), "mirror copier open");
         report.reverse = direction == Direction::Reverse;
         let mut window = (Instant::now(), 0u64);
         // Until the topic's state asks for the other direction (or none):

@@ -1,6 +1,8 @@
 //! Bypass detection against Produce requests and answers built here and a
 //! route table with `orders` mirroring.
 
+use std::collections::HashMap;
+
 use bytes::BytesMut;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -146,6 +148,10 @@ fn batches_klink_wrote_are_not_a_bypass_and_others_are() {
     // Batches from before watching began are not judged.
     let mut late = s.watch(1);
     assert_eq!(late.saw(&[(0, 6, 7)], 12), 0);
+    // A flip's drain copies at least to where the answers placed records.
+    let ends = s.forwarded.answered_ends("source", "orders");
+    assert_eq!(ends, HashMap::from([(0, 110), (1, 12)]));
+    assert!(s.forwarded.answered_ends("target", "orders").is_empty());
 }
 
 #[test]
