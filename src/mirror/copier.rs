@@ -39,6 +39,7 @@ use kafka_protocol::ResponseError;
 
 use super::bypass::BypassWatch;
 use super::committed::{Walked, walk};
+use super::compacted::cut_at_holes;
 use super::gate::CopyGate;
 use super::holes::up_to_a_hole;
 use super::offset_map::{Direction, OffsetLog};
@@ -367,6 +368,7 @@ impl PartitionCopier {
             .filter(|w| w.last_offset < stable.min(limit) && w.last_offset >= self.position)
             .collect();
         let walked = self.up_to_a_hole(walked);
+        let (records, walked) = self.cut_at_holes(&fetched.records, walked)?;
         if let Some(watch) = &mut self.bypass {
             let written: Vec<(i64, i64, i64)> = walked
                 .iter()
@@ -396,7 +398,7 @@ impl PartitionCopier {
                 );
             self.prefetched = Some((next, pending));
         }
-        self.copy(&fetched.records, &walked, &mut progress).await?;
+        self.copy(&records, &walked, &mut progress).await?;
         tracing::trace!(topic = %self.topic, partition = self.partition, bytes = fetched.records.len(), batches = progress.batches, fetch_ms = fetched_in.as_millis() as u64, copy_ms = (began.elapsed() - fetched_in).as_millis() as u64, "mirror step");
         // The map need not be durable batch by batch: after a crash the
         // target's batches beyond it are paired up again (`reconcile`).
@@ -552,6 +554,24 @@ impl PartitionCopier {
             progress.bytes += (batch.bytes.end - batch.bytes.start) as u64;
             done += 1;
         }
+    }
+
+    /// Batches a compaction left holes in, cut into batches of consecutive
+    /// records (`compacted`), and what was copied of them already left out.
+    fn cut_at_holes(&self, records: &Bytes, walked: Vec<Walked>) -> Result<(Bytes, Vec<Walked>)> {
+        let (records, walked) = cut_at_holes(records, walked).map_err(|e| {
+            Error::upstream(
+                self.source.cluster_name(),
+                Kind::Protocol,
+                format!("records of {}/{}: {e}", self.topic, self.partition),
+            )
+        })?;
+        let from = self.position;
+        let walked = walked
+            .into_iter()
+            .filter(|w| w.last_offset >= from)
+            .collect();
+        Ok((records, walked))
     }
 
     fn up_to_a_hole(&mut self, walked: Vec<Walked>) -> Vec<Walked> {
@@ -754,9 +774,11 @@ impl PartitionCopier {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
+            // Cut as `step` cuts them: the copies are of the cut batches.
+            let (records, walked) = self.cut_at_holes(&fetched.records, walked)?;
             for batch in walked {
                 if batch.copy {
-                    let bytes = fetched.records.slice(batch.bytes.clone());
+                    let bytes = records.slice(batch.bytes.clone());
                     return Ok((batch, bytes));
                 }
                 self.set_position(batch.last_offset + 1);

@@ -226,6 +226,11 @@ impl View {
     /// has a client offset.
     pub fn end_to_client(&self, end: i64) -> i64 {
         let i = self.segments.partition_point(|s| s.upstream_start < end);
+        // The next record is known: every client offset before it (a gap
+        // compaction or a marker left) is behind the end too.
+        if let Some(next) = self.segments.get(i).filter(|s| s.upstream_start == end) {
+            return next.client_start;
+        }
         match i.checked_sub(1).and_then(|i| self.segments.get(i)) {
             Some(s) => s
                 .client_start

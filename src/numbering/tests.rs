@@ -130,3 +130,24 @@ fn offsets_at_the_ends_of_the_range_do_not_overflow() {
     }
     assert_eq!(target.from_client(i64::MAX), Position::At(i64::MAX - 100));
 }
+
+#[test]
+fn a_compacted_sources_records_keep_their_offsets_on_the_target() {
+    // Source batch 10..=19 kept records 10, 12, 13 and 17 after compaction;
+    // the mirror copied it cut into batches of consecutive records, which
+    // landed at 100, 101..=102 and 103 (`mirror::compacted`).
+    let copied = map(&[(10, 10, 100), (12, 13, 101), (17, 17, 103)]);
+    let target = View::build(&[], &copied, Side::Target);
+    assert_eq!(target.place_batch(100, 100), BatchPlace::At(10));
+    assert_eq!(target.place_batch(101, 102), BatchPlace::At(12));
+    assert_eq!(target.place_batch(103, 103), BatchPlace::At(17));
+    assert_eq!(target.to_client(102), Some(13));
+    // Promoted at the source's end, 20 (18 and 19 were compacted away).
+    let eras = [era(Side::Target, 104, 20)];
+    let target = View::build(&eras, &copied, Side::Target);
+    assert_eq!(target.place_batch(104, 105), BatchPlace::At(20));
+    // A consumer at 11 or 18 (offsets compaction removed) reads on.
+    assert_eq!(target.from_client(11), Position::At(101));
+    assert_eq!(target.from_client(18), Position::At(104));
+    assert_eq!(target.end_to_client(104), 20);
+}
