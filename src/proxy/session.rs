@@ -432,11 +432,15 @@ impl Session {
             // the default cluster, the one the bootstrap address names.
             InitProducerId | AddPartitionsToTxn | AddOffsetsToTxn | EndTxn | TxnOffsetCommit => {
                 let pinned = cx.routes.default_cluster();
-                Ok(Plan::Forward(if cx.home.cluster() == pinned {
+                let destination = if cx.home.cluster() == pinned {
                     cx.home.clone()
                 } else {
                     Destination::Any(pinned.clone())
-                }))
+                };
+                if cx.api == TxnOffsetCommit {
+                    return split::plan_txn_offset_commit(cx, destination);
+                }
+                Ok(Plan::Forward(destination))
             }
             // Everything else goes where the client sent it.
             _ => Ok(Plan::Forward(cx.home.clone())),

@@ -7,7 +7,9 @@
 
 use std::sync::Arc;
 
-use kafka_protocol::messages::{ApiKey, OffsetCommitRequest, OffsetFetchResponse};
+use kafka_protocol::messages::{
+    ApiKey, OffsetCommitRequest, OffsetFetchResponse, TxnOffsetCommitRequest,
+};
 
 use super::{Cluster, Context, Merge, PartAnswer, Plan, decode_response, only_answer};
 use crate::error::{Error, Kind, Result};
@@ -79,6 +81,39 @@ pub fn plan_translated_commits<C: Cluster>(cx: &Context<'_, C>) -> Result<Option
     }
 }
 
+/// TxnOffsetCommit, which goes with its transaction to `destination`:
+/// its offsets are stored in that cluster's numbering, like OffsetCommit's.
+pub fn plan_txn_offset_commit<C: Cluster>(
+    cx: &Context<'_, C>,
+    destination: super::Destination,
+) -> Result<Plan> {
+    let numbering = &cx.catalog.numbering;
+    if !numbering.any_mirrored() {
+        return Ok(Plan::Forward(destination));
+    }
+    let cluster = destination.cluster().clone();
+    let (header, mut request): (_, TxnOffsetCommitRequest) = cx.decode()?;
+    let mut changed = false;
+    for topic in &mut request.topics {
+        for p in &mut topic.partitions {
+            if let Some(view) = numbering.view(topic.name.as_str(), p.partition_index, &cluster)
+                && p.committed_offset >= 0
+            {
+                p.committed_offset = view.commit_position(p.committed_offset);
+                p.committed_leader_epoch = -1;
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(Plan::Forward(destination));
+    }
+    let merge: Merge =
+        Box::new(|answers: Vec<PartAnswer>| Ok(only_answer(answers)?.wire_bytes().clone()));
+    let frame = cx.encode_request(&header, &request)?;
+    Ok(Plan::single(destination, frame, merge))
+}
+
 fn topic_name<C: Cluster>(cx: &Context<'_, C>, name: &str, id: uuid::Uuid) -> String {
     if name.is_empty() {
         cx.catalog.name_by_client_id(&id).unwrap_or_default()
@@ -125,5 +160,111 @@ fn in_client_numbering(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::{RequestHeader, TopicName};
+    use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    use super::*;
+    use crate::split::Destination;
+    use crate::split::test_support::*;
+
+    fn txn_commit(offsets: &[(i32, i64)]) -> Bytes {
+        let body = TxnOffsetCommitRequest::default()
+            .with_transactional_id(StrBytes::from_static_str("tx").into())
+            .with_group_id(StrBytes::from_static_str("billing").into())
+            .with_topics(vec![
+                TxnOffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partitions(
+                        offsets
+                            .iter()
+                            .map(|&(p, offset)| {
+                                TxnOffsetCommitRequestPartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(offset)
+                                    .with_committed_leader_epoch(4)
+                            })
+                            .collect(),
+                    ),
+            ]);
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(ApiKey::TxnOffsetCommit as i16)
+            .with_request_api_version(3)
+            .with_correlation_id(9)
+            .encode(&mut buf, ApiKey::TxnOffsetCommit.request_header_version(3))
+            .expect("header");
+        body.encode(&mut buf, 3).expect("body");
+        buf.freeze()
+    }
+
+    #[tokio::test]
+    async fn a_transactions_offsets_are_stored_in_its_clusters_numbering() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = routes(dir.path());
+        let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
+            crate::state::StateStore::open(dir.path()).expect("state"),
+        )));
+        // A `latest` link: the source's 100.. are the target's 0..; the
+        // transaction is pinned to the target in this test.
+        catalog
+            .numbering
+            .register("orders", Arc::from("source"), Arc::from("target"));
+        let mut copied = crate::mirror::OffsetMap::default();
+        copied.append(100, 149, 0).expect("run");
+        catalog.numbering.publish_map("orders", 0, &copied);
+        let routes = table.snapshot();
+        let leaders = FixedLeaders(HashMap::new());
+        let home = Destination::Any(Arc::from("target"));
+        let payload = txn_commit(&[(0, 120), (1, 7)]);
+        let cx = Context {
+            cluster: &leaders,
+            routes: &routes,
+            catalog: &catalog,
+            home: &home,
+            api: ApiKey::TxnOffsetCommit,
+            version: 3,
+            payload: &payload,
+        };
+        let Plan::Split { parts, .. } = plan_txn_offset_commit(&cx, home.clone()).expect("plan")
+        else {
+            panic!("translated");
+        };
+        let mut sent = parts[0].frame.slice(4..);
+        RequestHeader::decode(&mut sent, ApiKey::TxnOffsetCommit.request_header_version(3))
+            .expect("header");
+        let sub = TxnOffsetCommitRequest::decode(&mut sent, 3).expect("sub");
+        let stored: Vec<(i32, i64, i32)> = sub.topics[0]
+            .partitions
+            .iter()
+            .map(|p| {
+                (
+                    p.partition_index,
+                    p.committed_offset,
+                    p.committed_leader_epoch,
+                )
+            })
+            .collect();
+        assert_eq!(
+            stored,
+            vec![(0, 20, -1), (1, 7, 4)],
+            "partition 1 has no map"
+        );
+        // On the source, its own numbering: the bytes go as they came.
+        let source = Destination::Any(Arc::from("source"));
+        assert!(matches!(
+            plan_txn_offset_commit(&cx, source).expect("plan"),
+            Plan::Forward(_)
+        ));
     }
 }

@@ -22,6 +22,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 pub use admin::plan_admin;
+pub use commits::plan_txn_offset_commit;
 pub use errors::error_response;
 pub use fetch::{FetchSessions, plan_fetch};
 pub use groups::{plan_find_coordinator, plan_group, plan_list_groups};
