@@ -204,4 +204,11 @@ fn a_latest_link_keeps_every_offset_meaning_across_promote_and_rollback() {
             "{value} read at {partition}/{offset}"
         );
     }
+    // The reverse copy judged the target's records by klink's answers,
+    // which clients get in the source's numbering: none is a bypass.
+    let warnings = topic_status(&klink, "orders")["warnings"].to_string();
+    assert!(
+        !warnings.contains("bypass"),
+        "klink's own writes were taken for a bypass: {warnings}"
+    );
 }

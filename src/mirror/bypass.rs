@@ -22,6 +22,7 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, RequestH
 use kafka_protocol::protocol::Decodable;
 
 use crate::batch;
+use crate::numbering::{Numbering, Position};
 use crate::route::{RouteTable, Routes, TopicState};
 
 /// Ranges remembered per partition at most: a mirror far behind a source
@@ -258,8 +259,10 @@ impl ForwardedWrites {
 
 impl SentWrites {
     /// Learns from the Produce answer the client gets (klink's own error
-    /// answers included) where each watched partition's records went.
-    pub fn answered(mut self, response: &[u8]) {
+    /// answers included) where each watched partition's records went; its
+    /// offsets are the client's, and go back into the cluster's own
+    /// through `numbering` (they are compared with the cluster's batches).
+    pub fn answered(mut self, response: &[u8], numbering: &Numbering) {
         let version = self.version;
         let mut body = Bytes::copy_from_slice(response.get(4..).unwrap_or_default());
         let header_version = ApiKey::Produce.response_header_version(version);
@@ -290,7 +293,17 @@ impl SentWrites {
             };
             written.unanswered.remove(&part.send);
             match results.get(&(part.client_topic, part.key.2)) {
-                Some((0, base)) if *base >= 0 => written.add_range(*base, base + part.records),
+                Some((0, base)) if *base >= 0 => {
+                    let (cluster, topic, partition) = &part.key;
+                    let base = match numbering.view(topic, *partition, cluster) {
+                        Some(view) => match view.from_client(*base) {
+                            Position::At(upstream) => upstream,
+                            Position::Below => continue,
+                        },
+                        None => *base,
+                    };
+                    written.add_range(base, base + part.records);
+                }
                 Some((code, _)) if maybe_written(*code) => written.unplaced += part.records,
                 // Refused, or a duplicate of a batch that landed before.
                 _ => {}

@@ -568,8 +568,10 @@ impl Session {
             };
             if let Some(watched) = watched {
                 match &segments {
-                    Segments::One(bytes) => watched.answered(bytes),
-                    Segments::Many(parts) => watched.answered(&parts.concat()),
+                    Segments::One(bytes) => watched.answered(bytes, &self.ctx.catalog.numbering),
+                    Segments::Many(parts) => {
+                        watched.answered(&parts.concat(), &self.ctx.catalog.numbering)
+                    }
                 }
             }
             if silent {

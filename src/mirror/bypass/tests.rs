@@ -139,7 +139,10 @@ fn batches_klink_wrote_are_not_a_bypass_and_others_are() {
     // Watching begins at the source's end, 100.
     assert_eq!(watch.saw(&[], 100), 0);
     let sent = s.send(&[(0, 10), (1, 5)]).expect("watched");
-    sent.answered(&answer("orders", &[(0, 0, 100), (1, 0, 7)]));
+    sent.answered(
+        &answer("orders", &[(0, 0, 100), (1, 0, 7)]),
+        &Numbering::default(),
+    );
     // The mirror sees klink's batch, then 3 records someone else wrote.
     assert_eq!(watch.saw(&[(100, 109, 10)], 110), 0);
     assert_eq!(watch.saw(&[(110, 112, 3)], 113), 3, "a bypass");
@@ -164,7 +167,7 @@ fn a_batch_waits_for_the_answers_that_may_explain_it() {
     // answer: not judged yet.
     assert_eq!(watch.saw(&[(0, 9, 10)], 10), 0);
     assert_eq!(watch.waiting.len(), 1);
-    sent.answered(&answer("orders", &[(0, 0, 0)]));
+    sent.answered(&answer("orders", &[(0, 0, 0)]), &Numbering::default());
     assert_eq!(watch.saw(&[], 10), 0);
     assert!(watch.waiting.is_empty(), "explained by the answer");
     // A send made after the mirror saw a batch cannot explain it.
@@ -181,12 +184,12 @@ fn records_sent_without_a_known_place_excuse_as_many() {
     // gone before any answer (dropped).
     s.send(&[(0, 4)])
         .expect("watched")
-        .answered(&answer("orders", &[(0, 7, -1)]));
+        .answered(&answer("orders", &[(0, 7, -1)]), &Numbering::default());
     drop(s.send(&[(0, 6)]).expect("watched"));
     // A refused send excuses nothing.
     s.send(&[(0, 50)])
         .expect("watched")
-        .answered(&answer("orders", &[(0, 6, -1)]));
+        .answered(&answer("orders", &[(0, 6, -1)]), &Numbering::default());
     assert_eq!(watch.saw(&[(0, 3, 4), (4, 9, 6), (10, 11, 2)], 12), 2);
 }
 
@@ -236,4 +239,51 @@ fn acks_zero_records_are_placed_nowhere_known() {
     );
     assert!(none.is_none(), "no answer to wait for");
     assert_eq!(watch.saw(&[(0, 7, 8), (8, 9, 2)], 10), 2);
+}
+
+#[test]
+fn answers_in_the_clients_numbering_are_placed_in_the_clusters() {
+    let s = setup();
+    // Promoted over a `latest` link: the source's 100.. are the target's
+    // 0.., and the promotion's era starts at the target's 50 (client 150).
+    s.routes
+        .route_topic("orders", Some("target"), Some("target"))
+        .expect("route");
+    s.routes
+        .set_state("orders", TopicState::Promoted)
+        .expect("state");
+    let numbering = Numbering::default();
+    numbering.register("orders", Arc::from("source"), Arc::from("target"));
+    let mut copied = crate::mirror::OffsetMap::default();
+    copied.append(100, 149, 0).expect("run");
+    numbering.publish_map("orders", 0, &copied);
+    numbering.publish_eras(&std::collections::BTreeMap::from([(
+        "orders".to_string(),
+        std::collections::BTreeMap::from([(
+            0,
+            vec![crate::numbering::Era {
+                side: crate::numbering::Side::Target,
+                upstream_from: 50,
+                client_from: 150,
+                epoch_shift: 0,
+                epoch_from: 0,
+            }],
+        )]),
+    )]));
+    let sent = s.send(&[(0, 10)]).expect("watched");
+    // The client is told 150; the records are at the target's 50.
+    sent.answered(&answer("orders", &[(0, 0, 150)]), &numbering);
+    assert_eq!(
+        s.forwarded.answered_ends("target", "orders"),
+        HashMap::from([(0, 60)])
+    );
+    let mut watch = BypassWatch::new(
+        s.forwarded.clone(),
+        s.routes.clone(),
+        Arc::from("target"),
+        "orders",
+        0,
+    );
+    assert_eq!(watch.saw(&[], 50), 0);
+    assert_eq!(watch.saw(&[(50, 59, 10)], 60), 0, "klink's own: no bypass");
 }
