@@ -20,6 +20,7 @@
 mod fence;
 mod flip;
 mod groups;
+mod points;
 mod readers;
 mod transactions;
 
