@@ -44,7 +44,7 @@ use super::compacted::cut_at_holes;
 use super::gate::CopyGate;
 use super::holes::up_to_a_hole;
 use super::offset_map::{Direction, OffsetLog};
-use super::requests::{fetch, fetch_on, init_producer_id};
+use super::requests::{fetch, fetch_on, init_producer_id, leader_of};
 use super::sender::SenderPool;
 use crate::batch;
 use crate::client::{Client, PartitionResponse, broker_error};
@@ -599,13 +599,7 @@ impl PartitionCopier {
             Some(conn) if !conn.is_closed() => conn.clone(),
             _ => {
                 let meta = self.source.topic(&self.topic).await?;
-                let leader = meta.leader(self.partition).ok_or_else(|| {
-                    Error::upstream(
-                        self.source.cluster_name(),
-                        Kind::Protocol,
-                        format!("{}/{} has no leader", self.topic, self.partition),
-                    )
-                })?;
+                let leader = leader_of(&self.source, &meta, &self.topic, self.partition)?;
                 let conn = self.source.new_broker_conn(leader).await?;
                 self.drain_conn = Some(conn.clone());
                 conn

@@ -81,13 +81,7 @@ pub async fn high_watermarks(
     let meta = client.topic(topic).await?;
     let mut by_leader: BTreeMap<i32, Vec<FetchPartition>> = BTreeMap::new();
     for (&partition, &offset) in from {
-        let leader = meta.leader(partition).ok_or_else(|| {
-            Error::upstream(
-                client.cluster_name(),
-                Kind::Protocol,
-                format!("{topic}/{partition} has no leader"),
-            )
-        })?;
+        let leader = leader_of(client, &meta, topic, partition)?;
         by_leader.entry(leader).or_default().push(
             FetchPartition::default()
                 .with_partition(partition)
@@ -160,13 +154,7 @@ pub(super) async fn init_producer_id(
     partition: i32,
 ) -> Result<Identity> {
     let meta = target.topic(topic).await?;
-    let leader = meta.leader(partition).ok_or_else(|| {
-        Error::upstream(
-            target.cluster_name(),
-            Kind::Protocol,
-            format!("{topic}/{partition} has no leader"),
-        )
-    })?;
+    let leader = leader_of(target, &meta, topic, partition)?;
     let conn = target.broker_conn(leader).await?;
     // v3+: tansu issues ids only from v3 on.
     let request = InitProducerIdRequest::default()
@@ -212,13 +200,7 @@ pub(super) async fn fetch_on(
     config: &CopyConfig,
 ) -> Result<PartitionResponse> {
     let meta = client.topic(topic).await?;
-    let leader = meta.leader(partition).ok_or_else(|| {
-        Error::upstream(
-            client.cluster_name(),
-            Kind::Protocol,
-            format!("{topic}/{partition} has no leader"),
-        )
-    })?;
+    let leader = leader_of(client, &meta, topic, partition)?;
     let version = client.versions().fetch;
     let request = FetchRequest::default()
         .with_max_wait_ms(i32::try_from(config.fetch_wait.as_millis()).unwrap_or(i32::MAX))
@@ -296,4 +278,20 @@ pub(super) async fn fetch_on(
             ))
         }
     }
+}
+
+/// The partition's leader as `client` last learnt it.
+pub(super) fn leader_of(
+    client: &Client,
+    meta: &crate::client::TopicMeta,
+    topic: &str,
+    partition: i32,
+) -> Result<i32> {
+    meta.leader(partition).ok_or_else(|| {
+        Error::upstream(
+            client.cluster_name(),
+            Kind::Protocol,
+            format!("{topic}/{partition} has no leader"),
+        )
+    })
 }

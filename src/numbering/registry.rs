@@ -178,6 +178,25 @@ impl Numbering {
 }
 
 #[cfg(test)]
+impl Numbering {
+    /// A test's mirrored `topic` between `source` and `target`, its
+    /// partition's map of `(source_base, source_last, target_base)` runs,
+    /// and one era.
+    pub fn with_era(&self, topic: &str, partition: i32, runs: &[(i64, i64, i64)], era: Era) {
+        self.register(topic, Arc::from("source"), Arc::from("target"));
+        let mut map = OffsetMap::default();
+        for &(base, last, target) in runs {
+            map.append(base, last, target).expect("runs in order");
+        }
+        self.publish_map(topic, partition, &map);
+        self.publish_eras(&BTreeMap::from([(
+            topic.to_string(),
+            BTreeMap::from([(partition, vec![era])]),
+        )]));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::MirrorRecord;

@@ -245,25 +245,7 @@ async fn a_failed_part_leaves_the_others_answered() {
 /// `orders` promoted at offset 100 (an `earliest` link: offsets the same)
 /// from a source at epoch 5 to a target at epoch 0.
 fn promoted_with_epochs(s: &Setup) {
-    let numbering = &s.catalog.numbering;
-    numbering.register("orders", Arc::from("source"), Arc::from("target"));
-    let mut copied = crate::mirror::OffsetMap::default();
-    copied.append(0, 99, 0).expect("run");
-    numbering.publish_map("orders", 2, &copied);
-    let (from, shift) = crate::numbering::next_shift(5, 0);
-    numbering.publish_eras(&std::collections::BTreeMap::from([(
-        "orders".to_string(),
-        std::collections::BTreeMap::from([(
-            2,
-            vec![crate::numbering::Era {
-                side: crate::numbering::Side::Target,
-                upstream_from: 100,
-                client_from: 100,
-                epoch_shift: shift,
-                epoch_from: from,
-            }],
-        )]),
-    )]));
+    promoted_from_epoch_5(&s.catalog.numbering);
     s.table
         .route_topic("orders", None, Some("target"))
         .expect("route");

@@ -507,4 +507,23 @@ pub(crate) mod test_support {
     pub fn frame_of(bytes: Bytes) -> Frame {
         Frame::from_prefixed(bytes)
     }
+
+    /// `orders` partition 2 promoted at offset 100 (offsets the same on
+    /// both clusters) from a source at epoch 5 to a target at epoch 0: the
+    /// target's epochs read 5 higher.
+    pub fn promoted_from_epoch_5(numbering: &crate::numbering::Numbering) {
+        let (epoch_from, epoch_shift) = crate::numbering::next_shift(5, 0);
+        numbering.with_era(
+            "orders",
+            2,
+            &[(0, 99, 0)],
+            crate::numbering::Era {
+                side: crate::numbering::Side::Target,
+                upstream_from: 100,
+                client_from: 100,
+                epoch_shift,
+                epoch_from,
+            },
+        );
+    }
 }

@@ -18,14 +18,16 @@ use crate::route::Catalog;
 use crate::split::Destination;
 use crate::split::test_support::*;
 
-fn request() -> Bytes {
+/// ListOffsets "latest" of `orders`' `partition` with the client's
+/// current leader `epoch`.
+fn request(partition: i32, epoch: i32) -> Bytes {
     let body = ListOffsetsRequest::default().with_topics(vec![
         ListOffsetsTopic::default()
             .with_name(TopicName(StrBytes::from_static_str("orders")))
             .with_partitions(vec![
                 ListOffsetsPartition::default()
-                    .with_partition_index(0)
-                    .with_current_leader_epoch(12)
+                    .with_partition_index(partition)
+                    .with_current_leader_epoch(epoch)
                     .with_timestamp(-1),
             ]),
     ]);
@@ -47,7 +49,6 @@ async fn another_clusters_offsets_are_asked_without_the_clients_epoch_and_leader
     table
         .route_topic("orders", None, Some("target"))
         .expect("route");
-    let routes = table.snapshot();
     let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
         crate::state::StateStore::open(dir.path()).expect("state"),
     )));
@@ -62,19 +63,7 @@ async fn another_clusters_offsets_are_asked_without_the_clients_epoch_and_leader
     catalog.learn(&target, &layout).await.expect("learn");
     let max_age = std::time::Duration::from_secs(60);
     assert!(catalog.is_fresh("target", "orders", max_age));
-    let leaders = FixedLeaders(HashMap::from([("orders".to_string(), 1)]));
-    let home = Destination::Any(Arc::from("source"));
-    let payload = request();
-    let cx = Context {
-        cluster: &leaders,
-        routes: &routes,
-        catalog: &catalog,
-        home: &home,
-        api: ApiKey::ListOffsets,
-        version: 7,
-        payload: &payload,
-    };
-    let Plan::Split { parts, merge } = plan_list_offsets(&cx).await.expect("plan") else {
+    let Plan::Split { parts, merge } = plan(&table, &catalog, &request(0, 12)).await else {
         panic!("routed to the target");
     };
     let mut sent = parts[0].frame.slice(4..);
@@ -111,25 +100,7 @@ fn promoted_with_epochs(dir: &std::path::Path) -> (crate::route::RouteTable, Arc
     let catalog = Arc::new(Catalog::load(Arc::new(
         crate::state::StateStore::open(dir).expect("state"),
     )));
-    let numbering = &catalog.numbering;
-    numbering.register("orders", Arc::from("source"), Arc::from("target"));
-    let mut copied = crate::mirror::OffsetMap::default();
-    copied.append(0, 99, 0).expect("run");
-    numbering.publish_map("orders", 2, &copied);
-    let (epoch_from, epoch_shift) = crate::numbering::next_shift(5, 0);
-    numbering.publish_eras(&std::collections::BTreeMap::from([(
-        "orders".to_string(),
-        std::collections::BTreeMap::from([(
-            2,
-            vec![crate::numbering::Era {
-                side: crate::numbering::Side::Target,
-                upstream_from: 100,
-                client_from: 100,
-                epoch_shift,
-                epoch_from,
-            }],
-        )]),
-    )]));
+    promoted_from_epoch_5(&catalog.numbering);
     (table, catalog)
 }
 
@@ -165,24 +136,30 @@ fn epochs_request(partitions: &[(i32, i32, i32)]) -> Bytes {
     buf.freeze()
 }
 
-async fn plan_epochs(
-    table: &crate::route::RouteTable,
-    catalog: &Arc<Catalog>,
-    payload: &Bytes,
-) -> Plan {
+/// The plan for `payload` (ListOffsets v7 or OffsetForLeaderEpoch v4)
+/// from a client of the source, `orders` led by broker 10 + p.
+async fn plan(table: &crate::route::RouteTable, catalog: &Arc<Catalog>, payload: &Bytes) -> Plan {
     let routes = table.snapshot();
     let leaders = FixedLeaders(HashMap::from([("orders".to_string(), 3)]));
     let home = Destination::Any(Arc::from("source"));
+    let api = match crate::wire::RequestHeader::parse(payload).map(|h| h.api_key) {
+        Ok(key) if key == ApiKey::ListOffsets as i16 => ApiKey::ListOffsets,
+        _ => ApiKey::OffsetForLeaderEpoch,
+    };
     let cx = Context {
         cluster: &leaders,
         routes: &routes,
         catalog,
         home: &home,
-        api: ApiKey::OffsetForLeaderEpoch,
-        version: 4,
+        api,
+        version: if api == ApiKey::ListOffsets { 7 } else { 4 },
         payload,
     };
-    plan_read_side(&cx).await.expect("plan")
+    match api {
+        ApiKey::ListOffsets => plan_list_offsets(&cx).await,
+        _ => plan_read_side(&cx).await,
+    }
+    .expect("plan")
 }
 
 /// (partition, leader epoch, end offset) of every answered partition.
@@ -204,8 +181,7 @@ async fn an_epoch_from_before_the_promotion_ends_where_the_promotion_began() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (table, catalog) = promoted_with_epochs(dir.path());
     // The consumer last fetched at the source's epoch 4 and now sees 5.
-    let Plan::Answer(answer) = plan_epochs(&table, &catalog, &epochs_request(&[(2, 5, 4)])).await
-    else {
+    let Plan::Answer(answer) = plan(&table, &catalog, &epochs_request(&[(2, 5, 4)])).await else {
         panic!("answered by klink: the target never had the source's epochs");
     };
     assert_eq!(ends(answer), vec![(2, 4, 100)]);
@@ -219,7 +195,7 @@ async fn an_epoch_of_the_promoted_era_is_asked_in_the_targets_own_and_answered_i
     // mirrored there): the client's current epoch does not cross; and
     // partition 2's epoch 3 is answered by klink beside the target's.
     let payload = epochs_request(&[(2, 7, 6), (0, 7, 3)]);
-    let Plan::Split { parts, merge } = plan_epochs(&table, &catalog, &payload).await else {
+    let Plan::Split { parts, merge } = plan(&table, &catalog, &payload).await else {
         panic!("sent to the target");
     };
     let mut sent = parts[0].frame.slice(4..);
@@ -259,38 +235,7 @@ async fn an_epoch_of_the_promoted_era_is_asked_in_the_targets_own_and_answered_i
 async fn list_offsets_of_a_promoted_partition_carries_epochs_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (table, catalog) = promoted_with_epochs(dir.path());
-    let body = ListOffsetsRequest::default().with_topics(vec![
-        ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_static_str("orders")))
-            .with_partitions(vec![
-                ListOffsetsPartition::default()
-                    .with_partition_index(2)
-                    .with_current_leader_epoch(6)
-                    .with_timestamp(-1),
-            ]),
-    ]);
-    let mut buf = BytesMut::new();
-    RequestHeader::default()
-        .with_request_api_key(ApiKey::ListOffsets as i16)
-        .with_request_api_version(7)
-        .with_correlation_id(5)
-        .encode(&mut buf, ApiKey::ListOffsets.request_header_version(7))
-        .expect("header");
-    body.encode(&mut buf, 7).expect("body");
-    let payload = buf.freeze();
-    let routes = table.snapshot();
-    let leaders = FixedLeaders(HashMap::from([("orders".to_string(), 3)]));
-    let home = Destination::Any(Arc::from("source"));
-    let cx = Context {
-        cluster: &leaders,
-        routes: &routes,
-        catalog: &catalog,
-        home: &home,
-        api: ApiKey::ListOffsets,
-        version: 7,
-        payload: &payload,
-    };
-    let Plan::Split { parts, merge } = plan_list_offsets(&cx).await.expect("plan") else {
+    let Plan::Split { parts, merge } = plan(&table, &catalog, &request(2, 6)).await else {
         panic!("routed to the target");
     };
     let mut sent = parts[0].frame.slice(4..);

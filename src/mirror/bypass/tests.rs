@@ -253,23 +253,18 @@ fn answers_in_the_clients_numbering_are_placed_in_the_clusters() {
         .set_state("orders", TopicState::Promoted)
         .expect("state");
     let numbering = Numbering::default();
-    numbering.register("orders", Arc::from("source"), Arc::from("target"));
-    let mut copied = crate::mirror::OffsetMap::default();
-    copied.append(100, 149, 0).expect("run");
-    numbering.publish_map("orders", 0, &copied);
-    numbering.publish_eras(&std::collections::BTreeMap::from([(
-        "orders".to_string(),
-        std::collections::BTreeMap::from([(
-            0,
-            vec![crate::numbering::Era {
-                side: crate::numbering::Side::Target,
-                upstream_from: 50,
-                client_from: 150,
-                epoch_shift: 0,
-                epoch_from: 0,
-            }],
-        )]),
-    )]));
+    numbering.with_era(
+        "orders",
+        0,
+        &[(100, 149, 0)],
+        crate::numbering::Era {
+            side: crate::numbering::Side::Target,
+            upstream_from: 50,
+            client_from: 150,
+            epoch_shift: 0,
+            epoch_from: 0,
+        },
+    );
     let sent = s.send(&[(0, 10)]).expect("watched");
     // The client is told 150; the records are at the target's 50.
     sent.answered(&answer("orders", &[(0, 0, 150)]), &numbering);
