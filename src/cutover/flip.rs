@@ -68,11 +68,12 @@ impl Cutover {
             ));
         }
         let mut partitions: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        // A mirror that is starting (klink just restarted, or the copy just
+        // turned round) gets until the fence bound, all waits together, to
+        // report and to open every copier.
+        let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
+        let asked_at = Instant::now();
         for topic in &topics {
-            // A mirror that is starting (klink just restarted, or the copy
-            // just turned round) gets until the fence bound to report.
-            let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
-            let asked_at = Instant::now();
             let mut mirror = self.mirrors.topic(topic).unwrap_or_default();
             while mirror.lag().is_none() && asked_at.elapsed() < bound {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -96,8 +97,6 @@ impl Cutover {
         // turned round at the last flip may still be opening, and writes
         // should not wait for that. (Past the bound the drain goes on and
         // reads such a partition's end on its own.)
-        let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
-        let asked_at = Instant::now();
         while asked_at.elapsed() < bound
             && partitions.iter().any(|(topic, parts)| {
                 parts
@@ -280,13 +279,17 @@ impl Cutover {
         // Every partition's end in one request: they are read while writes
         // wait. A copier that has not opened yet has no position to read
         // from: its partition's bounds are asked on their own.
-        let (copying, opening): (Vec<i32>, Vec<i32>) = partitions
-            .iter()
-            .partition(|&&p| self.mirrors.gate(topic, p, direction).copied_to() >= 0);
-        let at: BTreeMap<i32, i64> = copying
-            .iter()
-            .map(|&p| (p, self.mirrors.gate(topic, p, direction).copied_to()))
-            .collect();
+        let mut at: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut opening = Vec::new();
+        for &partition in partitions {
+            // Read once: a copier that stops meanwhile marks its gate -1.
+            match self.mirrors.gate(topic, partition, direction).copied_to() {
+                copied_to if copied_to >= 0 => {
+                    at.insert(partition, copied_to);
+                }
+                _ => opening.push(partition),
+            }
+        }
         let bounds = opening.iter().map(|&partition| async move {
             Ok::<_, Error>((partition, log_bounds(from, topic, partition).await?.1))
         });
@@ -462,8 +465,10 @@ impl Cutover {
                             Direction::Forward => (source, target),
                             Direction::Reverse => (target, source),
                         };
-                        let left_view = self.numbering.view_of(&topic, partition, left);
-                        let client_from = left_view.end_to_client(left_end);
+                        let client_from = self
+                            .numbering
+                            .view_of(&topic, partition, left)
+                            .end_to_client(left_end);
                         let (left_epoch, to_epoch) = epochs
                             .get(&(topic.clone(), partition))
                             .copied()

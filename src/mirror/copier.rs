@@ -307,12 +307,10 @@ impl PartitionCopier {
         let drain_started = gate.drain_started();
         tokio::pin!(drain_started);
         drain_started.as_mut().enable();
-        if !gate.draining() {
-            self.drain_conn = None;
-        }
         let usual = if gate.draining() {
             None
         } else {
+            self.drain_conn = None;
             let prefetched = self.prefetched.take();
             let config = self.fetch_config();
             let (source, topic, partition, position) =

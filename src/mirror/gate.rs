@@ -63,9 +63,9 @@ impl CopyGate {
         self.drain.notify_waiters();
     }
 
-    /// Whether a flip is draining this copy.
+    /// Whether a flip is draining this copy (a limit comes with it).
     pub fn draining(&self) -> bool {
-        self.hurried.load(Ordering::SeqCst) || self.limit() != i64::MAX
+        self.hurried.load(Ordering::SeqCst)
     }
 
     /// Resolves at the next [`CopyGate::hurry`]; enable it before looking

@@ -33,7 +33,7 @@ pub mod sender;
 
 pub use bypass::{BypassWatch, ForwardedWrites, SentWrites};
 pub use copier::{CopyConfig, Origin, PartitionCopier, Progress};
-pub use requests::{high_watermark, high_watermarks, log_bounds};
+pub use requests::{high_watermarks, log_bounds};
 
 pub use committed::{Walked, walk};
 pub use offset_map::{Direction, Mapped, OffsetLog, OffsetMap, Run};

@@ -51,24 +51,6 @@ pub async fn log_bounds(client: &Client, topic: &str, partition: i32) -> Result<
     Ok((start, answer.high_watermark))
 }
 
-/// The partition's high watermark, from one fetch of at most a byte at
-/// `from` (an offset the log holds, such as where its mirror stands).
-pub async fn high_watermark(
-    client: &Client,
-    topic: &str,
-    partition: i32,
-    from: i64,
-) -> Result<i64> {
-    let config = CopyConfig {
-        fetch_max_bytes: 1,
-        fetch_wait: Duration::ZERO,
-        ..Default::default()
-    };
-    Ok(fetch(client, topic, partition, from, 0, &config)
-        .await?
-        .high_watermark)
-}
-
 /// Partitions' high watermarks, each from an offset its log holds (such
 /// as where its mirror stands), in one Fetch per leader of at most a byte
 /// per partition: a flip reads them while clients' writes wait, and a

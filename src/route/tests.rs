@@ -25,13 +25,17 @@ groups = ["billing"]
     .expect("config")
 }
 
+/// The route table of `config()` as the state in `dir` has it (a restart
+/// reads it again).
+fn load(dir: &std::path::Path) -> RouteTable {
+    let state = Arc::new(StateStore::open(dir).expect("state"));
+    RouteTable::load(&config(), state).expect("load")
+}
+
 #[test]
 fn a_promotion_cut_short_by_a_crash_leaves_the_old_routes_and_a_flip_the_new() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let load = || {
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        RouteTable::load(&config(), state).expect("load")
-    };
+    let load = || load(dir.path());
     let table = load();
     table
         .set_state("orders", TopicState::Promoting)
@@ -76,10 +80,7 @@ fn a_promotion_cut_short_by_a_crash_leaves_the_old_routes_and_a_flip_the_new() {
 #[test]
 fn a_group_named_at_a_promotion_joins_the_link_and_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let load = || {
-        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
-        RouteTable::load(&config(), state).expect("load")
-    };
+    let load = || load(dir.path());
     let table = load();
     table
         .join_groups("move", &["audit".to_string()], "source")

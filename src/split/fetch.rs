@@ -19,8 +19,9 @@ use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::{
-    Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, UpstreamKeys, decode_response,
-    encode_response, entry, group_by, last_entry, leader_moved,
+    Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, UpstreamKeys,
+    current_epoch_there, decode_response, encode_response, entry, group_by, last_entry,
+    leader_moved,
 };
 use crate::error::Result;
 use crate::numbering::{Position, View, renumber};
@@ -83,11 +84,19 @@ pub async fn plan_fetch<C: Cluster>(
                 continue;
             };
             let mut partition = p.clone();
-            if let Some(view) = cx
+            let view = cx
                 .catalog
                 .numbering
-                .view(&name, p.partition, destination.cluster())
-            {
+                .view(&name, p.partition, destination.cluster());
+            let crossing = destination.cluster() != cx.home.cluster();
+            partition.current_leader_epoch =
+                current_epoch_there(view.as_deref(), p.current_leader_epoch, crossing);
+            if crossing {
+                // Another cluster would take the client's last fetched
+                // epoch for a divergence and truncate it.
+                partition.last_fetched_epoch = -1;
+            }
+            if let Some(view) = view {
                 needs_translation = true;
                 match view.from_client(p.fetch_offset) {
                     Position::At(upstream) => partition.fetch_offset = upstream,
@@ -99,23 +108,7 @@ pub async fn plan_fetch<C: Cluster>(
                 // A divergence check in another numbering would truncate
                 // the consumer at the wrong place.
                 partition.last_fetched_epoch = -1;
-                let epochs = view.epochs();
-                // Shown by this view's metadata: the cluster's, shifted;
-                // unless the epochs are the cluster's own and the client's
-                // may still be another cluster's (a read route moved by hand).
-                partition.current_leader_epoch =
-                    if epochs.is_identity() && destination.cluster() != cx.home.cluster() {
-                        -1
-                    } else {
-                        epochs.to_upstream(p.current_leader_epoch)
-                    };
                 views.insert((client_key.clone(), p.partition), view);
-            } else if destination.cluster() != cx.home.cluster() {
-                // The client's epochs came from the cluster it talks to;
-                // another cluster would fence them, or worse, take the last
-                // fetched epoch for a divergence and truncate the client.
-                partition.current_leader_epoch = -1;
-                partition.last_fetched_epoch = -1;
             }
             let routed = (client_key.clone(), name.clone(), partition);
             assigned.push((destination, routed));

@@ -322,6 +322,23 @@ impl<C: Cluster> Context<'_, C> {
     }
 }
 
+/// A client's current leader epoch for the cluster a request part goes
+/// to: translated where that cluster's epochs are shifted for clients;
+/// else the client's own at its own cluster, and -1 ("no check") at
+/// another (the client learnt it from the cluster it talks to; another
+/// would fence it, or take it for a divergence).
+pub fn current_epoch_there(
+    view: Option<&crate::numbering::View>,
+    epoch: i32,
+    crossing: bool,
+) -> i32 {
+    match view.map(|v| v.epochs()).filter(|e| !e.is_identity()) {
+        Some(epochs) => epochs.to_upstream(epoch),
+        None if crossing => -1,
+        None => epoch,
+    }
+}
+
 pub fn encode_response<R: Encodable>(
     api: ApiKey,
     version: i16,
@@ -434,6 +451,11 @@ topic_entry!(
     list_offsets_response::ListOffsetsTopicResponse,
     name,
     with_name
+);
+topic_entry!(
+    kafka_protocol::messages::offset_for_leader_epoch_response::OffsetForLeaderTopicResult,
+    topic,
+    with_topic
 );
 
 /// The entry of `list` for `key`, appended when missing.

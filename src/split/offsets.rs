@@ -4,24 +4,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use kafka_protocol::ResponseError;
-use kafka_protocol::messages::TopicName;
-use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
-use kafka_protocol::messages::offset_for_leader_epoch_response::{
-    EpochEndOffset, OffsetForLeaderTopicResult,
+use super::{
+    Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, current_epoch_there,
+    decode_response, encode_response, entry, group_by, last_entry, leader_moved,
 };
+use crate::error::Result;
+use crate::numbering::View;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::list_offsets_response::ListOffsetsPartitionResponse;
+use kafka_protocol::messages::offset_for_leader_epoch_response::EpochEndOffset;
 use kafka_protocol::messages::{
     ApiKey, DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
-use kafka_protocol::protocol::StrBytes;
-
-use super::{
-    Cluster, Context, Part, PartAnswer, PartFailure, Plan, TopicKey, decode_response,
-    encode_response, entry, group_by, last_entry, leader_moved,
-};
-use crate::error::Result;
-use crate::numbering::View;
 
 /// ListOffsets' time for "the end of the log" (its offset is an end, not a
 /// record's).
@@ -52,21 +47,14 @@ pub async fn plan_list_offsets<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> 
             {
                 let mut partition = p.clone();
                 let crossing = destination.cluster() != cx.home.cluster();
-                if let Some(view) =
+                let view =
                     cx.catalog
                         .numbering
-                        .view(&name, p.partition_index, destination.cluster())
-                {
-                    let epochs = view.epochs();
-                    partition.current_leader_epoch = if epochs.is_identity() && crossing {
-                        -1
-                    } else {
-                        epochs.to_upstream(p.current_leader_epoch)
-                    };
+                        .view(&name, p.partition_index, destination.cluster());
+                partition.current_leader_epoch =
+                    current_epoch_there(view.as_deref(), p.current_leader_epoch, crossing);
+                if let Some(view) = view {
                     views.insert((name.clone(), p.partition_index), (view, p.timestamp));
-                } else if crossing {
-                    // An epoch from the client's cluster means nothing here.
-                    partition.current_leader_epoch = -1;
                 }
                 assigned.push((destination, (name.clone(), partition)));
             }
@@ -211,26 +199,23 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         for topic in &mut request.topics {
             let name = topic.topic.to_string();
             topic.partitions.retain_mut(|p| {
-                let Some(view) = numbering.view(&name, p.partition, &cluster) else {
-                    if crossing {
-                        p.current_leader_epoch = -1;
-                    }
+                let view = numbering.view(&name, p.partition, &cluster);
+                p.current_leader_epoch =
+                    current_epoch_there(view.as_deref(), p.current_leader_epoch, crossing);
+                let Some(view) = view else {
                     return true;
                 };
                 translated = true;
                 let epochs = view.epochs();
-                p.current_leader_epoch = if epochs.is_identity() && crossing {
-                    -1
-                } else {
-                    epochs.to_upstream(p.current_leader_epoch)
-                };
                 if let Some(end) = epochs.earlier_end(p.leader_epoch) {
-                    last_result(&mut answered, &name).partitions.push(
-                        EpochEndOffset::default()
-                            .with_partition(p.partition)
-                            .with_leader_epoch(p.leader_epoch)
-                            .with_end_offset(end),
-                    );
+                    entry(&mut answered.topics, &TopicKey::Name(name.clone()))
+                        .partitions
+                        .push(
+                            EpochEndOffset::default()
+                                .with_partition(p.partition)
+                                .with_leader_epoch(p.leader_epoch)
+                                .with_end_offset(end),
+                        );
                     return false;
                 }
                 p.leader_epoch = epochs.to_upstream(p.leader_epoch);
@@ -271,7 +256,8 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
                 }
             }
             for topic in answered.topics {
-                last_result(&mut response, topic.topic.as_str())
+                let key = TopicKey::Name(topic.topic.to_string());
+                entry(&mut response.topics, &key)
                     .partitions
                     .extend(topic.partitions);
             }
@@ -313,28 +299,6 @@ pub async fn plan_read_side<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan> {
         (frame, merge)
     };
     Ok(Plan::single(destination, frame, merge))
-}
-
-/// The response's entry for `topic`, added at the end if it has none.
-fn last_result<'a>(
-    response: &'a mut OffsetForLeaderEpochResponse,
-    topic: &str,
-) -> &'a mut OffsetForLeaderTopicResult {
-    match response
-        .topics
-        .iter()
-        .position(|t| t.topic.as_str() == topic)
-    {
-        Some(i) => &mut response.topics[i],
-        None => {
-            response.topics.push(
-                OffsetForLeaderTopicResult::default()
-                    .with_topic(TopicName(StrBytes::from_string(topic.to_string()))),
-            );
-            let last = response.topics.len() - 1;
-            &mut response.topics[last]
-        }
-    }
 }
 
 #[cfg(test)]
