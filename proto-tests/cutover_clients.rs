@@ -190,13 +190,54 @@ fn kafkajs_and_kafka_python_go_through_promote_rollback_promote_and_commit() {
     );
     assert!(
         unseen.is_empty(),
-        "the kafkajs consumer missed {}: {:?}\nits errors: {}",
+        "the kafkajs consumer missed {}: {:?}\nits errors: {}\n{}\nklink log:\n{}",
         unseen.len(),
         &unseen[..unseen.len().min(10)],
+        consumed["errors"],
+        where_missed(&target, &unseen, &consumed),
+        klink.process.log_text()
+    );
+    // kafkajs forgets a broker a Metadata answer leaves out, and then
+    // cannot reach the coordinator it holds: every answer lists both
+    // clusters' brokers whatever the routes.
+    assert!(
+        !consumed["errors"]
+            .to_string()
+            .contains("not found in the cached metadata"),
+        "the kafkajs consumer lost a broker across a flip: {}",
         consumed["errors"]
     );
     assert!(
         duplicates < 500,
         "the kafkajs consumer re-read {duplicates} records"
     );
+}
+
+/// Where the first missed record is on the target, and what the consumer
+/// read around it in that partition (offset, value), for the failure text.
+fn where_missed(target: &crate::harness::Broker, unseen: &[String], consumed: &Value) -> String {
+    let Some(missed) = unseen.first() else {
+        return String::new();
+    };
+    let on_target = crate::flips::dump_records(&target.addr.to_string(), "orders");
+    let Some((partition, offset)) = on_target.iter().find_map(|(p, records)| {
+        records
+            .iter()
+            .find(|(_, v)| v == missed)
+            .map(|(o, _)| (*p, *o))
+    }) else {
+        return format!("{missed} is not on the target");
+    };
+    let near: Vec<(i64, &str)> = consumed["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r[0].as_i64() == Some(partition))
+        .filter_map(|r| Some((r[1].as_i64()?, r[2].as_str()?)))
+        .filter(|(o, _)| (offset - 5..=offset + 5).contains(o))
+        .collect();
+    format!(
+        "{missed} is partition {partition} offset {offset} on the target; \
+         the consumer read there, in order: {near:?}"
+    )
 }

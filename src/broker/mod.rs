@@ -53,6 +53,9 @@ struct Inner {
     by_upstream: HashMap<(Arc<str>, i32), VirtualBroker>,
     by_virtual: HashMap<i32, VirtualBroker>,
     addresses: HashMap<(Arc<str>, i32), String>,
+    /// Each cluster's brokers (upstream ids) as its last whole broker list
+    /// (Metadata, DescribeCluster) named them.
+    members: HashMap<Arc<str>, Vec<i32>>,
 }
 
 pub struct BrokerRegistry {
@@ -112,6 +115,41 @@ impl BrokerRegistry {
 
     pub fn by_virtual(&self, virtual_id: i32) -> Option<VirtualBroker> {
         self.read().by_virtual.get(&virtual_id).cloned()
+    }
+
+    /// Remembers `brokers` as the whole of `cluster` (an answer that lists
+    /// every broker, not one coordinator or leader).
+    pub fn note_members(&self, cluster: &Arc<str>, brokers: &[UpstreamBroker]) {
+        let mut ids: Vec<i32> = brokers.iter().map(|b| b.node_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if self.read().members.get(cluster) == Some(&ids) {
+            return;
+        }
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        inner.members.insert(cluster.clone(), ids);
+    }
+
+    /// The virtual brokers of every cluster but `cluster`, as each one's
+    /// last whole broker list named them, in id order.
+    ///
+    /// Every answer that lists brokers lists these too: clients see one
+    /// cluster whose brokers do not come and go with the routes. kafkajs,
+    /// for one, disconnects and forgets a broker a Metadata answer leaves
+    /// out, then cannot reach the group coordinator it still holds.
+    pub fn others(&self, cluster: &str) -> Vec<VirtualBroker> {
+        let inner = self.read();
+        let mut others: Vec<VirtualBroker> = inner
+            .members
+            .iter()
+            .filter(|(c, _)| &***c != cluster)
+            .flat_map(|(c, ids)| {
+                ids.iter()
+                    .filter_map(|id| inner.by_upstream.get(&(c.clone(), *id)).cloned())
+            })
+            .collect();
+        others.sort_by_key(|b| b.id);
+        others
     }
 
     /// The `host:port` the upstream broker behind `broker` was last announced at.
@@ -262,6 +300,31 @@ mod tests {
             host: "127.0.0.1".into(),
             port,
         }
+    }
+
+    #[tokio::test]
+    async fn other_clusters_are_their_last_whole_broker_lists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = Arc::new(StateStore::open(dir.path()).expect("state"));
+        let registry = BrokerRegistry::load(state, "127.0.0.1".into(), 9100);
+        let source: Arc<str> = Arc::from("source");
+        let target: Arc<str> = Arc::from("target");
+        let both = [upstream(1, 29092), upstream(2, 29093)];
+        registry
+            .observe(&source, &[upstream(1, 19092)])
+            .await
+            .expect("observe");
+        registry.observe(&target, &both).await.expect("observe");
+        // Seen (as a coordinator, say) but never listed whole: not shown.
+        assert!(registry.others("source").is_empty());
+        registry.note_members(&target, &both);
+        registry.note_members(&source, &[upstream(1, 19092)]);
+        let ids = |brokers: Vec<VirtualBroker>| brokers.iter().map(|b| b.id).collect::<Vec<_>>();
+        assert_eq!(ids(registry.others("source")), vec![2, 3]);
+        assert_eq!(ids(registry.others("target")), vec![1]);
+        // A broker that left its cluster's list leaves the others' too.
+        registry.note_members(&target, &[upstream(2, 29093)]);
+        assert_eq!(ids(registry.others("source")), vec![3]);
     }
 
     #[tokio::test]

@@ -124,7 +124,9 @@ impl ProxyContext {
         if let Some(id) = cluster_id {
             self.note_cluster_id(&cluster.name, &id);
         }
-        self.announce(&cluster.name, &brokers).await
+        self.announce(&cluster.name, &brokers).await?;
+        self.registry.note_members(&cluster.name, &brokers);
+        Ok(())
     }
 
     /// Remembers the default cluster's id: clients see it whichever cluster

@@ -658,7 +658,11 @@ impl Session {
                 self.ctx.note_cluster_id(cluster, id);
             }
         }
-        self.ctx.announce(cluster, &rewrite.announced()).await?;
+        let announced = rewrite.announced();
+        self.ctx.announce(cluster, &announced).await?;
+        if rewrite.announces_every_broker() {
+            self.ctx.registry.note_members(cluster, &announced);
+        }
         let view = BrokerView {
             registry: &self.ctx.registry,
             cluster,

@@ -1,4 +1,5 @@
 use kafka_protocol::messages::DescribeClusterResponse;
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::protocol::StrBytes;
 
 use super::BrokerView;
@@ -29,6 +30,16 @@ pub fn rewrite(response: &mut DescribeClusterResponse, view: &BrokerView<'_>) ->
             }
             None => false,
         });
+    for other in view.registry.others(view.cluster) {
+        if !response.brokers.iter().any(|b| b.broker_id.0 == other.id) {
+            response.brokers.push(
+                DescribeClusterBroker::default()
+                    .with_broker_id(other.id.into())
+                    .with_host(host.clone())
+                    .with_port(i32::from(other.port)),
+            );
+        }
+    }
     response.controller_id = view.map_id(response.controller_id);
     if let Some(id) = view.cluster_id {
         response.cluster_id = StrBytes::from_string(id.to_string());
@@ -38,7 +49,6 @@ pub fn rewrite(response: &mut DescribeClusterResponse, view: &BrokerView<'_>) ->
 
 #[cfg(test)]
 mod tests {
-    use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
     use kafka_protocol::messages::{ApiKey, BrokerId, DescribeClusterResponse};
 
     use super::*;
@@ -69,5 +79,24 @@ mod tests {
             assert_eq!(got, vec![(1, 9100), (2, 9101)]);
             assert_eq!(out.controller_id, BrokerId(1));
         }
+    }
+
+    #[tokio::test]
+    async fn the_other_clusters_brokers_are_listed_too() {
+        let (_dir, registry) = registry_with_target().await;
+        let upstream = DescribeClusterResponse::default().with_brokers(vec![
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(2))
+                .with_host(StrBytes::from_static_str("10.9.9.2"))
+                .with_port(19092),
+        ]);
+        let bytes = rewritten_from_source(&registry, ApiKey::DescribeCluster, 0, &upstream);
+        let out: DescribeClusterResponse = decode(ApiKey::DescribeCluster, 0, bytes);
+        let got: Vec<_> = out
+            .brokers
+            .iter()
+            .map(|b| (b.broker_id.0, b.port))
+            .collect();
+        assert_eq!(got, vec![(2, 9101), (3, 9102)]);
     }
 }

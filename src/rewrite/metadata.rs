@@ -9,7 +9,8 @@ pub fn announced(response: &MetadataResponse) -> Vec<UpstreamBroker> {
     UpstreamBroker::all_in(response)
 }
 
-/// Metadata always changes: its broker list is nothing but addresses.
+/// Metadata always changes: its broker list is nothing but addresses, and
+/// it lists every cluster's brokers ([`crate::broker::BrokerRegistry::others`]).
 pub fn rewrite(response: &mut MetadataResponse, view: &BrokerView<'_>) -> bool {
     let host = StrBytes::from_string(view.host().to_string());
     response.brokers = response
@@ -26,6 +27,16 @@ pub fn rewrite(response: &mut MetadataResponse, view: &BrokerView<'_>) -> bool {
             )
         })
         .collect();
+    for other in view.registry.others(view.cluster) {
+        if !response.brokers.iter().any(|b| b.node_id.0 == other.id) {
+            response.brokers.push(
+                MetadataResponseBroker::default()
+                    .with_node_id(other.id.into())
+                    .with_host(host.clone())
+                    .with_port(i32::from(other.port)),
+            );
+        }
+    }
     response.controller_id = view.map_id(response.controller_id);
     if let (Some(id), Some(_)) = (view.cluster_id, &response.cluster_id) {
         response.cluster_id = Some(StrBytes::from_string(id.to_string()));
@@ -113,6 +124,26 @@ mod tests {
             assert_eq!(partitions[2].leader_id, BrokerId(-1));
             assert_eq!(partitions[0].replica_nodes, vec![BrokerId(1), BrokerId(2)]);
         }
+    }
+
+    #[tokio::test]
+    async fn every_clusters_brokers_are_listed_whichever_cluster_answers() {
+        let (_dir, registry) = registry_with_target().await;
+        let listed = |registry: &crate::broker::BrokerRegistry| {
+            let bytes = rewritten_from_source(registry, ApiKey::Metadata, 12, &upstream_metadata());
+            let out: MetadataResponse = decode(ApiKey::Metadata, 12, bytes);
+            out.brokers
+                .iter()
+                .map(|b| (b.node_id.0, b.port))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(listed(&registry), vec![(1, 9100), (2, 9101), (3, 9102)]);
+        // The answering cluster's own brokers are its answer's.
+        registry.note_members(&std::sync::Arc::from("source"), &[]);
+        assert_eq!(listed(&registry), vec![(1, 9100), (2, 9101), (3, 9102)]);
+        // A broker the target no longer lists is not shown.
+        registry.note_members(&std::sync::Arc::from("target"), &[]);
+        assert_eq!(listed(&registry), vec![(1, 9100), (2, 9101)]);
     }
 
     #[test]

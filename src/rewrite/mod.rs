@@ -195,6 +195,11 @@ impl Rewrite {
         }
     }
 
+    /// Whether [`Rewrite::announced`] is the cluster's whole broker list.
+    pub fn announces_every_broker(&self) -> bool {
+        matches!(self.body, Body::Metadata(_) | Body::DescribeCluster(_))
+    }
+
     /// The upstream Metadata response, before any rewrite.
     pub fn metadata(&self) -> Option<&MetadataResponse> {
         match &self.body {
@@ -356,6 +361,41 @@ pub(crate) mod test_support {
             cluster_id: None,
         };
         (announced, rewrite.apply(&view).expect("apply"))
+    }
+
+    /// [`registry`], plus a `target` cluster whose whole broker list is
+    /// its upstream broker 1 (virtual broker 3, port 9102).
+    pub async fn registry_with_target() -> (tempfile::TempDir, BrokerRegistry) {
+        let (dir, registry) = registry();
+        let target: std::sync::Arc<str> = std::sync::Arc::from("target");
+        let whole = [UpstreamBroker {
+            node_id: 1,
+            host: "10.9.9.7".into(),
+            port: 29092,
+        }];
+        registry.observe(&target, &whole).await.expect("observe");
+        registry.note_members(&target, &whole);
+        (dir, registry)
+    }
+
+    /// `body` as the `source` cluster answered it, rewritten through
+    /// `registry`.
+    pub fn rewritten_from_source<T: Encodable>(
+        registry: &BrokerRegistry,
+        api: ApiKey,
+        version: i16,
+        body: &T,
+    ) -> Bytes {
+        let rewrite = Rewrite::decode(api, version, frame(api, version, body))
+            .expect("decode")
+            .expect("rewritten api");
+        let view = BrokerView {
+            registry,
+            cluster: "source",
+            catalog: None,
+            cluster_id: None,
+        };
+        rewrite.apply(&view).expect("apply")
     }
 
     /// No upstream host string may survive a rewrite.
