@@ -24,7 +24,11 @@
 //! - [`mirror`]: copying linked topics source -> target with an offset map.
 //! - [`perf`]: `klink perf`, load generators speaking the Java perf tools' flags.
 //! - [`error`]: errors that know their origin and whether to retry.
+//! - [`metrics`]: counters and histograms for Prometheus, lock-free on the
+//!   request path.
+//! - [`admin`]: the admin listener: `/metrics`, probes, the status page.
 
+pub mod admin;
 pub mod batch;
 pub mod broker;
 pub mod client;
@@ -32,6 +36,7 @@ pub mod config;
 pub mod control;
 pub mod cutover;
 pub mod error;
+pub mod metrics;
 pub mod mirror;
 pub mod numbering;
 pub mod perf;

@@ -101,6 +101,10 @@ pub struct ProxyConfig {
     /// that upstream connection. Keep it above clients' `fetch.max.wait.ms`.
     #[serde(default = "default_upstream_request_timeout_ms")]
     pub upstream_request_timeout_ms: u64,
+    /// Where `/metrics`, `/livez`, `/readyz` and the status page `/` are
+    /// served over HTTP; none when unset.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -8,6 +8,7 @@
 //! Just over 600 lines: the commands, their replies and the socket that
 //! serves them are one protocol, read together.
 
+pub mod audit;
 pub mod client;
 
 use std::os::unix::fs::PermissionsExt;
@@ -45,12 +46,46 @@ async fn cutover_command(
             };
         }
     };
+    let command = if name == "rollback" {
+        "rollback"
+    } else {
+        "promote"
+    };
     match moved {
-        Ok(promotion) => Reply {
-            promotion: Some(promotion),
-            ..Reply::done(status(&routes.snapshot(), mirrors))
-        },
-        Err(e) => Reply::failed(e.context),
+        Ok(promotion) => {
+            if !promotion.already {
+                let drains: Vec<f64> = promotion.partitions.iter().map(|p| p.drained_ms).collect();
+                crate::metrics::metrics().cutover(
+                    crate::metrics::CutoverRecord {
+                        at: std::time::SystemTime::now(),
+                        command,
+                        topics: promotion.topics.clone(),
+                        ok: true,
+                        fence_ms: promotion.fence_ms,
+                        detail: format!("{} partitions drained", drains.len()),
+                    },
+                    &drains,
+                );
+            }
+            Reply {
+                promotion: Some(promotion),
+                ..Reply::done(status(&routes.snapshot(), mirrors))
+            }
+        }
+        Err(e) => {
+            crate::metrics::metrics().cutover(
+                crate::metrics::CutoverRecord {
+                    at: std::time::SystemTime::now(),
+                    command,
+                    topics: what.topic_names(),
+                    ok: false,
+                    fence_ms: 0.0,
+                    detail: e.context.clone(),
+                },
+                &[],
+            );
+            Reply::failed(e.context)
+        }
     }
 }
 
@@ -452,6 +487,7 @@ pub async fn serve(
     routes: Arc<RouteTable>,
     mirrors: Arc<Mirrors>,
     cutover: Arc<Cutover>,
+    audit: Arc<audit::Audit>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -466,6 +502,7 @@ pub async fn serve(
                     routes.clone(),
                     mirrors.clone(),
                     cutover.clone(),
+                    audit.clone(),
                 ));
             }
             Err(e) => {
@@ -481,7 +518,9 @@ async fn serve_connection(
     routes: Arc<RouteTable>,
     mirrors: Arc<Mirrors>,
     cutover: Arc<Cutover>,
+    audit: Arc<audit::Audit>,
 ) {
+    let peer = audit::Peer::of(&stream);
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -524,6 +563,11 @@ async fn serve_connection(
                 .await
                 .unwrap_or_else(|_| Reply::failed("klink failed while handling the request"))
         };
+        if let Ok(command) = serde_json::from_str::<Command>(&line)
+            && audit::changes_something(&command)
+        {
+            audit.record(peer, &command, &reply);
+        }
         let mut out = serde_json::to_string(&reply).unwrap_or_else(|_| r#"{"ok":false}"#.into());
         out.push('\n');
         if write.write_all(out.as_bytes()).await.is_err() {

@@ -367,6 +367,16 @@ pub enum Topics {
     Link(String),
 }
 
+impl Selection {
+    /// How the selection reads in a report: the topic, or `link NAME`.
+    pub fn topic_names(&self) -> Vec<String> {
+        match &self.topics {
+            Topics::Topic(topic) => vec![topic.clone()],
+            Topics::Link(link) => vec![format!("link {link}")],
+        }
+    }
+}
+
 fn names(topics: &[String]) -> String {
     topics
         .iter()

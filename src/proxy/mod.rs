@@ -55,6 +55,10 @@ pub async fn run_with_listener(
     // Before any client: a retry from before a crash must meet its remap.
     let producers = Arc::new(crate::route::ProducerIds::open(&config.proxy.state_dir)?);
     let control = crate::control::bind(&config.proxy.control_socket).await?;
+    let admin_listener = match config.proxy.admin_listen {
+        Some(addr) => Some(crate::admin::bind(addr).await?),
+        None => None,
+    };
     let clusters: Vec<Cluster> = config
         .clusters
         .iter()
@@ -130,11 +134,29 @@ pub async fn run_with_listener(
             transactions: ctx.transactions.clone(),
         },
     ));
+    let audit = Arc::new(crate::control::audit::Audit::default());
+    if let Some(admin_listener) = admin_listener {
+        let brokers_of = ctx.clone();
+        let admin = crate::admin::Admin::new(
+            routes.clone(),
+            mirrors.clone(),
+            audit.clone(),
+            ctx.clusters().to_vec(),
+            Box::new(move || brokers_of.registry.all()),
+        );
+        tracing::info!(addr = ?admin_listener.local_addr().ok(), "admin listener: /metrics /livez /readyz /");
+        tokio::spawn(crate::admin::serve(
+            admin_listener,
+            Arc::new(admin),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(crate::control::serve(
         control,
         routes,
         mirrors,
         cutover,
+        audit,
         shutdown.clone(),
     ));
     let bootstrap = listener.local_addr().ok();

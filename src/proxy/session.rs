@@ -2,7 +2,7 @@
 //! (many in flight), and responses are written back strictly in request
 //! order, whichever upstream answers first.
 //!
-//! Longer than most files here (~680 lines) on purpose: the reader, the
+//! Longer than most files here (~730 lines) on purpose: the reader, the
 //! writer and what each does when an upstream fails are one pipeline, and
 //! reading them together is how one checks that every request gets exactly
 //! one answer, in order. Opening upstream connections ([`upstreams`]) and
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::ProxyContext;
 use crate::broker::VirtualBroker;
 use crate::error::{Error, Kind, Result};
+use crate::metrics::metrics;
 use crate::mirror::SentWrites;
 use crate::rewrite::{BrokerView, Rewrite, Segments, needs_rewrite};
 use crate::split::{
@@ -87,6 +88,9 @@ struct Queued {
     silent: bool,
     /// An offset commit in flight, for a promotion's group hand-over.
     _commit: Option<crate::cutover::CommitInFlight>,
+    /// The request's API key and when it arrived, for the figures.
+    api_key: i16,
+    arrived: std::time::Instant,
 }
 
 /// A session's upstream connections, opened on first use.
@@ -113,6 +117,8 @@ impl Session {
     }
 
     pub async fn run(self, stream: TcpStream) {
+        metrics().connection_opened();
+        let _closed = scopeguard_closed();
         let (read, write) = stream.into_split();
         let (queue_tx, queue_rx) = mpsc::channel(MAX_IN_FLIGHT);
         // The writer cancels this when it cannot go on, so the reader stops
@@ -183,9 +189,12 @@ impl Session {
         upstreams: &mut Upstreams,
         fetch_sessions: &mut FetchSessions,
     ) -> Result<Option<Queued>> {
+        let arrived = std::time::Instant::now();
         let payload = frame.payload();
         let header = RequestHeader::parse(&payload)
             .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
+        let api_key = header.api_key;
+        metrics().client_request(api_key, frame.wire_bytes().len());
         let (routes, watched, silent) = if header.known_api == Some(ApiKey::Produce) {
             self.note_writes(&header, &payload).await
         } else {
@@ -219,6 +228,8 @@ impl Session {
             watched,
             silent,
             _commit: commit,
+            api_key,
+            arrived,
         }))
     }
 
@@ -480,6 +491,8 @@ impl Session {
                 watched,
                 silent,
                 _commit,
+                api_key,
+                arrived,
             } = match queue.try_recv() {
                 Ok(p) => p,
                 Err(TryRecvError::Empty) => {
@@ -577,10 +590,22 @@ impl Session {
             if silent {
                 continue;
             }
-            match segments {
-                Segments::One(bytes) => out.push(bytes),
-                Segments::Many(parts) => parts.into_iter().for_each(|part| out.push(part)),
-            }
+            let bytes = match segments {
+                Segments::One(bytes) => {
+                    let len = bytes.len();
+                    out.push(bytes);
+                    len
+                }
+                Segments::Many(parts) => parts
+                    .into_iter()
+                    .map(|part| {
+                        let len = part.len();
+                        out.push(part);
+                        len
+                    })
+                    .sum(),
+            };
+            metrics().client_answer(api_key, bytes, arrived.elapsed());
             if out.queued() >= FLUSH_AT && out.flush().await.is_err() {
                 break;
             }
@@ -673,6 +698,18 @@ impl Session {
             .apply_segments(&view)
             .map_err(|e| Error::klink(Kind::Protocol, e.to_string()))
     }
+}
+
+/// Counts the connection closed however the session ends (a panic
+/// included).
+fn scopeguard_closed() -> impl Drop {
+    struct Closed;
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            metrics().connection_closed();
+        }
+    }
+    Closed
 }
 
 /// A client going away: not worth a warning. (EOF in the middle of a frame

@@ -17,6 +17,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const CLIENT_ID: &str = "klink";
 
 /// One upstream cluster as klink itself talks to it.
+#[derive(Clone)]
 pub struct Cluster {
     pub name: Arc<str>,
     pub bootstrap: Vec<String>,

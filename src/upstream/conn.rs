@@ -12,6 +12,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Kind, Result};
+use crate::metrics::{ClusterSlot, metrics};
 use crate::wire::{FLUSH_AT, Frame, FrameCodec, FrameWriter, RequestHeader};
 
 /// The response to one forwarded request, when it arrives.
@@ -32,6 +33,8 @@ pub struct UpstreamConn {
     /// its owner opens a new one instead of queueing into a dead one.
     dead: CancellationToken,
     request_timeout: Duration,
+    /// Where this connection's figures are counted.
+    slot: ClusterSlot,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +81,7 @@ impl UpstreamConn {
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let addr: Arc<str> = Arc::from(addr);
         let dead = CancellationToken::new();
+        let slot = metrics().cluster_slot(&cluster);
         tokio::spawn(write_requests(write, rx, inflight_tx, dead.clone()));
         tokio::spawn(read_responses(
             read,
@@ -85,6 +89,7 @@ impl UpstreamConn {
             Peer {
                 cluster: cluster.clone(),
                 addr: addr.clone(),
+                slot,
             },
             max_frame_bytes,
             dead.clone(),
@@ -95,6 +100,7 @@ impl UpstreamConn {
             addr,
             dead,
             request_timeout,
+            slot,
         })
     }
 
@@ -127,10 +133,22 @@ impl UpstreamConn {
         let correlation_id =
             RequestHeader::correlation_id_of(frame.get(4..).unwrap_or_default())
                 .ok_or_else(|| Error::klink(Kind::Protocol, "forwarding a frame without header"))?;
+        // The API key follows the length prefix.
+        let api_key = frame
+            .get(4..6)
+            .map_or(-1, |k| i16::from_be_bytes([k[0], k[1]]));
+        metrics().upstream_request(self.slot, api_key, frame.len());
         let (awaited, reply) = if expects_response {
             let (tx, rx) = oneshot::channel();
             let budget = self.request_timeout.saturating_add(extra);
-            (Awaited::Response(correlation_id, tx, budget), Some(rx))
+            let sent = Sent {
+                api_key,
+                at: std::time::Instant::now(),
+            };
+            (
+                Awaited::Response(correlation_id, tx, budget, sent),
+                Some(rx),
+            )
         } else {
             (Awaited::MaybeResponse(correlation_id), None)
         };
@@ -163,11 +181,18 @@ impl UpstreamConn {
 enum Awaited {
     /// A response the session waits for, and how long it may take once
     /// it is the oldest one outstanding.
-    Response(i32, oneshot::Sender<Result<Frame>>, Duration),
+    Response(i32, oneshot::Sender<Result<Frame>>, Duration, Sent),
     /// Produce with acks=0: Kafka sends nothing, but some Kafka-compatible
     /// brokers (tansu 0.6) answer anyway. An answer is swallowed; a later
     /// response proves none is coming.
     MaybeResponse(i32),
+}
+
+/// A request's API and when it was queued, for the figures.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    api_key: i16,
+    at: std::time::Instant,
 }
 
 /// acks=0 requests remembered while no later response has settled them;
@@ -216,6 +241,7 @@ async fn write_requests(
 struct Peer {
     cluster: Arc<str>,
     addr: Arc<str>,
+    slot: ClusterSlot,
 }
 
 async fn read_responses(
@@ -225,7 +251,11 @@ async fn read_responses(
     max_frame_bytes: u32,
     dead: CancellationToken,
 ) {
-    let Peer { cluster, addr } = peer;
+    let Peer {
+        cluster,
+        addr,
+        slot,
+    } = peer;
     let mut frames =
         FramedRead::with_capacity(read, FrameCodec::responses(max_frame_bytes), READ_BUFFER);
     let mut awaited: VecDeque<Awaited> = VecDeque::new();
@@ -292,7 +322,7 @@ async fn read_responses(
             .wire_bytes()
             .get(4..8)
             .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-        match settle(&mut awaited, &mut unsettled_acks0, got, frame) {
+        match settle(&mut awaited, &mut unsettled_acks0, got, frame, slot) {
             Ok(answered) => {
                 if answered {
                     deadline = None;
@@ -314,7 +344,8 @@ async fn read_responses(
         awaited.push_back(entry);
     }
     for entry in awaited {
-        if let Awaited::Response(_, waiter, _) = entry {
+        if let Awaited::Response(_, waiter, _, sent) = entry {
+            metrics().upstream_error(slot, sent.api_key);
             let _ = waiter.send(Err(failure.clone()));
         }
     }
@@ -324,7 +355,7 @@ async fn read_responses(
 /// nothing.
 fn oldest_budget(awaited: &VecDeque<Awaited>) -> Option<Duration> {
     awaited.iter().find_map(|a| match a {
-        Awaited::Response(_, _, budget) => Some(*budget),
+        Awaited::Response(_, _, budget, _) => Some(*budget),
         Awaited::MaybeResponse(_) => None,
     })
 }
@@ -345,6 +376,7 @@ fn settle(
     unsettled_acks0: &mut usize,
     got: Option<i32>,
     frame: Frame,
+    slot: ClusterSlot,
 ) -> std::result::Result<bool, Option<i32>> {
     loop {
         match awaited.pop_front() {
@@ -355,8 +387,9 @@ fn settle(
                     return Ok(false);
                 }
             }
-            Some(Awaited::Response(id, waiter, _)) => {
+            Some(Awaited::Response(id, waiter, _, sent)) => {
                 if Some(id) == got {
+                    metrics().upstream_answer(slot, frame.wire_bytes().len(), sent.at.elapsed());
                     let _ = waiter.send(Ok(frame));
                     return Ok(true);
                 }
@@ -376,6 +409,14 @@ mod tests {
     use super::*;
 
     const BUDGET: Duration = Duration::from_secs(30);
+    const SLOT: ClusterSlot = ClusterSlot::KLINK;
+
+    fn sent() -> Sent {
+        Sent {
+            api_key: 0,
+            at: std::time::Instant::now(),
+        }
+    }
 
     fn response(id: i32) -> Frame {
         let mut bytes = vec![0, 0, 0, 4];
@@ -388,23 +429,23 @@ mod tests {
         let (tx1, mut rx1) = oneshot::channel();
         let (tx4, mut rx4) = oneshot::channel();
         let mut awaited = VecDeque::from([
-            Awaited::Response(1, tx1, BUDGET),
+            Awaited::Response(1, tx1, BUDGET, sent()),
             Awaited::MaybeResponse(2), // this broker stays silent (Kafka)
             Awaited::MaybeResponse(3), // this one answers (tansu)
-            Awaited::Response(4, tx4, BUDGET),
+            Awaited::Response(4, tx4, BUDGET, sent()),
         ]);
         let mut unsettled = 2;
         assert_eq!(
-            settle(&mut awaited, &mut unsettled, Some(1), response(1)),
+            settle(&mut awaited, &mut unsettled, Some(1), response(1), SLOT),
             Ok(true)
         );
         assert!(rx1.try_recv().is_ok());
         assert_eq!(
-            settle(&mut awaited, &mut unsettled, Some(3), response(3)),
+            settle(&mut awaited, &mut unsettled, Some(3), response(3), SLOT),
             Ok(false)
         );
         assert_eq!(
-            settle(&mut awaited, &mut unsettled, Some(4), response(4)),
+            settle(&mut awaited, &mut unsettled, Some(4), response(4), SLOT),
             Ok(true)
         );
         assert!(rx4.try_recv().is_ok());
@@ -415,14 +456,14 @@ mod tests {
     #[test]
     fn a_response_nobody_asked_for_is_an_error() {
         let (tx, _rx) = oneshot::channel();
-        let mut awaited = VecDeque::from([Awaited::Response(5, tx, BUDGET)]);
+        let mut awaited = VecDeque::from([Awaited::Response(5, tx, BUDGET, sent())]);
         let mut unsettled = 0;
         assert_eq!(
-            settle(&mut awaited, &mut unsettled, Some(9), response(9)),
+            settle(&mut awaited, &mut unsettled, Some(9), response(9), SLOT),
             Err(Some(5))
         );
         assert_eq!(
-            settle(&mut awaited, &mut unsettled, Some(9), response(9)),
+            settle(&mut awaited, &mut unsettled, Some(9), response(9), SLOT),
             Err(None)
         );
     }
