@@ -49,6 +49,10 @@ pub fn kcat_bin() -> PathBuf {
     tool("KLINK_KCAT", PathBuf::from("/usr/bin/kcat"))
 }
 
+pub fn chromium_bin() -> PathBuf {
+    tool("KLINK_CHROMIUM", PathBuf::from("/usr/bin/chromium"))
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

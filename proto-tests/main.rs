@@ -5,6 +5,7 @@
 mod harness;
 mod raw;
 
+mod admin;
 mod bad_input;
 mod clients;
 mod cutover;

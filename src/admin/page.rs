@@ -124,7 +124,7 @@ fn write_page(h: &mut String, admin: &Admin, probes: &[Probe]) -> std::fmt::Resu
             clock(c.at),
             c.command,
             esc(&c.topics.join(", ")),
-            if c.ok { "done" } else { "aborted" },
+            if c.ok { "done" } else { "failed" },
             c.fence_ms,
             esc(&c.detail),
         )?;

@@ -212,23 +212,20 @@ fn events(m: &Metrics, e: &mut DescriptorEncoder) -> std::fmt::Result {
     counter(
         e,
         "klink_cutovers",
-        "Promotions and rollbacks, by result",
+        "Promotions and rollbacks, by result (failed: refused or aborted)",
         ["promote", "rollback"]
             .iter()
             .enumerate()
             .flat_map(|(i, command)| {
-                ["ok", "aborted"]
-                    .iter()
-                    .enumerate()
-                    .map(move |(j, result)| {
-                        (
-                            vec![
-                                ("command", command.to_string()),
-                                ("result", result.to_string()),
-                            ],
-                            m.cutovers[i][j].load(std::sync::atomic::Ordering::Relaxed),
-                        )
-                    })
+                ["ok", "failed"].iter().enumerate().map(move |(j, result)| {
+                    (
+                        vec![
+                            ("command", command.to_string()),
+                            ("result", result.to_string()),
+                        ],
+                        m.cutovers[i][j].load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                })
             }),
     )?;
     histogram(
@@ -342,4 +339,114 @@ pub fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
             names
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn empty_state() -> (tempfile::TempDir, State) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = crate::config::Config::parse(
+            Path::new("klink.toml"),
+            "[proxy]\nlisten = \"127.0.0.1:9092\"\nadvertised_host = \"127.0.0.1\"\nbroker_ports_start = 9100\n\
+             [clusters.source]\nbootstrap = \"127.0.0.1:1\"\n[clusters.target]\nbootstrap = \"127.0.0.1:2\"\n\
+             [[links]]\nid = \"m\"\nsource = \"source\"\ntarget = \"target\"\ntopics = [\"orders\"]\n",
+        )
+        .expect("config");
+        let state = Arc::new(crate::state::StateStore::open(dir.path()).expect("state"));
+        let routes = Arc::new(RouteTable::load(&config, state).expect("routes"));
+        let scraped = State {
+            routes,
+            mirrors: Arc::default(),
+            clusters_up: vec![(Arc::from("source"), true), (Arc::from("target"), false)],
+            virtual_brokers: 2,
+        };
+        (dir, scraped)
+    }
+
+    /// `klink_...` names in `text`.
+    fn named(text: &str) -> std::collections::BTreeSet<String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("klink_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        names
+    }
+
+    #[test]
+    fn every_family_is_exported_with_its_type_and_state_series() {
+        let (_dir, state) = empty_state();
+        let text = render(state);
+        let names = exported_names(&text);
+        for name in [
+            "klink_client_connections",
+            "klink_client_connections_opened_total",
+            "klink_requests_total",
+            "klink_request_duration_seconds_bucket",
+            "klink_upstream_requests_total",
+            "klink_upstream_errors_total",
+            "klink_upstream_bytes_total",
+            "klink_cutovers_total",
+            "klink_fence_duration_seconds_count",
+            "klink_cluster_up",
+            "klink_topic_route",
+            "klink_mirror_lag_records",
+            "klink_bypassed_records_total",
+        ] {
+            assert!(names.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(
+            text.contains("klink_cluster_up{cluster=\"target\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "klink_topic_route{topic=\"orders\",link=\"m\",state=\"source\",writes=\"source\",reads=\"source\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE klink_fence_duration_seconds histogram\n"));
+    }
+
+    #[test]
+    fn the_dashboard_and_alert_rules_name_only_exported_metrics() {
+        let (_dir, state) = empty_state();
+        let exported = exported_names(&render(state));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("ops");
+        let dashboard =
+            std::fs::read_to_string(root.join("klink-dashboard.json")).expect("dashboard");
+        let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+        let exprs: Vec<&str> = parsed["panels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .filter_map(|t| t["expr"].as_str())
+            .collect();
+        assert!(exprs.len() >= 10, "the dashboard has its panels");
+        let alerts = std::fs::read_to_string(root.join("klink-alerts.yml")).expect("alerts");
+        let rules = alerts
+            .lines()
+            .filter(|l| l.trim_start().starts_with("expr:"));
+        assert!(rules.count() >= 4, "the alert rules are there");
+        for (file, text) in [("dashboard", exprs.join("\n")), ("alerts", alerts.clone())] {
+            let names = named(&text);
+            assert!(!names.is_empty());
+            for name in names {
+                assert!(
+                    exported.contains(&name),
+                    "{file} names {name}, which klink does not export"
+                );
+            }
+        }
+    }
 }
