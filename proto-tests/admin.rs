@@ -47,26 +47,29 @@ impl Scrape {
         Scrape(scraped)
     }
 
-    /// The sum of the samples named `name` whose labels include `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    /// The samples named `name` whose labels include `labels`.
+    fn samples<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a Value> {
         self.0["samples"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|s| s[0] == name)
-            .filter(|s| labels.iter().all(|(k, v)| s[1][*k] == *v))
+            .filter(move |s| s[0] == name)
+            .filter(move |s| labels.iter().all(|(k, v)| s[1][*k] == *v))
+    }
+
+    /// Their sum.
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name, labels)
             .filter_map(|s| s[2].as_f64())
             .sum()
     }
 
     fn count(&self, name: &str, labels: &[(&str, &str)]) -> usize {
-        self.0["samples"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|s| s[0] == name)
-            .filter(|s| labels.iter().all(|(k, v)| s[1][*k] == *v))
-            .count()
+        self.samples(name, labels).count()
     }
 }
 

@@ -204,15 +204,13 @@ mod tests {
         ))
     }
 
-    #[tokio::test]
-    async fn topics_come_from_their_read_cluster_and_only_if_asked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let table = routes(dir.path());
-        table
-            .route_topic("orders", None, Some("target"))
-            .expect("route");
+    /// The plan for a client asking, through a source broker, for `orders`.
+    async fn plan_orders_from_source(
+        table: &crate::route::RouteTable,
+        dir: &std::path::Path,
+    ) -> Plan {
         let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
-            crate::state::StateStore::open(dir.path()).expect("state"),
+            crate::state::StateStore::open(dir).expect("state"),
         )));
         let routes = table.snapshot();
         let leaders = FixedLeaders(HashMap::new());
@@ -227,7 +225,17 @@ mod tests {
             version: VERSION,
             payload: &payload,
         };
-        let Plan::Split { parts, merge } = plan_metadata(&cx).await.expect("plan") else {
+        plan_metadata(&cx).await.expect("plan")
+    }
+
+    #[tokio::test]
+    async fn topics_come_from_their_read_cluster_and_only_if_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = routes(dir.path());
+        table
+            .route_topic("orders", None, Some("target"))
+            .expect("route");
+        let Plan::Split { parts, merge } = plan_orders_from_source(&table, dir.path()).await else {
             panic!("orders is read from the target: the target is asked too");
         };
         let asked: Vec<&str> = parts
@@ -290,24 +298,8 @@ mod tests {
             Arc::new(crate::state::StateStore::open(dir.path()).expect("state")),
         )
         .expect("routes");
-        let catalog = Arc::new(crate::route::Catalog::load(Arc::new(
-            crate::state::StateStore::open(dir.path()).expect("state"),
-        )));
-        let routes = table.snapshot();
-        let leaders = FixedLeaders(HashMap::new());
-        let home = Destination::Any(Arc::from("source"));
-        let payload = request(&["orders"]);
-        let cx = Context {
-            cluster: &leaders,
-            routes: &routes,
-            catalog: &catalog,
-            home: &home,
-            api: ApiKey::Metadata,
-            version: VERSION,
-            payload: &payload,
-        };
         assert!(matches!(
-            plan_metadata(&cx).await.expect("plan"),
+            plan_orders_from_source(&table, dir.path()).await,
             Plan::Forward(_)
         ));
     }
