@@ -13,3 +13,6 @@ source "${KLINK_CACHE:-$HOME/.cache/klink}/env.sh"
 # still parse), then the unit and protocol tests, whose summary ends the run.
 cargo test --locked --benches "$@"
 cargo test --locked --lib --bins --tests "$@"
+# A few seconds of every fuzz target, from the seeds and the corpus so far:
+# a decoder that now crashes on them fails here (scripts/fuzz.sh runs longer).
+scripts/fuzz.sh 3

@@ -21,7 +21,7 @@
 
 pub mod bypass;
 pub mod committed;
-mod compacted;
+pub mod compacted;
 pub mod copier;
 pub mod gate;
 mod holes;

@@ -296,7 +296,7 @@ impl Session {
             };
             // Boxed: planning's state is large and only crossing requests
             // need it; an idle connection should not carry it.
-            let plan = Box::pin(self.plan(&cx, acks, fetch_sessions)).await?;
+            let plan = Box::pin(split::plan_request(&cx, acks, fetch_sessions)).await?;
             if tracing::enabled!(tracing::Level::TRACE) {
                 let decision = match &plan {
                     Plan::Forward(d) => format!("forward to {d:?}"),
@@ -403,58 +403,6 @@ impl Session {
                     "{api:?} could not be carried out ({failure:?}) and has no error to answer with"
                 ),
             )),
-        }
-    }
-
-    async fn plan(
-        &self,
-        cx: &Context<'_, ProxyContext>,
-        acks: i16,
-        fetch_sessions: &mut FetchSessions,
-    ) -> Result<Plan> {
-        use ApiKey::*;
-        match cx.api {
-            Metadata => split::plan_metadata(cx).await,
-            Produce => split::plan_produce(cx, acks).await,
-            Fetch => split::plan_fetch(cx, fetch_sessions).await,
-            ListOffsets => split::plan_list_offsets(cx).await,
-            OffsetForLeaderEpoch | DeleteRecords => split::plan_read_side(cx).await,
-            FindCoordinator => split::plan_find_coordinator(cx).await,
-            JoinGroup
-            | SyncGroup
-            | Heartbeat
-            | LeaveGroup
-            | OffsetCommit
-            | OffsetFetch
-            | DescribeGroups
-            | DeleteGroups
-            | OffsetDelete
-            | ConsumerGroupHeartbeat => split::plan_group(cx).await,
-            ListGroups => split::plan_list_groups(cx).await,
-            CreateTopics
-            | DeleteTopics
-            | CreatePartitions
-            | DescribeConfigs
-            | AlterConfigs
-            | IncrementalAlterConfigs => split::plan_admin(cx).await,
-            // Producer ids come from one cluster, so a client's id is only
-            // ever compared with that cluster's (DESIGN trap 8), and
-            // transactions stay on the cluster their id is pinned to: both
-            // the default cluster, the one the bootstrap address names.
-            InitProducerId | AddPartitionsToTxn | AddOffsetsToTxn | EndTxn | TxnOffsetCommit => {
-                let pinned = cx.routes.default_cluster();
-                let destination = if cx.home.cluster() == pinned {
-                    cx.home.clone()
-                } else {
-                    Destination::Any(pinned.clone())
-                };
-                if cx.api == TxnOffsetCommit {
-                    return split::plan_txn_offset_commit(cx, destination);
-                }
-                Ok(Plan::Forward(destination))
-            }
-            // Everything else goes where the client sent it.
-            _ => Ok(Plan::Forward(cx.home.clone())),
         }
     }
 
