@@ -105,6 +105,11 @@ pub struct ProxyConfig {
     /// served over HTTP; none when unset.
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
+    /// Client connections klink keeps open at most; past it a new one is
+    /// closed at once, with a log line. Default: the process's open-file
+    /// limit less 2048 kept for upstream connections, listeners and files.
+    #[serde(default)]
+    pub max_client_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

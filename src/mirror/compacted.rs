@@ -127,6 +127,19 @@ mod tests {
     use super::*;
     use crate::mirror::committed::walk;
 
+    /// Found by the `batches` fuzz target: a batch whose record count is
+    /// a lie made kafka-protocol reserve room for it, and the process
+    /// abort on the allocation (vendor/kafka-protocol/KLINK-PATCH.md).
+    #[test]
+    fn a_lying_record_count_fails_without_allocating_for_it() {
+        let bytes = Bytes::from_static(include_bytes!(
+            "../../fixtures/fuzz/batches-lying-record-count.bin"
+        ));
+        let walked = walk(&bytes, &[]).expect("the batch headers walk");
+        // Whatever the verdict, the process is still here to give it.
+        let _ = cut_at_holes(&bytes, walked);
+    }
+
     fn record(offset: i64, producer_id: i64) -> Record {
         Record {
             transactional: false,

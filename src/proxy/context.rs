@@ -62,6 +62,8 @@ pub struct ProxyContext {
     pub shutdown: CancellationToken,
     pub(super) new_listeners: mpsc::UnboundedSender<(TcpListener, VirtualBroker)>,
     pub(super) cluster_id: std::sync::OnceLock<String>,
+    /// Client connections open, and how many may be.
+    pub(super) connection_limit: Arc<super::limit::ConnectionLimit>,
 }
 
 impl ProxyContext {

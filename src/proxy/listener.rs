@@ -40,9 +40,16 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(admitted) = ctx.connection_limit.admit() else {
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let session = Session::new(ctx.clone(), home.clone(), peer);
-                ctx.tasks.spawn(session.run(stream));
+                ctx.tasks.spawn(async move {
+                    session.run(stream).await;
+                    drop(admitted);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than

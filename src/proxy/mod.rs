@@ -6,6 +6,7 @@
 //! when the last in-flight response has been written (or the grace ran out).
 
 mod context;
+mod limit;
 mod listener;
 mod session;
 mod versions_cache;
@@ -73,6 +74,7 @@ pub async fn run_with_listener(
     let grace = Duration::from_millis(config.proxy.shutdown_grace_ms);
     let (new_listeners, mut listeners) = tokio::sync::mpsc::unbounded_channel();
     let upstream_versions = clusters.iter().map(|_| Default::default()).collect();
+    let max_client_connections = config.proxy.max_client_connections;
     let ctx = Arc::new(ProxyContext {
         config,
         registry,
@@ -90,6 +92,7 @@ pub async fn run_with_listener(
         shutdown: shutdown.clone(),
         new_listeners,
         cluster_id: std::sync::OnceLock::new(),
+        connection_limit: limit::ConnectionLimit::new(max_client_connections),
     });
     let spawner = ctx.clone();
     tasks.spawn(async move {
@@ -171,6 +174,7 @@ pub async fn run_with_listener(
     tracing::info!(
         ?bootstrap,
         brokers = ctx.registry.all().len(),
+        max_client_connections = ctx.connection_limit.max(),
         "klink ready"
     );
 
