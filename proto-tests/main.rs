@@ -10,6 +10,7 @@ mod bad_input;
 mod clients;
 mod cutover;
 mod cutover_clients;
+mod faults;
 mod flips;
 mod hung;
 mod lifecycle;
