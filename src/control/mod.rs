@@ -5,7 +5,7 @@
 //! A request that cannot be parsed, names an unknown command, topic, group
 //! or cluster gets `{"ok":false,"error":...}` and changes nothing.
 //!
-//! Just over 600 lines: the commands, their replies and the socket that
+//! About 660 lines: the commands, their replies and the socket that
 //! serves them are one protocol, read together.
 
 pub mod audit;
@@ -46,46 +46,13 @@ async fn cutover_command(
             };
         }
     };
-    let command = if name == "rollback" {
-        "rollback"
-    } else {
-        "promote"
-    };
+    crate::metrics::metrics().cutover_ended(name, what, &moved);
     match moved {
-        Ok(promotion) => {
-            if !promotion.already {
-                let drains: Vec<f64> = promotion.partitions.iter().map(|p| p.drained_ms).collect();
-                crate::metrics::metrics().cutover(
-                    crate::metrics::CutoverRecord {
-                        at: std::time::SystemTime::now(),
-                        command,
-                        topics: promotion.topics.clone(),
-                        ok: true,
-                        fence_ms: promotion.fence_ms,
-                        detail: format!("{} partitions drained", drains.len()),
-                    },
-                    &drains,
-                );
-            }
-            Reply {
-                promotion: Some(promotion),
-                ..Reply::done(status(&routes.snapshot(), mirrors))
-            }
-        }
-        Err(e) => {
-            crate::metrics::metrics().cutover(
-                crate::metrics::CutoverRecord {
-                    at: std::time::SystemTime::now(),
-                    command,
-                    topics: what.topic_names(),
-                    ok: false,
-                    fence_ms: 0.0,
-                    detail: e.context.clone(),
-                },
-                &[],
-            );
-            Reply::failed(e.context)
-        }
+        Ok(promotion) => Reply {
+            promotion: Some(promotion),
+            ..Reply::done(status(&routes.snapshot(), mirrors))
+        },
+        Err(e) => Reply::failed(e.context),
     }
 }
 

@@ -220,6 +220,47 @@ impl Metrics {
         recent.push_back(record);
     }
 
+    /// Records how a promotion or rollback (`command`) of `what` ended.
+    pub fn cutover_ended(
+        &self,
+        command: &str,
+        what: &crate::cutover::Selection,
+        result: &crate::error::Result<crate::cutover::Promotion>,
+    ) {
+        let command = if command == "rollback" {
+            "rollback"
+        } else {
+            "promote"
+        };
+        let at = std::time::SystemTime::now();
+        match result {
+            Ok(promotion) if promotion.already => {}
+            Ok(promotion) => {
+                let drains: Vec<f64> = promotion.partitions.iter().map(|p| p.drained_ms).collect();
+                let record = CutoverRecord {
+                    at,
+                    command,
+                    topics: promotion.topics.clone(),
+                    ok: true,
+                    fence_ms: promotion.fence_ms,
+                    detail: format!("{} partitions drained", drains.len()),
+                };
+                self.cutover(record, &drains);
+            }
+            Err(e) => {
+                let record = CutoverRecord {
+                    at,
+                    command,
+                    topics: what.topic_names(),
+                    ok: false,
+                    fence_ms: 0.0,
+                    detail: e.context.clone(),
+                };
+                self.cutover(record, &[]);
+            }
+        }
+    }
+
     /// The last promotions and rollbacks, newest last.
     pub fn recent_cutovers(&self) -> Vec<CutoverRecord> {
         self.recent_cutovers

@@ -13,6 +13,7 @@ mod fetch;
 mod groups;
 mod metadata;
 mod offsets;
+mod plan;
 mod produce;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use fetch::{FetchSessions, plan_fetch};
 pub use groups::{plan_find_coordinator, plan_group, plan_list_groups};
 pub use metadata::plan_metadata;
 pub use offsets::{plan_list_offsets, plan_read_side};
+pub use plan::plan_request;
 pub use produce::{note_lost as note_lost_produce, plan_produce};
 
 use crate::error::{Error, Kind, Result};
@@ -319,60 +321,6 @@ impl<C: Cluster> Context<'_, C> {
 
     pub fn encode_response<R: Encodable>(&self, correlation_id: i32, body: &R) -> Result<Bytes> {
         encode_response(self.api, self.version, correlation_id, body)
-    }
-}
-
-/// What the session does with one request, by API: the routing plan.
-/// (Pure over its inputs but for the leader lookups `C` answers, which is
-/// what lets the fuzzer run every plan the session runs.)
-pub async fn plan_request<C: Cluster>(
-    cx: &Context<'_, C>,
-    acks: i16,
-    fetch_sessions: &mut FetchSessions,
-) -> Result<Plan> {
-    use ApiKey::*;
-    match cx.api {
-        Metadata => plan_metadata(cx).await,
-        Produce => plan_produce(cx, acks).await,
-        Fetch => plan_fetch(cx, fetch_sessions).await,
-        ListOffsets => plan_list_offsets(cx).await,
-        OffsetForLeaderEpoch | DeleteRecords => plan_read_side(cx).await,
-        FindCoordinator => plan_find_coordinator(cx).await,
-        JoinGroup
-        | SyncGroup
-        | Heartbeat
-        | LeaveGroup
-        | OffsetCommit
-        | OffsetFetch
-        | DescribeGroups
-        | DeleteGroups
-        | OffsetDelete
-        | ConsumerGroupHeartbeat => plan_group(cx).await,
-        ListGroups => plan_list_groups(cx).await,
-        CreateTopics
-        | DeleteTopics
-        | CreatePartitions
-        | DescribeConfigs
-        | AlterConfigs
-        | IncrementalAlterConfigs => plan_admin(cx).await,
-        // Producer ids come from one cluster, so a client's id is only
-        // ever compared with that cluster's (DESIGN trap 8), and
-        // transactions stay on the cluster their id is pinned to: both
-        // the default cluster, the one the bootstrap address names.
-        InitProducerId | AddPartitionsToTxn | AddOffsetsToTxn | EndTxn | TxnOffsetCommit => {
-            let pinned = cx.routes.default_cluster();
-            let destination = if cx.home.cluster() == pinned {
-                cx.home.clone()
-            } else {
-                Destination::Any(pinned.clone())
-            };
-            if cx.api == TxnOffsetCommit {
-                return plan_txn_offset_commit(cx, destination);
-            }
-            Ok(Plan::Forward(destination))
-        }
-        // Everything else goes where the client sent it.
-        _ => Ok(Plan::Forward(cx.home.clone())),
     }
 }
 

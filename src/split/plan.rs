@@ -1,0 +1,60 @@
+//! The session's one entry into planning: which planner an API takes.
+
+use kafka_protocol::messages::ApiKey;
+
+use super::*;
+use crate::error::Result;
+
+/// What the session does with one request, by API: the routing plan.
+/// (Pure over its inputs but for the leader lookups `C` answers, which is
+/// what lets the fuzzer run every plan the session runs.)
+pub async fn plan_request<C: Cluster>(
+    cx: &Context<'_, C>,
+    acks: i16,
+    fetch_sessions: &mut FetchSessions,
+) -> Result<Plan> {
+    use ApiKey::*;
+    match cx.api {
+        Metadata => plan_metadata(cx).await,
+        Produce => plan_produce(cx, acks).await,
+        Fetch => plan_fetch(cx, fetch_sessions).await,
+        ListOffsets => plan_list_offsets(cx).await,
+        OffsetForLeaderEpoch | DeleteRecords => plan_read_side(cx).await,
+        FindCoordinator => plan_find_coordinator(cx).await,
+        JoinGroup
+        | SyncGroup
+        | Heartbeat
+        | LeaveGroup
+        | OffsetCommit
+        | OffsetFetch
+        | DescribeGroups
+        | DeleteGroups
+        | OffsetDelete
+        | ConsumerGroupHeartbeat => plan_group(cx).await,
+        ListGroups => plan_list_groups(cx).await,
+        CreateTopics
+        | DeleteTopics
+        | CreatePartitions
+        | DescribeConfigs
+        | AlterConfigs
+        | IncrementalAlterConfigs => plan_admin(cx).await,
+        // Producer ids come from one cluster, so a client's id is only
+        // ever compared with that cluster's (DESIGN trap 8), and
+        // transactions stay on the cluster their id is pinned to: both
+        // the default cluster, the one the bootstrap address names.
+        InitProducerId | AddPartitionsToTxn | AddOffsetsToTxn | EndTxn | TxnOffsetCommit => {
+            let pinned = cx.routes.default_cluster();
+            let destination = if cx.home.cluster() == pinned {
+                cx.home.clone()
+            } else {
+                Destination::Any(pinned.clone())
+            };
+            if cx.api == TxnOffsetCommit {
+                return plan_txn_offset_commit(cx, destination);
+            }
+            Ok(Plan::Forward(destination))
+        }
+        // Everything else goes where the client sent it.
+        _ => Ok(Plan::Forward(cx.home.clone())),
+    }
+}
