@@ -13,7 +13,7 @@ use crate::flips::dump;
 use crate::harness::{node_path, repo_root};
 use crate::routing::py;
 
-fn ledger_js(args: &[&str]) -> Command {
+pub(crate) fn ledger_js(args: &[&str]) -> Command {
     let mut command = Command::new("node");
     command
         .arg(repo_root().join("proto-tests/clients/ledger.js"))
@@ -23,7 +23,7 @@ fn ledger_js(args: &[&str]) -> Command {
 }
 
 /// The last line a started client printed, as JSON, once it exited 0.
-fn report(
+pub(crate) fn report(
     mut child: crate::routing::KillOnDrop,
     lines: impl Iterator<Item = std::io::Result<String>>,
     what: &str,

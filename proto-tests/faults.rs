@@ -13,7 +13,7 @@ use crate::harness::{Broker, Klink, KlinkOptions};
 use crate::raw::RawConn;
 
 /// Open file descriptors and resident memory (KiB) of a process.
-fn fds_and_rss(pid: u32) -> (usize, u64) {
+pub(crate) fn fds_and_rss(pid: u32) -> (usize, u64) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("klink's fds")
         .count();

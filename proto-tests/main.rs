@@ -8,6 +8,7 @@ mod raw;
 mod admin;
 mod bad_input;
 mod clients;
+mod crashes;
 mod cutover;
 mod cutover_clients;
 mod faults;
@@ -20,6 +21,8 @@ mod perf;
 mod producer_ids;
 mod rewrites;
 mod routing;
+mod slow_reader;
+mod state_dir;
 
 use std::collections::BTreeMap;
 

@@ -50,6 +50,10 @@ pub struct Error {
     /// Whether the client may retry the same request (after a metadata refresh).
     pub retriable: bool,
     pub context: String,
+    /// Already logged where it happened (an upstream outage is logged when
+    /// it starts, not once per request it fails): those who pass the error
+    /// on log it at debug level.
+    pub logged: bool,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -61,7 +65,14 @@ impl Error {
             kind,
             retriable,
             context: context.into(),
+            logged: false,
         }
+    }
+
+    /// The same error, marked as logged where it happened.
+    pub fn logged(mut self) -> Self {
+        self.logged = true;
+        self
     }
 
     pub fn client(kind: Kind, context: impl Into<String>) -> Self {
@@ -106,6 +117,20 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Logs an error at warn level, or at debug level when it was already
+/// logged where it happened, so that one outage is not a line per request.
+/// `warn_unless_logged!(error, fields..., "message")`.
+#[macro_export]
+macro_rules! warn_unless_logged {
+    ($error:expr, $($rest:tt)+) => {
+        if $error.logged {
+            tracing::debug!($($rest)+)
+        } else {
+            tracing::warn!($($rest)+)
+        }
+    };
+}
 
 #[cfg(test)]
 mod tests {

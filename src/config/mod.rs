@@ -110,6 +110,12 @@ pub struct ProxyConfig {
     /// limit less 2048 kept for upstream connections, listeners and files.
     #[serde(default)]
     pub max_client_connections: Option<usize>,
+    /// Fetch answers one client connection may have in klink's memory at
+    /// once, counted by what each Fetch asks for (its `max_bytes`): a
+    /// client that reads its answers slowly stops having its fetches
+    /// forwarded instead of piling answers up in klink.
+    #[serde(default = "default_client_fetch_buffer_bytes")]
+    pub client_fetch_buffer_bytes: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +125,11 @@ pub struct ClusterConfig {
     pub bootstrap: String,
 }
 
+fn default_client_fetch_buffer_bytes() -> u32 {
+    // Above the 50 MiB fetch.max.bytes of the Java client and librdkafka,
+    // so that one fetch of theirs always fits.
+    64 * 1024 * 1024
+}
 fn default_mirror() -> bool {
     true
 }

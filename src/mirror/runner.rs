@@ -519,7 +519,7 @@ async fn run_partition(job: Job, clients: Clients, partition: i32, start: i64) {
                 Err(e) => {
                     report.last_error = Some(e.to_string());
                     job.mirrors.partition(&job.topic, report.clone());
-                    tracing::warn!(topic = %job.topic, partition, ?direction, error = %e, "mirror cannot start; retrying");
+                    crate::warn_unless_logged!(e, topic = %job.topic, partition, ?direction, error = %e, "mirror cannot start; retrying");
                     if sleep_or_shutdown(&job.shutdown, backoff).await {
                         return;
                     }
@@ -559,7 +559,7 @@ async fn run_partition(job: Job, clients: Clients, partition: i32, start: i64) {
                 }
                 Err(e) => {
                     if report.last_error.is_none() {
-                        tracing::warn!(topic = %job.topic, partition, ?direction, error = %e, "mirror stopped; retrying with backoff");
+                        crate::warn_unless_logged!(e, topic = %job.topic, partition, ?direction, error = %e, "mirror stopped; retrying with backoff");
                     }
                     report.last_error = Some(e.to_string());
                     job.mirrors.partition(&job.topic, report.clone());

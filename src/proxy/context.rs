@@ -99,7 +99,7 @@ impl ProxyContext {
                 Ok(Some(versions)) => known.push(versions),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(cluster = %cluster.name, error = %e, "API versions unknown: cluster left out of the ApiVersions answer");
+                    crate::warn_unless_logged!(e, cluster = %cluster.name, error = %e, "API versions unknown: cluster left out of the ApiVersions answer");
                     last_error = Some(e);
                 }
             }
@@ -235,7 +235,7 @@ impl ProxyContext {
         match asked.await {
             Ok(()) => asker.failed_at = None,
             Err(e) => {
-                tracing::warn!(%cluster, topics = ?stale, error = %e, "cannot learn partition leaders; using what klink knew");
+                crate::warn_unless_logged!(e, %cluster, topics = ?stale, error = %e, "cannot learn partition leaders; using what klink knew");
                 asker.conn = None;
                 asker.failed_at = Some(std::time::Instant::now());
             }
@@ -277,7 +277,7 @@ impl crate::split::Cluster for ProxyContext {
                 None
             }
             Err(e) => {
-                tracing::warn!(%cluster, error = %e, "InitProducerId failed");
+                crate::warn_unless_logged!(e, %cluster, error = %e, "InitProducerId failed");
                 None
             }
         }

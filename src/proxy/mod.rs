@@ -168,7 +168,7 @@ pub async fn run_with_listener(
         if let Err(e) = ctx.discover(cluster).await {
             // Not fatal: a cluster may come up after klink does; sessions
             // retry discovery when they need it.
-            tracing::warn!(cluster = %cluster.name, error = %e, "cluster discovery failed");
+            crate::warn_unless_logged!(e, cluster = %cluster.name, error = %e, "cluster discovery failed");
         }
     }
     tracing::info!(

@@ -5,9 +5,11 @@
 //! Longer than most files here (~730 lines) on purpose: the reader, the
 //! writer and what each does when an upstream fails are one pipeline, and
 //! reading them together is how one checks that every request gets exactly
-//! one answer, in order. Opening upstream connections ([`upstreams`]) and
-//! noting what a promotion waits on ([`held`]) live beside it.
+//! one answer, in order. Opening upstream connections ([`upstreams`]),
+//! noting what a promotion waits on ([`held`]) and bounding the answers a
+//! slow reader leaves in klink ([`budget`]) live beside it.
 
+mod budget;
 mod held;
 mod upstreams;
 
@@ -88,6 +90,9 @@ struct Queued {
     silent: bool,
     /// An offset commit in flight, for a promotion's group hand-over.
     _commit: Option<crate::cutover::CommitInFlight>,
+    /// A Fetch's share of the connection's answer budget, given back once
+    /// its answer is written.
+    fetch_budget: Option<budget::Reserved>,
     /// The request's API key and when it arrived, for the figures.
     api_key: i16,
     arrived: std::time::Instant,
@@ -141,6 +146,8 @@ impl Session {
         let mut frames = FramedRead::with_capacity(read, codec, READ_BUFFER);
         let mut upstreams = Upstreams::new();
         let mut fetch_sessions = FetchSessions::default();
+        let fetch_budget =
+            budget::FetchBudget::new(self.ctx.config.proxy.client_fetch_buffer_bytes);
         loop {
             let next = tokio::select! {
                 biased;
@@ -160,11 +167,20 @@ impl Session {
                     break;
                 }
             };
+            // A client that reads its answers slowly stops here, before
+            // its next Fetch goes out, rather than filling klink's memory.
+            let reserved = tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => break,
+                _ = writer_gone.cancelled() => break,
+                reserved = fetch_budget.reserve(&frame) => reserved,
+            };
             match self
                 .dispatch(frame, &mut upstreams, &mut fetch_sessions)
                 .await
             {
-                Ok(Some(queued)) => {
+                Ok(Some(mut queued)) => {
+                    queued.fetch_budget = reserved;
                     if queue.send(queued).await.is_err() {
                         break;
                     }
@@ -174,7 +190,7 @@ impl Session {
                     // Responses already queued still go out; then the
                     // connection closes, as a Kafka broker does for a
                     // request it cannot parse.
-                    tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
+                    crate::warn_unless_logged!(e, peer = %self.peer, error = %e, "closing client connection");
                     break;
                 }
             }
@@ -228,6 +244,7 @@ impl Session {
             watched,
             silent,
             _commit: commit,
+            fetch_budget: None,
             api_key,
             arrived,
         }))
@@ -333,7 +350,7 @@ impl Session {
                         request: payload,
                     })),
                     Err(e) => {
-                        tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "request not sent upstream");
+                        crate::warn_unless_logged!(e, peer = %self.peer, ?api, %cluster, error = %e, "request not sent upstream");
                         self.refuse(&header, &payload, PartFailure::NotSent, acks)
                             .map_err(|_| e)
                     }
@@ -362,7 +379,7 @@ impl Session {
                         Ok(Some(reply)) => replies.push(PartReply::Waiting(reply, cluster)),
                         Ok(None) => {}
                         Err(e) => {
-                            tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "part of a split request not sent upstream");
+                            crate::warn_unless_logged!(e, peer = %self.peer, ?api, %cluster, error = %e, "part of a split request not sent upstream");
                             if part.expects_response {
                                 replies.push(PartReply::Failed(PartFailure::NotSent));
                             }
@@ -439,6 +456,8 @@ impl Session {
                 watched,
                 silent,
                 _commit,
+                // Held until the answer is written.
+                fetch_budget: _fetch_budget,
                 api_key,
                 arrived,
             } = match queue.try_recv() {
@@ -468,7 +487,7 @@ impl Session {
                     match Box::pin(self.merge(replies, api, version, merge)).await {
                         Ok(bytes) => Segments::One(bytes),
                         Err(e) => {
-                            tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
+                            crate::warn_unless_logged!(e, peer = %self.peer, error = %e, "closing client connection");
                             break;
                         }
                     }
@@ -502,7 +521,7 @@ impl Session {
                             // Sent, and no answer: the client gets a
                             // retriable error where its API has room for
                             // one, and the connection stays up.
-                            tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "no answer from upstream");
+                            crate::warn_unless_logged!(e, peer = %self.peer, ?api, %cluster, error = %e, "no answer from upstream");
                             if api == ApiKey::Produce {
                                 split::note_lost_produce(
                                     &self.ctx.producers,
@@ -521,7 +540,7 @@ impl Session {
                     match finished {
                         Ok(segments) => segments,
                         Err(e) => {
-                            tracing::warn!(peer = %self.peer, error = %e, "closing client connection");
+                            crate::warn_unless_logged!(e, peer = %self.peer, error = %e, "closing client connection");
                             break;
                         }
                     }
@@ -601,7 +620,7 @@ impl Session {
                     )));
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %self.peer, ?api, %cluster, error = %e, "no answer from upstream for part of a split request");
+                    crate::warn_unless_logged!(e, peer = %self.peer, ?api, %cluster, error = %e, "no answer from upstream for part of a split request");
                     answers.push(PartAnswer::Failed(PartFailure::Lost));
                 }
             }

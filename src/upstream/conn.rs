@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Kind, Result};
 use crate::metrics::{ClusterSlot, metrics};
+use crate::upstream::outages;
 use crate::wire::{FLUSH_AT, Frame, FrameCodec, FrameWriter, RequestHeader};
 
 /// The response to one forwarded request, when it arrives.
@@ -64,7 +65,8 @@ impl UpstreamConn {
         max_frame_bytes: u32,
         request_timeout: Duration,
     ) -> Result<UpstreamConn> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let addr: Arc<str> = Arc::from(addr);
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*addr))
             .await
             .map_err(|_| {
                 Error::upstream(
@@ -72,14 +74,24 @@ impl UpstreamConn {
                     Kind::Timeout,
                     format!("connect to {addr} timed out"),
                 )
-            })?
-            .map_err(|e| Error::upstream(&cluster, Kind::Io, format!("connect to {addr}: {e}")))?;
+            })
+            .and_then(|connected| {
+                connected.map_err(|e| {
+                    Error::upstream(&cluster, Kind::Io, format!("connect to {addr}: {e}"))
+                })
+            });
+        let stream = match connected {
+            Ok(stream) => {
+                outages().reached(&cluster, &addr);
+                stream
+            }
+            Err(e) => return Err(outages().failed(&cluster, &addr, e)),
+        };
         // Requests and responses are small and latency-bound as often as not.
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
-        let addr: Arc<str> = Arc::from(addr);
         let dead = CancellationToken::new();
         let slot = metrics().cluster_slot(&cluster);
         tokio::spawn(write_requests(write, rx, inflight_tx, dead.clone()));
@@ -267,6 +279,9 @@ async fn read_responses(
     // The writer closes its side when the session is done sending; answers
     // to what it already sent are still owed to the session.
     let mut writer_done = false;
+    // Whether the broker ended the connection, not klink (its owner closed
+    // it, or it timed out).
+    let mut broker_side = true;
     let failure = loop {
         if writer_done && !awaited.iter().any(|a| matches!(a, Awaited::Response(..))) {
             dead.cancel();
@@ -277,6 +292,7 @@ async fn read_responses(
         }
         let frame = tokio::select! {
             _ = dead.cancelled() => {
+                broker_side = false;
                 break Error::upstream(&cluster, Kind::Closed, format!("connection to {addr} dropped"));
             }
             _ = sleep_until(deadline) => {
@@ -286,10 +302,11 @@ async fn read_responses(
                     format!("{addr} did not answer in time; dropping the connection"),
                 );
                 tracing::warn!(%cluster, %addr, "upstream request timed out: connection dropped, waiting requests failed");
-                break error;
+                break error.logged();
             }
             next = frames.next() => match next {
                 Some(Ok(frame)) => frame,
+                Some(Err(crate::wire::FrameError::Io(e))) => break Error::upstream(&cluster, Kind::Io, format!("{addr}: {e}")),
                 Some(Err(e)) => break Error::upstream(&cluster, Kind::Protocol, format!("{addr}: {e}")),
                 None => break Error::upstream(&cluster, Kind::Closed, format!("{addr} closed the connection")),
             },
@@ -343,6 +360,16 @@ async fn read_responses(
     while let Ok(entry) = inflight.try_recv() {
         awaited.push_back(entry);
     }
+    let owed = awaited.iter().any(|a| matches!(a, Awaited::Response(..)));
+    // A broker that breaks a connection with answers owed may be going
+    // down: the outage is logged once, not once per waiting request. A
+    // connection klink itself dropped, or an idle one the broker closed,
+    // is no outage.
+    let failure = if owed && broker_side && matches!(failure.kind, Kind::Closed | Kind::Io) {
+        outages().failed(&cluster, &addr, failure)
+    } else {
+        failure
+    };
     for entry in awaited {
         if let Awaited::Response(_, waiter, _, sent) = entry {
             metrics().upstream_error(slot, sent.api_key);

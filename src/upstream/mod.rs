@@ -7,6 +7,8 @@
 
 mod cluster;
 mod conn;
+mod outage;
 
 pub use cluster::Cluster;
 pub use conn::{DEFAULT_REQUEST_TIMEOUT, Reply, UpstreamConn};
+pub use outage::{Outages, outages};

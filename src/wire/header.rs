@@ -105,6 +105,21 @@ pub fn produce_acks_at(payload: &[u8], header: &RequestHeader) -> Result<usize, 
     Ok(at)
 }
 
+/// The `max_bytes` a Fetch request asks for at most (v3 on), read without
+/// decoding the request; `None` before v3, whose answers have no overall
+/// bound, or when the request is too short to hold it.
+pub fn fetch_max_bytes(payload: &[u8], header: &RequestHeader) -> Option<i32> {
+    let offset = header.body_offset?;
+    // replica_id (until v14; v15 moves it into a tagged field, which comes
+    // after the fixed fields), max_wait_ms, min_bytes, then max_bytes.
+    let skip = match header.api_version {
+        ..=2 => return None,
+        3..=14 => 12,
+        _ => 8,
+    };
+    Reader::new(payload, offset + skip).i32().ok()
+}
+
 /// Builds a whole response frame (prefix, header, body).
 pub fn response_frame(correlation_id: i32, header_version: i16, body: &[u8]) -> Bytes {
     let header_len = if header_version >= 1 { 5 } else { 4 };
@@ -135,6 +150,29 @@ mod tests {
             .expect("encode header");
         body.encode(&mut buf, version).expect("encode body");
         buf
+    }
+
+    #[test]
+    fn reads_a_fetch_requests_max_bytes_at_every_version() {
+        use kafka_protocol::messages::FetchRequest;
+        // The crate encodes Fetch from v4 on, as Kafka 4 speaks it.
+        for version in 4..=17 {
+            let request = FetchRequest::default()
+                .with_max_wait_ms(500)
+                .with_min_bytes(1)
+                .with_max_bytes(7_654_321);
+            let buf = encoded(ApiKey::Fetch, version, &request);
+            let header = RequestHeader::parse(&buf).expect("header");
+            assert_eq!(
+                fetch_max_bytes(&buf, &header),
+                Some(7_654_321),
+                "v{version}"
+            );
+        }
+        let buf = encoded(ApiKey::Fetch, 12, &FetchRequest::default());
+        let header = RequestHeader::parse(&buf).expect("header");
+        let short = &buf[..header.body_offset.expect("known layout") + 13];
+        assert_eq!(fetch_max_bytes(short, &header), None, "cut short");
     }
 
     #[test]

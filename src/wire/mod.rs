@@ -12,5 +12,5 @@ mod out;
 
 pub use cursor::{Cursor, CursorError};
 pub use frame::{Frame, FrameCodec, FrameError};
-pub use header::{RequestHeader, produce_acks, produce_acks_at, response_frame};
+pub use header::{RequestHeader, fetch_max_bytes, produce_acks, produce_acks_at, response_frame};
 pub use out::{FLUSH_AT, FrameWriter};
