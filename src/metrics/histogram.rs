@@ -37,8 +37,10 @@ impl Histogram {
     }
 }
 
-/// Several histograms (one per shard) read as one, as Prometheus wants it:
-/// cumulative buckets in seconds, with the sum and the count.
+/// Several histograms (one per shard) read as one: per bucket, its upper
+/// bound in seconds and the observations in it alone (not cumulative: the
+/// text encoder adds them up, as Prometheus' `le` buckets want), with the
+/// sum and the count.
 pub struct Snapshot {
     pub sum_seconds: f64,
     pub count: u64,
@@ -55,18 +57,19 @@ impl Snapshot {
             }
             sum_micros = sum_micros.saturating_add(h.sum_micros.load(Relaxed));
         }
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(counts.len());
-        for (i, count) in counts.iter().enumerate() {
-            cumulative += count;
-            let bound = BOUNDS_MICROS
-                .get(i)
-                .map_or(f64::INFINITY, |b| *b as f64 / 1e6);
-            buckets.push((bound, cumulative));
-        }
+        let buckets = counts
+            .iter()
+            .enumerate()
+            .map(|(i, count)| {
+                let bound = BOUNDS_MICROS
+                    .get(i)
+                    .map_or(f64::INFINITY, |b| *b as f64 / 1e6);
+                (bound, *count)
+            })
+            .collect();
         Snapshot {
             sum_seconds: sum_micros as f64 / 1e6,
-            count: cumulative,
+            count: counts.iter().sum(),
             buckets,
         }
     }
@@ -77,7 +80,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn observations_land_in_cumulative_buckets_across_histograms() {
+    fn observations_land_in_their_buckets_across_histograms() {
         let (a, b) = (Histogram::default(), Histogram::default());
         a.observe(Duration::from_micros(400));
         a.observe(Duration::from_micros(500));
@@ -86,10 +89,12 @@ mod tests {
         let s = Snapshot::of([&a, &b]);
         assert_eq!(s.count, 4);
         assert_eq!(s.buckets[0], (0.0005, 2), "a bound is inclusive");
-        assert_eq!(s.buckets[4], (0.01, 2));
-        assert_eq!(s.buckets[5], (0.025, 3));
-        assert_eq!(s.buckets[14], (30.0, 3));
-        assert_eq!(s.buckets[15], (f64::INFINITY, 4));
+        assert_eq!(s.buckets[4], (0.01, 0));
+        assert_eq!(s.buckets[5], (0.025, 1));
+        assert_eq!(s.buckets[14], (30.0, 0));
+        assert_eq!(s.buckets[15], (f64::INFINITY, 1));
+        let counted: u64 = s.buckets.iter().map(|(_, n)| n).sum();
+        assert_eq!(counted, s.count);
         assert!((s.sum_seconds - 60.0209).abs() < 1e-9, "{}", s.sum_seconds);
     }
 }

@@ -418,6 +418,35 @@ mod tests {
     }
 
     #[test]
+    fn histogram_buckets_are_cumulative_once_and_end_at_the_count() {
+        // The text encoder adds the buckets up itself: a snapshot handing
+        // it cumulative counts made every `le` bucket too big (found by
+        // the soak bench, whose p99 came out past every bound).
+        metrics().client_request(0, 100);
+        metrics().client_request(0, 100);
+        metrics().client_answer(0, 100, std::time::Duration::from_micros(300));
+        metrics().client_answer(0, 100, std::time::Duration::from_millis(3));
+        let (_dir, state) = empty_state();
+        let text = render(state);
+        let series = |suffix: &str| -> Vec<f64> {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with(&format!(
+                        "klink_request_duration_seconds_{suffix}{{api=\"Produce\""
+                    ))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect()
+        };
+        let buckets = series("bucket");
+        let count = series("count");
+        assert_eq!(buckets.len(), 16, "{text}");
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets.last(), count.first(), "+Inf is the count: {text}");
+        assert!(buckets[0] >= 1.0 && buckets[0] < buckets[15], "{buckets:?}");
+    }
+
+    #[test]
     fn the_dashboard_and_alert_rules_name_only_exported_metrics() {
         let (_dir, state) = empty_state();
         let exported = exported_names(&render(state));
