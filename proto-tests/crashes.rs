@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::cutover::{started, started_command};
+use crate::cutover::{orders_member, producers, started_command};
 use crate::cutover_clients::{ledger_js, report};
 use crate::flips::dump;
 use crate::harness::{Broker, Klink};
@@ -38,24 +38,19 @@ struct Reports {
 }
 
 impl Clients {
-    fn start(bootstrap: &str, produce_seconds: u32, group_prefix: &str) -> Clients {
+    fn start(klink: &Klink, produce_seconds: u32, group_prefix: &str) -> Clients {
+        let bootstrap = klink.bootstrap_str();
         let consume_seconds = (produce_seconds + 8).to_string();
         let produce_seconds = produce_seconds.to_string();
-        let confluent_group = started(&[
-            "consume",
-            "--bootstrap",
-            bootstrap,
-            "--topic",
-            "orders",
-            "--group",
+        let confluent_group = orders_member(
+            &bootstrap,
             &format!("{group_prefix}-confluent"),
-            "--seconds",
             &consume_seconds,
-        ]);
+        );
         let kafkajs_group = started_command(ledger_js(&[
             "consume",
             "--bootstrap",
-            bootstrap,
+            &bootstrap,
             "--topic",
             "orders",
             "--group",
@@ -64,24 +59,16 @@ impl Clients {
             &consume_seconds,
         ]));
         std::thread::sleep(Duration::from_millis(1500));
-        let confluent = started(&[
-            "ledger",
-            "--bootstrap",
-            bootstrap,
-            "--topic",
-            "orders",
-            "--other",
-            "payments",
-            "--seconds",
+        // Slower than the cutover tests' 500/s: the sqlite broker is slow.
+        let confluent = producers(
+            klink,
             &produce_seconds,
-            "--pace",
-            "60",
-            "--one-per-batch",
-        ]);
+            &["--pace", "60", "--one-per-batch"],
+        );
         let kafkajs = started_command(ledger_js(&[
             "produce",
             "--bootstrap",
-            bootstrap,
+            &bootstrap,
             "--topic",
             "orders",
             "--seconds",
@@ -218,7 +205,7 @@ fn a_source_broker_killed_and_restarted_loses_no_acknowledged_record_and_is_logg
     create(&source, "orders");
     create(&source, "payments");
     let mut klink = Klink::start(&source);
-    let clients = Clients::start(&klink.bootstrap_str(), 16, "killed-broker");
+    let clients = Clients::start(&klink, 16, "killed-broker");
     std::thread::sleep(Duration::from_secs(4));
     source.kill();
     let killed = Instant::now();
@@ -274,7 +261,7 @@ fn klink_killed_under_load_and_restarted_keeps_every_acknowledged_record_and_its
         Value::Array(topics)
     };
     let before = routes(&klink);
-    let clients = Clients::start(&klink.bootstrap_str(), 14, "killed-klink");
+    let clients = Clients::start(&klink, 14, "killed-klink");
     std::thread::sleep(Duration::from_secs(4));
     klink.crash_and_restart(1);
     let recovered_at = now_unix();

@@ -83,10 +83,23 @@ pub(crate) fn started_command(
 }
 
 /// A confluent-kafka member of group `billing` reading `orders` through
-/// `bootstrap` for `seconds`, committing after every batch (flips.py
-/// consume).
+/// `bootstrap` for `seconds`, committing after every batch.
 pub(crate) fn billing_consumer(
     bootstrap: &str,
+    seconds: &str,
+) -> (
+    KillOnDrop,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    orders_member(bootstrap, "billing", seconds)
+}
+
+/// A confluent-kafka member of `group` reading `orders` through
+/// `bootstrap` for `seconds`, committing after every batch (flips.py
+/// consume).
+pub(crate) fn orders_member(
+    bootstrap: &str,
+    group: &str,
     seconds: &str,
 ) -> (
     KillOnDrop,
@@ -99,7 +112,7 @@ pub(crate) fn billing_consumer(
         "--topic",
         "orders",
         "--group",
-        "billing",
+        group,
         "--seconds",
         seconds,
     ])
