@@ -49,6 +49,10 @@ pub fn kcat_bin() -> PathBuf {
     tool("KLINK_KCAT", PathBuf::from("/usr/bin/kcat"))
 }
 
+pub fn socat_bin() -> PathBuf {
+    tool("KLINK_SOCAT", PathBuf::from("/usr/bin/socat"))
+}
+
 pub fn chromium_bin() -> PathBuf {
     tool("KLINK_CHROMIUM", PathBuf::from("/usr/bin/chromium"))
 }
@@ -105,7 +109,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, mut command: Command, log: PathBuf) -> Process {
+    pub fn spawn(name: &str, mut command: Command, log: PathBuf) -> Process {
         let out = fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
         let child = command
@@ -190,6 +194,8 @@ struct Launch {
     advertised: u16,
     cluster_id: String,
     starts: u32,
+    /// Whether clients must log in (SASL/SCRAM).
+    authentication: bool,
 }
 
 /// Tests share the machine (2 cores in CI); a full-speed load test takes it
@@ -257,6 +263,7 @@ impl Broker {
             advertised,
             cluster_id: cluster_id.into(),
             starts: 0,
+            authentication: false,
         })
     }
 
@@ -271,7 +278,45 @@ impl Broker {
             advertised: port,
             cluster_id: cluster_id.into(),
             starts: 0,
+            authentication: false,
         })
+    }
+
+    /// A broker (sqlite storage) that wants a SCRAM login: `users` are
+    /// (name, password, `scram256` or `scram512`), created while it runs
+    /// without authentication, then it restarts with it. It tells clients
+    /// to reach it at `advertised` (a TLS terminator in front of it) when
+    /// given.
+    pub fn start_scram(
+        cluster_id: &str,
+        users: &[(&str, &str, &str)],
+        advertised: Option<u16>,
+    ) -> Broker {
+        let port = free_port();
+        let mut broker = Broker::launch(Launch {
+            storage: String::new(),
+            port,
+            advertised: port,
+            cluster_id: cluster_id.into(),
+            starts: 0,
+            authentication: false,
+        });
+        for (name, password, mechanism) in users {
+            let mut command = Command::new(tansu_bin());
+            command
+                .args(["user", "create", name, password, "--mechanism", mechanism])
+                .args(["--broker", &format!("tcp://127.0.0.1:{port}")]);
+            let (status, stdout, stderr) = run_bounded(command, Duration::from_secs(30));
+            assert!(
+                status.success(),
+                "tansu user create {name}: {stdout}{stderr}"
+            );
+        }
+        broker.kill();
+        broker.launch.authentication = true;
+        broker.launch.advertised = advertised.unwrap_or(port);
+        broker.restart();
+        broker
     }
 
     fn launch(mut launch: Launch) -> Broker {
@@ -305,6 +350,9 @@ impl Broker {
             ])
             .args(["--cluster-id", &launch.cluster_id])
             .env("RUST_LOG", "warn");
+        if launch.authentication {
+            command.arg("--authentication");
+        }
         let log = dir.join(format!("tansu-{}.log", launch.starts));
         let process = Process::spawn("tansu", command, log);
         wait_for_port(
@@ -335,6 +383,8 @@ pub struct Klink {
     pub config: PathBuf,
     pub process: Process,
     dir: Arc<tempfile::TempDir>,
+    /// Set for klink and `klink ctl` (passwords, the control token).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct KlinkOptions {
@@ -344,6 +394,11 @@ pub struct KlinkOptions {
     pub clusters: Vec<(String, SocketAddr)>,
     /// Appended to the config as is (e.g. `[[links]]`).
     pub extra_config: String,
+    /// More keys of `[clusters.source]` (its security), then, if it likes,
+    /// whole cluster sections.
+    pub source_extra: String,
+    /// Environment for klink and `klink ctl`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for KlinkOptions {
@@ -353,6 +408,8 @@ impl Default for KlinkOptions {
             extra_proxy: String::new(),
             clusters: Vec::new(),
             extra_config: String::new(),
+            source_extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -375,12 +432,13 @@ impl Klink {
                  broker_ports_start = {broker_ports_start}\nstate_dir = \"{}\"\n\
                  control_socket = \"{}/control.sock\"\n\
                  max_frame_bytes = {}\nshutdown_grace_ms = 5000\n{}\n\
-                 [clusters.source]\nbootstrap = \"{}\"\n{}\n{}\n",
+                 [clusters.source]\nbootstrap = \"{}\"\n{}\n{}\n{}\n",
                 state_dir.display(),
                 state_dir.display(),
                 options.max_frame_bytes,
                 options.extra_proxy,
                 source.addr,
+                options.source_extra,
                 options
                     .clusters
                     .iter()
@@ -390,7 +448,7 @@ impl Klink {
             ),
         )
         .expect("write config");
-        let process = spawn_klink(&config, dir.path(), 0);
+        let process = spawn_klink_with(&config, dir.path(), 0, &options.env);
         Klink {
             bootstrap,
             broker_ports_start,
@@ -398,6 +456,7 @@ impl Klink {
             config,
             process,
             dir,
+            env: options.env,
         }
     }
 
@@ -407,7 +466,7 @@ impl Klink {
         self.process.signal("TERM");
         let status = self.process.wait_exit(Duration::from_secs(15));
         assert!(status.success(), "klink exited with {status} on SIGTERM");
-        self.process = spawn_klink(&self.config, self.dir.path(), 1);
+        self.process = spawn_klink_with(&self.config, self.dir.path(), 1, &self.env);
     }
 
     /// Kills klink with SIGKILL (no chance to tidy up) and starts it again
@@ -415,7 +474,7 @@ impl Klink {
     pub fn crash_and_restart(&mut self, generation: u32) {
         self.process.signal("KILL");
         let _ = self.process.wait_exit(Duration::from_secs(15));
-        self.process = spawn_klink(&self.config, self.dir.path(), generation);
+        self.process = spawn_klink_with(&self.config, self.dir.path(), generation, &self.env);
     }
 
     /// Runs `klink ctl --config ... ARGS`.
@@ -424,7 +483,8 @@ impl Klink {
         command
             .args(["ctl", "--config"])
             .arg(&self.config)
-            .args(args);
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         run_bounded(command, Duration::from_secs(30))
     }
 
@@ -456,9 +516,21 @@ impl Klink {
 
 /// Starts `klink proxy` and waits until it says it is ready.
 pub fn spawn_klink(config: &Path, dir: &Path, generation: u32) -> Process {
+    spawn_klink_with(config, dir, generation, &[])
+}
+
+/// [`spawn_klink`] with more environment.
+pub fn spawn_klink_with(
+    config: &Path,
+    dir: &Path,
+    generation: u32,
+    env: &[(String, String)],
+) -> Process {
+    let mut command = klink_command(config);
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     let process = Process::spawn(
         "klink",
-        klink_command(config),
+        command,
         dir.join(format!("klink-{generation}.log")),
     );
     wait_for_log(&process, "klink ready", Duration::from_secs(30));

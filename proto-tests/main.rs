@@ -21,6 +21,7 @@ mod perf;
 mod producer_ids;
 mod rewrites;
 mod routing;
+mod security;
 mod slow_reader;
 mod state_dir;
 

@@ -10,12 +10,13 @@
 #                 $KLINK_CACHE/tansu-0.6.0-dynostore-libsql
 #   kcat          Debian package
 #   haproxy       Debian package
+#   socat         Debian package (a TLS terminator in front of tansu)
 #   chromium      Debian package (headless, for the status page test)
 #   venv          $KLINK_CACHE/venv with proto-tests/clients/requirements.txt
 #   kafkajs       $KLINK_CACHE/node/node_modules from proto-tests/clients/package.json
 #
 # At the end writes $KLINK_CACHE/env.sh (source it) exporting KLINK_TANSU,
-# KLINK_PYTHON, KLINK_NODE_PATH, KLINK_KCAT, KLINK_HAPROXY, KLINK_CHROMIUM, and
+# KLINK_PYTHON, KLINK_NODE_PATH, KLINK_KCAT, KLINK_HAPROXY, KLINK_SOCAT, KLINK_CHROMIUM, and
 # prints those lines.
 set -euo pipefail
 
@@ -78,10 +79,12 @@ case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 
 need_cmd_pkg kcat kcat
 need_cmd_pkg haproxy haproxy
+need_cmd_pkg socat socat
 # Renders the admin status page headless in the observability tests.
 need_cmd_pkg chromium chromium
 KCAT="$(command -v kcat)"
 HAPROXY="$(command -v haproxy)"
+SOCAT="$(command -v socat)"
 CHROMIUM="$(command -v chromium)"
 
 # ---------------------------------------------------------------- Python venv
@@ -172,6 +175,7 @@ tmp="$ENV_SH.tmp.$$"
     printf 'export KLINK_NODE_PATH=%q\n' "$NODE_MODULES"
     printf 'export KLINK_KCAT=%q\n' "$KCAT"
     printf 'export KLINK_HAPROXY=%q\n' "$HAPROXY"
+    printf 'export KLINK_SOCAT=%q\n' "$SOCAT"
     printf 'export KLINK_CHROMIUM=%q\n' "$CHROMIUM"
 } > "$tmp"
 mv "$tmp" "$ENV_SH"

@@ -41,6 +41,8 @@ pub enum Kind {
     Timeout,
     /// Config or persisted state is unusable.
     Config,
+    /// A cluster refused klink's login or TLS handshake.
+    Auth,
 }
 
 #[derive(Debug, Clone)]

@@ -43,6 +43,7 @@ pub mod perf;
 pub mod proxy;
 pub mod rewrite;
 pub mod route;
+pub mod sasl;
 pub mod split;
 pub mod state;
 pub mod upstream;

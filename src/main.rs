@@ -209,7 +209,18 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
         ),
         CtlCommand::Commit { topic, link } => (Request::Commit { topic, link }, false),
     };
-    let reply = control::client::send(&config.proxy.control_socket, &request);
+    let token = match config.proxy.control_token() {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("klink ctl: the control socket wants a token: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let reply = control::client::send(
+        &config.proxy.control_socket,
+        &request,
+        token.as_ref().map(|t| t.expose()),
+    );
     if let Some(line) = reply.as_ref().ok().and_then(control::client::warning_line) {
         eprintln!("{line}");
     }
@@ -270,7 +281,11 @@ fn ctl(path: PathBuf, command: CtlCommand) -> ExitCode {
 }
 
 fn proxy(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let loaded = Config::load(&path).and_then(|mut config| {
+        config.resolve_security(&path)?;
+        Ok(config)
+    });
+    let config = match loaded {
         Ok(config) => config,
         Err(e) => {
             eprintln!("klink: config error: {e}");

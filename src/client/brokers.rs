@@ -15,6 +15,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
 use super::{Versions, broker_error};
 use crate::error::{Error, Kind, Result};
+use crate::upstream::security::Security;
 use crate::upstream::{Cluster, UpstreamConn};
 use crate::wire::Frame;
 
@@ -32,6 +33,8 @@ pub struct ClientConfig {
     /// Whether Metadata may create a topic it does not know (the Java
     /// producer's `allow.auto.create.topics`).
     pub allow_auto_topic_creation: bool,
+    /// TLS and login to the cluster.
+    pub security: Arc<Security>,
 }
 
 impl Default for ClientConfig {
@@ -43,6 +46,7 @@ impl Default for ClientConfig {
             max_frame_bytes: 100 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             allow_auto_topic_creation: false,
+            security: Security::plaintext(),
         }
     }
 }
@@ -106,7 +110,8 @@ impl Client {
             &config.name,
             config.bootstrap.clone(),
             config.max_frame_bytes,
-        );
+        )
+        .with_security(config.security.clone());
         let versions = Versions::choose(&cluster.api_versions().await?)?;
         let client = Client {
             inner: Arc::new(Inner {
@@ -315,12 +320,7 @@ impl Client {
                     format!("no address for broker {node_id}"),
                 )
             })?;
-        UpstreamConn::connect(
-            self.cluster_name().clone(),
-            &addr,
-            self.inner.config.max_frame_bytes,
-        )
-        .await
+        self.inner.cluster.connect_to(&addr).await
     }
 
     /// Returns once every request queued so far on every broker connection

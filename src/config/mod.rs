@@ -8,8 +8,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
+
+mod security;
+
+use crate::upstream::security::{Secret, Security};
+pub use security::{SaslConfig, SecurityProtocol, TlsConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,6 +26,20 @@ pub struct Config {
     pub links: Vec<LinkConfig>,
     #[serde(default)]
     pub cutover: CutoverConfig,
+}
+
+impl ProxyConfig {
+    /// The control socket's token, read from `control_token_env`; `None`
+    /// when the socket takes no token.
+    pub fn control_token(&self) -> Result<Option<Secret>, String> {
+        let Some(name) = &self.control_token_env else {
+            return Ok(None);
+        };
+        match std::env::var(name) {
+            Ok(token) if !token.is_empty() => Ok(Some(Secret::new(token))),
+            _ => Err(format!("environment variable {name} is not set")),
+        }
+    }
 }
 
 /// How a promotion behaves (`[cutover]`).
@@ -116,6 +136,11 @@ pub struct ProxyConfig {
     /// forwarded instead of piling answers up in klink.
     #[serde(default = "default_client_fetch_buffer_bytes")]
     pub client_fetch_buffer_bytes: u32,
+    /// The environment variable holding the control socket's token: when
+    /// set, `klink ctl` (reading the same variable) must send it, and a
+    /// command without it or with another is refused.
+    #[serde(default)]
+    pub control_token_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +148,16 @@ pub struct ProxyConfig {
 pub struct ClusterConfig {
     /// Comma-separated `host:port` list.
     pub bootstrap: String,
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    #[serde(default)]
+    pub sasl: Option<SaslConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The above with the password read and the certificates loaded, once
+    /// `klink proxy` has resolved them ([`Config::resolve_security`]).
+    #[serde(skip)]
+    resolved: Option<Arc<Security>>,
 }
 
 fn default_client_fetch_buffer_bytes() -> u32 {
@@ -154,6 +189,12 @@ fn default_upstream_request_timeout_ms() -> u64 {
 }
 
 impl ClusterConfig {
+    /// What connections to this cluster go through: plaintext until
+    /// [`Config::resolve_security`] has run.
+    pub fn security(&self) -> Arc<Security> {
+        self.resolved.clone().unwrap_or_else(Security::plaintext)
+    }
+
     /// The bootstrap list as separate `host:port` strings.
     pub fn bootstrap_addrs(&self) -> Vec<String> {
         self.bootstrap
@@ -233,6 +274,32 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads every cluster's password and certificates, for `klink proxy`
+    /// (`klink ctl` reads the same config without them).
+    pub fn resolve_security(&mut self, path: &Path) -> Result<(), ConfigError> {
+        self.proxy.control_token().map_err(|message| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: Some("proxy.control_token_env".into()),
+            message,
+        })?;
+        for (name, cluster) in &mut self.clusters {
+            let resolved = security::resolve(
+                cluster.security_protocol,
+                cluster.sasl.as_ref(),
+                cluster.tls.as_ref(),
+            )
+            .map_err(|(key, message)| ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                key: Some(format!("clusters.{name}.{key}")),
+                message,
+            })?;
+            cluster.resolved = Some(resolved);
+        }
+        Ok(())
+    }
+
     /// Checks that need more than one field; errors are (section, key, message).
     fn validate(&self) -> Result<(), (String, String, String)> {
         let err = |section: &str, key: &str, message: String| {
@@ -282,6 +349,12 @@ impl Config {
                     return err(&section, "bootstrap", format!("`{addr}` is not host:port"));
                 }
             }
+            security::check(
+                cluster.security_protocol,
+                cluster.sasl.as_ref(),
+                cluster.tls.as_ref(),
+            )
+            .or_else(|(key, message)| err(&section, &key, message))?;
         }
         if !self.clusters.contains_key(&self.proxy.default_cluster) {
             return err(

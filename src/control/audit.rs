@@ -125,6 +125,7 @@ mod tests {
                 Reply::done(super::super::Status {
                     topics: Vec::new(),
                     groups: Vec::new(),
+                    unreachable: Vec::new(),
                 })
             };
             audit.record(peer, &route, &reply);

@@ -9,8 +9,9 @@ use std::time::Duration;
 use super::{Command, OffsetsStatus, Reply, Status};
 use crate::mirror::PartitionMirror;
 
-/// Sends `command` and returns the reply, or a message saying why not.
-pub fn send(socket: &Path, command: &Command) -> Result<Reply, String> {
+/// Sends `command` (with the control token, when klink wants one) and
+/// returns the reply, or a message saying why not.
+pub fn send(socket: &Path, command: &Command, token: Option<&str>) -> Result<Reply, String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach klink at {}: {e} (is klink proxy running?)",
@@ -18,7 +19,7 @@ pub fn send(socket: &Path, command: &Command) -> Result<Reply, String> {
         )
     })?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut line = serde_json::to_string(command).map_err(|e| e.to_string())?;
+    let mut line = super::token::with_token(command, token)?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
@@ -89,6 +90,12 @@ pub fn table(status: &Status) -> String {
         for warning in &t.warnings {
             out.push_str(&format!("\n{}: warning: {warning}\n", t.topic));
         }
+    }
+    for down in &status.unreachable {
+        out.push_str(&format!(
+            "\ncluster {}: broker {} unreachable for {} s ({} attempts): {}\n",
+            down.cluster, down.broker, down.for_s, down.failures, down.error
+        ));
     }
     out
 }
@@ -229,8 +236,22 @@ mod tests {
                 link: None,
                 route: "target".into(),
             }],
+            unreachable: vec![crate::upstream::Unreachable {
+                cluster: "target".into(),
+                broker: "10.0.0.2:9093".into(),
+                for_s: 12,
+                failures: 40,
+                error: "target error (Auth, retriable): login refused".into(),
+            }],
         };
         let text = table(&status);
+        assert!(
+            text.contains(
+                "cluster target: broker 10.0.0.2:9093 unreachable for 12 s (40 attempts): \
+                 target error (Auth, retriable): login refused"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("TOPIC   LINK  STATE   WRITES  READS   LAG  OFFSETS"),
             "{text}"

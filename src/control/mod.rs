@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod client;
+mod token;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -24,6 +25,7 @@ use crate::cutover::{Cutover, Promotion, Selection, Topics};
 use crate::error::{Error, Kind, Result};
 use crate::mirror::{Mirrors, PartitionMirror};
 use crate::route::{RouteTable, Routes};
+use crate::upstream::security::Secret;
 
 /// Runs `promote`, `rollback` or `commit` of `what`.
 async fn cutover_command(
@@ -181,6 +183,9 @@ pub struct GroupStatus {
 pub struct Status {
     pub topics: Vec<TopicStatus>,
     pub groups: Vec<GroupStatus>,
+    /// Brokers klink cannot reach (refused, down, or refusing its login).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<crate::upstream::Unreachable>,
 }
 
 /// One partition's offset map, as `klink ctl offsets` shows it.
@@ -277,6 +282,7 @@ pub fn status(routes: &Routes, mirrors: &Mirrors) -> Status {
                 route: g.cluster.to_string(),
             })
             .collect(),
+        unreachable: crate::upstream::outages().unreachable(),
     }
 }
 
@@ -455,8 +461,10 @@ pub async fn serve(
     mirrors: Arc<Mirrors>,
     cutover: Arc<Cutover>,
     audit: Arc<audit::Audit>,
+    token: Option<Secret>,
     shutdown: CancellationToken,
 ) {
+    let token = token.map(Arc::new);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -470,6 +478,7 @@ pub async fn serve(
                     mirrors.clone(),
                     cutover.clone(),
                     audit.clone(),
+                    token.clone(),
                 ));
             }
             Err(e) => {
@@ -486,6 +495,7 @@ async fn serve_connection(
     mirrors: Arc<Mirrors>,
     cutover: Arc<Cutover>,
     audit: Arc<audit::Audit>,
+    token: Option<Arc<Secret>>,
 ) {
     let peer = audit::Peer::of(&stream);
     let (read, mut write) = stream.into_split();
@@ -507,11 +517,22 @@ async fn serve_connection(
         if read == 0 {
             return;
         }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (request, given) = token::take_token(&line);
+        let refused = token
+            .as_ref()
+            .is_some_and(|t| !token::matches(t, given.as_deref()));
         let reply = if line.len() > MAX_LINE {
             Reply::failed(format!("request longer than {MAX_LINE} bytes"))
-        } else if line.trim().is_empty() {
-            continue;
-        } else if let Some((name, selection)) = serde_json::from_str::<Command>(&line)
+        } else if refused {
+            tracing::warn!(?peer, "control command refused: token missing or wrong");
+            Reply::failed(
+                "refused: the control token is missing or wrong (klink ctl sends the one in \
+                 the environment variable named by control_token_env)",
+            )
+        } else if let Some((name, selection)) = serde_json::from_str::<Command>(&request)
             .ok()
             .as_ref()
             .and_then(Command::selection)
@@ -525,12 +546,12 @@ async fn serve_connection(
             // Route changes write and fsync the state file: keep that off
             // the async workers.
             let (routes, mirrors) = (routes.clone(), mirrors.clone());
-            let request = line.clone();
+            let request = request.clone();
             tokio::task::spawn_blocking(move || handle(&routes, &mirrors, &request))
                 .await
                 .unwrap_or_else(|_| Reply::failed("klink failed while handling the request"))
         };
-        if let Ok(command) = serde_json::from_str::<Command>(&line)
+        if let Ok(command) = serde_json::from_str::<Command>(&request)
             && audit::changes_something(&command)
         {
             audit.record(peer, &command, &reply);

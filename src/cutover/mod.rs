@@ -40,6 +40,7 @@ use crate::error::{Error, Kind, Result};
 use crate::mirror::{Direction, ForwardedWrites, Mirrors};
 use crate::numbering::Numbering;
 use crate::route::{RouteTable, TopicState};
+use crate::upstream::security::Security;
 
 /// What a promotion or a rollback did, for the operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,6 +348,12 @@ impl Cutover {
                 .unwrap_or_default(),
             client_id: format!("klink-cutover-{}", link.id),
             max_frame_bytes: self.config.proxy.max_frame_bytes,
+            security: self
+                .config
+                .clusters
+                .get(cluster)
+                .map(|c| c.security())
+                .unwrap_or_else(Security::plaintext),
             ..Default::default()
         }
     }

@@ -36,6 +36,7 @@ use crate::error::{Error, Kind, Result};
 use crate::numbering::Numbering;
 use crate::route::{RouteTable, TopicState};
 use crate::state::{MirrorRecord, StateStore};
+use crate::upstream::security::Security;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -95,16 +96,15 @@ pub fn spawn(
     let mut targets: BTreeMap<String, Arc<TargetStreams>> = BTreeMap::new();
     for link in config.links.iter().filter(|l| l.mirror) {
         let client = |cluster: &str, client_id: String| {
-            let bootstrap = config
-                .clusters
-                .get(cluster)
-                .map(|c| c.bootstrap_addrs())
-                .unwrap_or_default();
+            let section = config.clusters.get(cluster);
             ClientConfig {
                 name: cluster.to_string(),
-                bootstrap,
+                bootstrap: section.map(|c| c.bootstrap_addrs()).unwrap_or_default(),
                 client_id,
                 max_frame_bytes: config.proxy.max_frame_bytes,
+                security: section
+                    .map(|c| c.security())
+                    .unwrap_or_else(Security::plaintext),
                 ..Default::default()
             }
         };

@@ -175,6 +175,7 @@ fn client_config(r: &mut Reader<'_>, default_client_id: &str) -> Result<ClientCo
         max_frame_bytes: defaults.max_frame_bytes,
         request_timeout: r.millis("request.timeout.ms", defaults.request_timeout)?,
         allow_auto_topic_creation: false,
+        ..defaults
     })
 }
 

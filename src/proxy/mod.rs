@@ -56,6 +56,10 @@ pub async fn run_with_listener(
     // Before any client: a retry from before a crash must meet its remap.
     let producers = Arc::new(crate::route::ProducerIds::open(&config.proxy.state_dir)?);
     let control = crate::control::bind(&config.proxy.control_socket).await?;
+    let control_token = config
+        .proxy
+        .control_token()
+        .map_err(|e| Error::klink(Kind::Config, format!("proxy.control_token_env: {e}")))?;
     let admin_listener = match config.proxy.admin_listen {
         Some(addr) => Some(crate::admin::bind(addr).await?),
         None => None,
@@ -68,6 +72,7 @@ pub async fn run_with_listener(
                 .with_request_timeout(Duration::from_millis(
                     config.proxy.upstream_request_timeout_ms,
                 ))
+                .with_security(c.security())
         })
         .collect();
     let tasks = TaskTracker::new();
@@ -160,6 +165,7 @@ pub async fn run_with_listener(
         mirrors,
         cutover,
         audit,
+        control_token,
         shutdown.clone(),
     ));
     let bootstrap = listener.local_addr().ok();

@@ -9,6 +9,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 
 use super::UpstreamConn;
+use super::security::Security;
 use crate::broker::UpstreamBroker;
 use crate::error::{Error, Kind, Result};
 use crate::versions::UpstreamVersions;
@@ -23,6 +24,8 @@ pub struct Cluster {
     pub bootstrap: Vec<String>,
     max_frame_bytes: u32,
     request_timeout: Duration,
+    /// TLS and login for every connection to it.
+    security: Arc<Security>,
 }
 
 impl Cluster {
@@ -32,7 +35,14 @@ impl Cluster {
             bootstrap,
             max_frame_bytes,
             request_timeout: super::DEFAULT_REQUEST_TIMEOUT,
+            security: Security::plaintext(),
         }
+    }
+
+    /// The cluster's TLS and login.
+    pub fn with_security(mut self, security: Arc<Security>) -> Cluster {
+        self.security = security;
+        self
     }
 
     /// How long a request forwarded to this cluster may wait for its answer.
@@ -49,17 +59,23 @@ impl Cluster {
         self.max_frame_bytes
     }
 
+    /// Connects to one of the cluster's brokers.
+    pub async fn connect_to(&self, addr: &str) -> Result<UpstreamConn> {
+        UpstreamConn::connect_timed(
+            self.name.clone(),
+            addr,
+            self.max_frame_bytes,
+            self.request_timeout,
+            &self.security,
+        )
+        .await
+    }
+
     /// Connects to the first bootstrap broker that answers.
     pub async fn connect_any(&self) -> Result<UpstreamConn> {
         let mut last = None;
         for addr in &self.bootstrap {
-            let connected = UpstreamConn::connect_timed(
-                self.name.clone(),
-                addr,
-                self.max_frame_bytes,
-                self.request_timeout,
-            );
-            match connected.await {
+            match self.connect_to(addr).await {
                 Ok(conn) => return Ok(conn),
                 Err(e) => last = Some(e),
             }

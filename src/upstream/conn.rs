@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::{Error, Kind, Result};
 use crate::metrics::{ClusterSlot, metrics};
 use crate::upstream::outages;
+use crate::upstream::security::{Security, Stream};
 use crate::wire::{FLUSH_AT, Frame, FrameCodec, FrameWriter, RequestHeader};
 
 /// The response to one forwarded request, when it arrives.
@@ -36,6 +37,8 @@ pub struct UpstreamConn {
     request_timeout: Duration,
     /// Where this connection's figures are counted.
     slot: ClusterSlot,
+    /// When its owners should stop sending on it: its login expires soon.
+    retire_at: Option<std::time::Instant>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,62 +53,82 @@ const QUEUE_DEPTH: usize = 256;
 const READ_BUFFER: usize = 16 * 1024;
 
 impl UpstreamConn {
-    pub async fn connect(
-        cluster: Arc<str>,
-        addr: &str,
-        max_frame_bytes: u32,
-    ) -> Result<UpstreamConn> {
-        UpstreamConn::connect_timed(cluster, addr, max_frame_bytes, DEFAULT_REQUEST_TIMEOUT).await
-    }
-
-    /// As [`UpstreamConn::connect`], with the time an answer may take.
+    /// Connects to `addr`, goes through the cluster's TLS and login if it
+    /// has them, and starts the connection's reader and writer.
+    /// `request_timeout` is how long an answer may take.
     pub async fn connect_timed(
         cluster: Arc<str>,
         addr: &str,
         max_frame_bytes: u32,
         request_timeout: Duration,
+        security: &Security,
     ) -> Result<UpstreamConn> {
         let addr: Arc<str> = Arc::from(addr);
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*addr))
-            .await
-            .map_err(|_| {
-                Error::upstream(
-                    &cluster,
-                    Kind::Timeout,
-                    format!("connect to {addr} timed out"),
-                )
-            })
-            .and_then(|connected| {
-                connected.map_err(|e| {
+        let connected = async {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&*addr))
+                .await
+                .map_err(|_| {
+                    Error::upstream(
+                        &cluster,
+                        Kind::Timeout,
+                        format!("connect to {addr} timed out"),
+                    )
+                })?
+                .map_err(|e| {
                     Error::upstream(&cluster, Kind::Io, format!("connect to {addr}: {e}"))
-                })
-            });
-        let stream = match connected {
-            Ok(stream) => {
+                })?;
+            // Requests and responses are small and latency-bound as often
+            // as not.
+            let _ = tcp.set_nodelay(true);
+            security.establish(&cluster, &addr, tcp).await
+        };
+        let established = match connected.await {
+            Ok(established) => {
                 outages().reached(&cluster, &addr);
-                stream
+                established
             }
             Err(e) => return Err(outages().failed(&cluster, &addr, e)),
         };
-        // Requests and responses are small and latency-bound as often as not.
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (inflight_tx, inflight_rx) = mpsc::unbounded_channel();
         let dead = CancellationToken::new();
         let slot = metrics().cluster_slot(&cluster);
-        tokio::spawn(write_requests(write, rx, inflight_tx, dead.clone()));
-        tokio::spawn(read_responses(
-            read,
-            inflight_rx,
-            Peer {
-                cluster: cluster.clone(),
-                addr: addr.clone(),
-                slot,
-            },
-            max_frame_bytes,
-            dead.clone(),
-        ));
+        let peer = Peer {
+            cluster: cluster.clone(),
+            addr: addr.clone(),
+            slot,
+        };
+        match established.stream {
+            Stream::Plain(tcp) => {
+                let (read, write) = tcp.into_split();
+                tokio::spawn(write_requests(write, rx, inflight_tx, dead.clone()));
+                tokio::spawn(read_responses(
+                    read,
+                    inflight_rx,
+                    peer,
+                    max_frame_bytes,
+                    dead.clone(),
+                ));
+            }
+            Stream::Tls(tls) => {
+                let (read, write) = tokio::io::split(*tls);
+                tokio::spawn(write_requests(write, rx, inflight_tx, dead.clone()));
+                tokio::spawn(read_responses(
+                    read,
+                    inflight_rx,
+                    peer,
+                    max_frame_bytes,
+                    dead.clone(),
+                ));
+            }
+        }
+        // Retired before the broker's login session runs out (KIP-368): its
+        // owners open a new, freshly logged-in connection for their next
+        // requests while this one finishes what it carries. The Java
+        // client re-authenticates between 85% and 95% of the lifetime.
+        let retire_at = established
+            .session_lifetime
+            .map(|lifetime| std::time::Instant::now() + lifetime.mul_f64(0.8));
         Ok(UpstreamConn {
             tx,
             cluster,
@@ -113,6 +136,7 @@ impl UpstreamConn {
             dead,
             request_timeout,
             slot,
+            retire_at,
         })
     }
 
@@ -139,7 +163,7 @@ impl UpstreamConn {
         expects_response: bool,
         extra: Duration,
     ) -> Result<Option<Reply>> {
-        if self.is_closed() {
+        if self.is_dead() {
             return Err(self.closed());
         }
         let correlation_id =
@@ -171,7 +195,18 @@ impl UpstreamConn {
         Ok(reply)
     }
 
+    /// Whether its owner should open a new connection instead: this one
+    /// is gone, or its login is about to expire.
     pub fn is_closed(&self) -> bool {
+        self.is_dead()
+            || self
+                .retire_at
+                .is_some_and(|at| std::time::Instant::now() >= at)
+    }
+
+    /// Whether the connection can carry no more requests. A retired one
+    /// still can: a request handed to it just as it retired goes out.
+    fn is_dead(&self) -> bool {
         self.dead.is_cancelled() || self.tx.is_closed()
     }
 
@@ -211,8 +246,8 @@ struct Sent {
 /// past this many the oldest are assumed unanswered.
 const MAX_UNSETTLED_ACKS0: usize = 4096;
 
-async fn write_requests(
-    write: OwnedWriteHalf,
+async fn write_requests<W: AsyncWrite + Unpin>(
+    write: W,
     mut rx: mpsc::Receiver<Outbound>,
     inflight: mpsc::UnboundedSender<Awaited>,
     dead: CancellationToken,
@@ -256,8 +291,8 @@ struct Peer {
     slot: ClusterSlot,
 }
 
-async fn read_responses(
-    read: OwnedReadHalf,
+async fn read_responses<R: AsyncRead + Unpin>(
+    read: R,
     mut inflight: mpsc::UnboundedReceiver<Awaited>,
     peer: Peer,
     max_frame_bytes: u32,
@@ -516,9 +551,11 @@ mod tests {
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
         });
         let timeout = Duration::from_millis(200);
-        let conn = UpstreamConn::connect_timed(Arc::from("target"), &addr, 1 << 20, timeout)
-            .await
-            .expect("connect");
+        let plaintext = Security::default();
+        let conn =
+            UpstreamConn::connect_timed(Arc::from("target"), &addr, 1 << 20, timeout, &plaintext)
+                .await
+                .expect("connect");
         let started = std::time::Instant::now();
         let first = conn
             .send(request(1), true)
@@ -570,6 +607,7 @@ mod tests {
             &addr,
             1 << 20,
             Duration::from_millis(100),
+            &Security::default(),
         )
         .await
         .expect("connect");

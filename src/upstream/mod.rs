@@ -8,7 +8,8 @@
 mod cluster;
 mod conn;
 mod outage;
+pub mod security;
 
 pub use cluster::Cluster;
 pub use conn::{DEFAULT_REQUEST_TIMEOUT, Reply, UpstreamConn};
-pub use outage::{Outages, outages};
+pub use outage::{Outages, Unreachable, outages};

@@ -23,6 +23,19 @@ struct Down {
     since: Instant,
     /// Failed connects and broken connections since the first one.
     failures: u64,
+    /// What the last one said.
+    error: String,
+}
+
+/// A broker klink cannot reach, as `klink ctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unreachable {
+    pub cluster: String,
+    pub broker: String,
+    /// Seconds since the first failure.
+    pub for_s: u64,
+    pub failures: u64,
+    pub error: String,
 }
 
 /// The process's outages: sessions, the mirror and klink's own requests
@@ -42,8 +55,10 @@ impl Outages {
             let entry = down.entry((cluster.clone(), addr.clone())).or_insert(Down {
                 since: Instant::now(),
                 failures: 0,
+                error: String::new(),
             });
             entry.failures += 1;
+            entry.error = error.to_string();
             entry.failures == 1
         };
         if first {
@@ -64,10 +79,30 @@ impl Outages {
             }
             down.remove(&(cluster.clone(), addr.clone()))
         };
-        if let Some(Down { since, failures }) = ended {
+        if let Some(Down {
+            since, failures, ..
+        }) = ended
+        {
             tracing::info!(%cluster, %addr, down_ms = since.elapsed().as_millis() as u64, failures,
                 "upstream broker reachable again");
         }
+    }
+
+    /// The brokers klink cannot reach now, and why.
+    pub fn unreachable(&self) -> Vec<Unreachable> {
+        let mut down: Vec<Unreachable> = self
+            .lock()
+            .iter()
+            .map(|((cluster, broker), down)| Unreachable {
+                cluster: cluster.to_string(),
+                broker: broker.to_string(),
+                for_s: down.since.elapsed().as_secs(),
+                failures: down.failures,
+                error: down.error.clone(),
+            })
+            .collect();
+        down.sort_by(|a, b| (&a.cluster, &a.broker).cmp(&(&b.cluster, &b.broker)));
+        down
     }
 
     /// Whether klink last failed to reach `addr`.
@@ -101,6 +136,17 @@ mod tests {
         assert_eq!(outages.lock()[&(cluster.clone(), addr.clone())].failures, 2);
         assert!(outages.is_down(&cluster, &addr));
         assert!(!outages.is_down(&cluster, &other));
+        let shown = outages.unreachable();
+        assert_eq!(shown.len(), 1);
+        assert_eq!(
+            (
+                shown[0].cluster.as_str(),
+                shown[0].broker.as_str(),
+                shown[0].failures
+            ),
+            ("source", "127.0.0.1:1", 2)
+        );
+        assert!(shown[0].error.contains("connect refused"), "{shown:?}");
         outages.reached(&cluster, &other);
         assert!(outages.is_down(&cluster, &addr), "another broker's success");
         outages.reached(&cluster, &addr);

@@ -53,13 +53,7 @@ impl Session {
                         })?
                     }
                 };
-                UpstreamConn::connect_timed(
-                    cluster.name.clone(),
-                    &addr,
-                    self.ctx.max_frame_bytes(),
-                    cluster.request_timeout(),
-                )
-                .await?
+                cluster.connect_to(&addr).await?
             }
         };
         upstreams.insert(destination.clone(), conn.clone());
