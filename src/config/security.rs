@@ -158,7 +158,7 @@ pub fn resolve(
         (true, Some(tls)) => Some(connector(tls)?),
         _ => None,
     };
-    Ok(Arc::new(Security { tls, login }))
+    Ok(Arc::new(Security::new(tls, login)))
 }
 
 fn password(sasl: &SaslConfig) -> Result<Secret, SecurityError> {

@@ -126,9 +126,10 @@ impl UpstreamConn {
         // owners open a new, freshly logged-in connection for their next
         // requests while this one finishes what it carries. The Java
         // client re-authenticates between 85% and 95% of the lifetime.
-        let retire_at = established
-            .session_lifetime
-            .map(|lifetime| std::time::Instant::now() + lifetime.mul_f64(0.8));
+        let retire_at = established.session_lifetime.map(|lifetime| {
+            security.note_session_lifetime(&cluster, lifetime);
+            std::time::Instant::now() + lifetime.mul_f64(0.8)
+        });
         Ok(UpstreamConn {
             tx,
             cluster,
@@ -198,10 +199,16 @@ impl UpstreamConn {
     /// Whether its owner should open a new connection instead: this one
     /// is gone, or its login is about to expire.
     pub fn is_closed(&self) -> bool {
-        self.is_dead()
-            || self
-                .retire_at
-                .is_some_and(|at| std::time::Instant::now() >= at)
+        if self.is_dead() {
+            return true;
+        }
+        let retired = self
+            .retire_at
+            .is_some_and(|at| std::time::Instant::now() >= at);
+        if retired {
+            tracing::debug!(cluster = %self.cluster, addr = %self.addr, "login about to expire: a new connection for the next requests");
+        }
+        retired
     }
 
     /// Whether the connection can carry no more requests. A retired one

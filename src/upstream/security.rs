@@ -76,6 +76,8 @@ impl std::fmt::Debug for Tls {
 pub struct Security {
     pub tls: Option<Tls>,
     pub login: Option<Login>,
+    /// Set once the cluster's login session lifetime has been logged.
+    lifetime_logged: std::sync::OnceLock<()>,
 }
 
 /// An upstream byte stream, plain or under TLS.
@@ -100,6 +102,23 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 impl Security {
     pub fn plaintext() -> Arc<Security> {
         Arc::new(Security::default())
+    }
+
+    pub fn new(tls: Option<Tls>, login: Option<Login>) -> Security {
+        Security {
+            tls,
+            login,
+            lifetime_logged: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Logs, once per cluster, that its brokers' logins expire and klink
+    /// renews its connections before they do.
+    pub fn note_session_lifetime(&self, cluster: &Arc<str>, lifetime: Duration) {
+        if self.lifetime_logged.set(()).is_ok() {
+            tracing::info!(%cluster, lifetime_s = lifetime.as_secs_f64(),
+                "the cluster's logins expire (KIP-368): klink renews each connection at 80% of that");
+        }
     }
 
     pub fn is_plaintext(&self) -> bool {
@@ -297,10 +316,7 @@ mod tests {
             username: "migrator".into(),
             password: Secret::new("hunter2-secret".into()),
         };
-        let security = Security {
-            tls: None,
-            login: Some(login),
-        };
+        let security = Security::new(None, Some(login));
         let shown = format!("{security:?}");
         assert!(
             shown.contains("migrator") && !shown.contains("hunter2"),
