@@ -17,8 +17,12 @@
 # descriptors (/proc/PID/fd), its client connections, and the p99 of the
 # time klink took to answer Produce and Fetch in that interval (from the
 # klink_request_duration_seconds histogram on /metrics; Fetch includes the
-# consumer's long-poll wait). The end prints each figure's first and last
-# third (medians) and their ratio: flat is 1.0.
+# consumer's long-poll wait), each beside the broker's own p99 for the same
+# requests (klink_upstream_request_duration_seconds): where both grow, the
+# broker slowed down, not klink. p99s are bucket bounds (0.5 ms .. 30 s).
+# The end prints each figure's first and last third (medians) and their
+# ratio: flat is 1.0. Run it on an otherwise idle machine: other work on
+# the same cores shows up as latency.
 #
 # Not part of scripts/test.sh. Knobs: DURATION (1800), INTERVAL (10),
 # RATE (500), RECORD_SIZE (512), KLINK_CACHE.
@@ -95,6 +99,9 @@ def scrape():
         for s in family.samples:
             if s.name == "klink_request_duration_seconds_bucket" and s.labels["api"] in ("Produce", "Fetch"):
                 buckets.setdefault(s.labels["api"], []).append((float(s.labels["le"]), s.value))
+            elif s.name == "klink_upstream_request_duration_seconds_bucket" and s.labels["api"] in ("Produce", "Fetch"):
+                key = "upstream " + s.labels["api"]
+                buckets.setdefault(key, []).append((float(s.labels["le"]), s.value))
             elif s.name == "klink_client_connections":
                 connections = s.value
     return {api: sorted(b) for api, b in buckets.items()}, connections
@@ -119,26 +126,30 @@ def proc():
         rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     return rss / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
+KEYS = ["Produce", "upstream Produce", "Fetch", "upstream Fetch"]
 rows, last = [], scrape()[0]
 began = time.time()
-print(f"{'t (s)':>6} {'RSS MiB':>8} {'fds':>5} {'conns':>6} {'Produce p99 ms':>15} {'Fetch p99 ms':>13}", flush=True)
+print(f"{'t (s)':>6} {'RSS MiB':>8} {'fds':>5} {'conns':>6} {'Produce p99 ms':>15} {'(upstream)':>11}"
+      f" {'Fetch p99 ms':>13} {'(upstream)':>11}", flush=True)
 while time.time() - began < duration:
     time.sleep(interval)
     buckets, connections = scrape()
     rss, fds = proc()
-    produce = p99_ms(buckets.get("Produce"), last.get("Produce"))
-    fetch = p99_ms(buckets.get("Fetch"), last.get("Fetch"))
+    p99s = [p99_ms(buckets.get(k), last.get(k)) for k in KEYS]
     last = buckets
-    rows.append((rss, fds, connections, produce, fetch))
-    print(f"{time.time() - began:6.0f} {rss:8.1f} {fds:5d} {connections:6.0f} {produce:15.1f} {fetch:13.1f}", flush=True)
+    rows.append((rss, fds, connections, *p99s))
+    print(f"{time.time() - began:6.0f} {rss:8.1f} {fds:5d} {connections:6.0f} {p99s[0]:15.1f} {p99s[1]:11.1f}"
+          f" {p99s[2]:13.1f} {p99s[3]:11.1f}", flush=True)
 
 third = max(1, len(rows) // 3)
 print("\ntrend (median of the first third -> median of the last third, ratio):")
-for i, name in enumerate(["RSS MiB", "fds", "client connections", "Produce p99 ms", "Fetch p99 ms"]):
+names = ["RSS MiB", "fds", "client connections", "Produce p99 ms", "upstream Produce p99 ms",
+         "Fetch p99 ms", "upstream Fetch p99 ms"]
+for i, name in enumerate(names):
     first = statistics.median(r[i] for r in rows[:third])
     final = statistics.median(r[i] for r in rows[-third:])
     ratio = final / first if first else float("nan")
-    print(f"  {name:20} {first:10.1f} -> {final:10.1f}   {ratio:5.2f}x")
+    print(f"  {name:24} {first:10.1f} -> {final:10.1f}   {ratio:5.2f}x")
 EOF
 wait "$PRODUCER" || die "the producer failed: $(tail -3 "$WORK/producer.log")"
 say "producer: $(tail -1 "$WORK/producer.log")"

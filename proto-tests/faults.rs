@@ -125,10 +125,13 @@ fn churn_and_idle_crowds_leave_nothing_behind_and_the_limit_refuses_with_a_log_l
     for (fds, _) in &after {
         assert!(*fds <= fds_before, "no descriptor left behind by a crowd");
     }
-    let (first, last) = (after[0].1, after[after.len() - 1].1);
+    // Measured against the second crowd, not the first: how much glibc
+    // hands back after the first crowd varies (72 and 106 MiB in two runs
+    // here), and a leak shows as what each crowd adds to the one before.
+    let (second, last) = (after[1].1, after[after.len() - 1].1);
     assert!(
-        last <= first + RSS_SLACK_KIB,
-        "more crowds kept growing RSS: {first} -> {last} KiB"
+        last <= second + RSS_SLACK_KIB,
+        "more crowds kept growing RSS: {after:?}"
     );
     // And a new client is served again.
     churn(klink.bootstrap, &frame, 10);

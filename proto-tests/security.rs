@@ -345,3 +345,124 @@ fn the_control_socket_refuses_a_wrong_or_missing_token_and_changes_nothing() {
         "the right token works"
     );
 }
+
+/// routing.py over TLS to klink, trusting `ca`.
+fn py_tls(ca: &Path, args: &[&str]) -> Value {
+    let mut command = Command::new(crate::harness::python_bin());
+    command
+        .arg(crate::harness::repo_root().join("proto-tests/clients/routing.py"))
+        .args(args)
+        .env("KLINK_CLIENT_CA", ca);
+    let (status, stdout, stderr) = crate::harness::run_bounded(command, Duration::from_secs(90));
+    assert!(
+        status.success(),
+        "routing.py {args:?} over TLS failed:\n{stderr}"
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("routing.py {args:?}: {e}: {stdout}{stderr}"))
+}
+
+#[test]
+fn clients_reach_klink_over_tls_and_one_without_the_ca_gets_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca, cert, key) = throwaway_ca(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).expect("dir");
+    let (other_ca, _, _) = throwaway_ca(&other);
+    let source = Broker::start("tls-clients");
+    let mut klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            extra_proxy: format!(
+                "tls = {{ cert_file = \"{}\", key_file = \"{}\" }}\n",
+                cert.display(),
+                key.display()
+            ),
+            ..Default::default()
+        },
+    );
+    let bootstrap = klink.bootstrap_str();
+    py_tls(
+        &ca,
+        &[
+            "create",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--partitions",
+            "3",
+        ],
+    );
+    let produced = py_tls(
+        &ca,
+        &[
+            "produce",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--count",
+            "200",
+            "--prefix",
+            "ck-",
+        ],
+    );
+    assert_eq!(produced["delivered"], 200, "{produced}");
+    let mut js = ledger_js(&[
+        "produce",
+        "--bootstrap",
+        &bootstrap,
+        "--topic",
+        "orders",
+        "--seconds",
+        "2",
+        "--pace",
+        "50",
+    ]);
+    js.env("KLINK_CLIENT_CA", &ca);
+    let (js, js_lines) = started_command(js);
+    let js = crate::cutover_clients::report(js, js_lines, "kafkajs producer over TLS");
+    assert_eq!(js["failed"], 0, "{}", js["errors"]);
+    let js_acked = js["acked"].as_array().map_or(0, Vec::len);
+    assert!(js_acked > 50, "kafkajs acknowledged {js_acked}");
+    let counted = py_tls(
+        &ca,
+        &["count", "--bootstrap", &bootstrap, "--topic", "orders"],
+    );
+    assert_eq!(counted["count"], 200 + js_acked, "read back over TLS");
+
+    // A client that does not trust klink's CA fails its handshake; one
+    // speaking plaintext to the TLS listener gets no answer.
+    let mut command = Command::new(crate::harness::python_bin());
+    command.args([
+        "-c",
+        "import socket, ssl, sys\n\
+         ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+         try:\n    ctx.wrap_socket(socket.create_connection(('127.0.0.1', int(sys.argv[2]))), server_hostname='127.0.0.1')\n    print('connected')\n\
+         except ssl.SSLCertVerificationError as e:\n    print('refused', e.verify_message)\n",
+    ]);
+    command
+        .arg(&other_ca)
+        .arg(klink.bootstrap.port().to_string());
+    let (_, stdout, stderr) = crate::harness::run_bounded(command, Duration::from_secs(30));
+    assert!(
+        stdout.starts_with("refused"),
+        "a client without the CA: {stdout}{stderr}"
+    );
+    let mut plain = crate::raw::RawConn::connect(klink.bootstrap);
+    let (_, frame) = plain.encode(&kafka_protocol::messages::ApiVersionsRequest::default(), 3);
+    plain.send_bytes(&frame);
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain.stream, &mut answer);
+    // Nothing, or a TLS alert record (content type 21): no Kafka answer.
+    assert!(
+        answer.first().is_none_or(|&b| b == 21),
+        "plaintext got {} bytes from a TLS listener: {:?}",
+        answer.len(),
+        &answer[..answer.len().min(16)]
+    );
+    let log = klink.process.log_text();
+    assert!(log.contains("client TLS handshake failed"), "{log}");
+    assert!(klink.process.is_running(), "klink kept running");
+}

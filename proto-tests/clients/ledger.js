@@ -34,8 +34,16 @@ const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 // The report, then exit once it is written (kafkajs may hold timers open).
 const finish = report => process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0))
 
+// TLS to klink when KLINK_CLIENT_CA names the CA to trust (the security
+// tests); plaintext otherwise.
+function ssl() {
+  const ca = process.env.KLINK_CLIENT_CA
+  return ca ? { ssl: { ca: [require('fs').readFileSync(ca, 'utf8')] } } : {}
+}
+
 function kafka(args, clientId) {
   return new Kafka({
+    ...ssl(),
     clientId,
     brokers: [args.bootstrap],
     logLevel: logLevel.NOTHING,

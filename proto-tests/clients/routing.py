@@ -22,6 +22,7 @@ between them, all from the one producer instance.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -29,13 +30,22 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
+
+def security():
+    """TLS to klink when KLINK_CLIENT_CA names the CA to trust (the
+    security tests); plaintext otherwise."""
+    ca = os.environ.get("KLINK_CLIENT_CA")
+    if not ca:
+        return {}
+    return {"security.protocol": "SSL", "ssl.ca.location": ca}
+
 def log(*a):
     print(time.strftime("%H:%M:%S"), "routing.py:", *a, file=sys.stderr, flush=True)
 
 
 def produce(a):
     p = Producer({
-        "bootstrap.servers": a.bootstrap,
+        "bootstrap.servers": a.bootstrap, **security(),
         "client.id": "routing-producer",
         "acks": "all",
         "enable.idempotence": a.idempotent,
@@ -74,7 +84,7 @@ def produce(a):
 
 def count(a):
     c = Consumer({
-        "bootstrap.servers": a.bootstrap,
+        "bootstrap.servers": a.bootstrap, **security(),
         "group.id": "routing-count-unused",
         "enable.auto.commit": False,
         "fetch.wait.max.ms": 10,
@@ -100,7 +110,7 @@ def count(a):
 def group(a):
     assignments, errors, consumed = [], [], 0
     c = Consumer({
-        "bootstrap.servers": a.bootstrap,
+        "bootstrap.servers": a.bootstrap, **security(),
         "group.id": a.group,
         "client.id": "routing-group",
         "auto.offset.reset": "earliest",
@@ -135,13 +145,13 @@ def group(a):
 
 
 def groups(a):
-    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    admin = AdminClient({"bootstrap.servers": a.bootstrap, **security()})
     listed = admin.list_consumer_groups(request_timeout=10).result()
     print(json.dumps({"groups": sorted(g.group_id for g in listed.valid)}), flush=True)
 
 
 def committed(a):
-    c = Consumer({"bootstrap.servers": a.bootstrap, "group.id": a.group, "client.id": "routing-committed"})
+    c = Consumer({"bootstrap.servers": a.bootstrap, **security(), "group.id": a.group, "client.id": "routing-committed"})
     md = c.list_topics(a.topic, timeout=10).topics.get(a.topic)
     # The topic need not exist on this cluster for the group to have offsets
     # for it (a group moved before its topic): ask for partition 0 at least.
@@ -153,7 +163,7 @@ def committed(a):
 
 
 def create(a):
-    admin = AdminClient({"bootstrap.servers": a.bootstrap})
+    admin = AdminClient({"bootstrap.servers": a.bootstrap, **security()})
     for _, f in admin.create_topics([NewTopic(a.topic, a.partitions, 1)]).items():
         f.result(15)
     print(json.dumps({"created": a.topic}), flush=True)

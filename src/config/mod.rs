@@ -15,7 +15,7 @@ use serde::Deserialize;
 mod security;
 
 use crate::upstream::security::{Secret, Security};
-pub use security::{SaslConfig, SecurityProtocol, TlsConfig};
+pub use security::{ListenerTlsConfig, SaslConfig, SecurityProtocol, TlsConfig, acceptor};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +141,9 @@ pub struct ProxyConfig {
     /// command without it or with another is refused.
     #[serde(default)]
     pub control_token_env: Option<String>,
+    /// TLS for clients on the bootstrap and virtual-broker listeners.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -229,3 +229,65 @@ fn connector(tls: &TlsConfig) -> Result<Tls, SecurityError> {
         server_name: tls.server_name.clone(),
     })
 }
+
+/// `[proxy] tls = { cert_file, key_file, client_ca_file }`: TLS for the
+/// clients on the bootstrap and virtual-broker listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// klink's certificate chain and key (PEM), for the names and addresses
+    /// clients connect to (`advertised_host`).
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate this CA signed (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The TLS acceptor of klink's client listeners.
+pub fn acceptor(tls: &ListenerTlsConfig) -> Result<tokio_rustls::TlsAcceptor, SecurityError> {
+    let fail = |key: &str, path: &Path, e: String| {
+        (format!("tls.{key}"), format!("{}: {e}", path.display()))
+    };
+    let chain = CertificateDer::pem_file_iter(&tls.cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| fail("cert_file", &tls.cert_file, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(fail(
+            "cert_file",
+            &tls.cert_file,
+            "no certificate in it".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .map_err(|e| fail("key_file", &tls.key_file, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("tls".to_string(), e.to_string()))?;
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| fail("client_ca_file", ca, e.to_string()))?
+            {
+                let cert = cert.map_err(|e| fail("client_ca_file", ca, e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| fail("client_ca_file", ca, e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| fail("client_ca_file", ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| fail("cert_file", &tls.cert_file, e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -64,6 +64,8 @@ pub struct ProxyContext {
     pub(super) cluster_id: std::sync::OnceLock<String>,
     /// Client connections open, and how many may be.
     pub(super) connection_limit: Arc<super::limit::ConnectionLimit>,
+    /// TLS for clients, when `[proxy] tls` is set.
+    pub(super) client_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl ProxyContext {

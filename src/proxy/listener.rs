@@ -13,6 +13,8 @@ use crate::broker::VirtualBroker;
 /// overflows when a fleet of clients reconnects at once, and each overflow
 /// costs a client a one-second SYN retry.
 const BACKLOG: u32 = 4096;
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// Binds a listening socket with a backlog sized for bursts of reconnects.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -46,8 +48,25 @@ pub async fn accept_loop(
                 };
                 let _ = stream.set_nodelay(true);
                 let session = Session::new(ctx.clone(), home.clone(), peer);
+                let tls = ctx.client_tls.clone();
                 ctx.tasks.spawn(async move {
-                    session.run(stream).await;
+                    match tls {
+                        None => session.run(stream).await,
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream));
+                            match handshake.await {
+                                Ok(Ok(stream)) => session.run_tls(stream).await,
+                                // A client without the CA, with no or a
+                                // wrong certificate, or speaking plaintext:
+                                // it gets nothing through.
+                                Ok(Err(e)) => {
+                                    tracing::info!(%peer, error = %e, "client TLS handshake failed")
+                                }
+                                Err(_) => tracing::info!(%peer, "client TLS handshake timed out"),
+                            }
+                        }
+                    }
                     drop(admitted);
                 });
             }

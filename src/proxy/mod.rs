@@ -80,6 +80,13 @@ pub async fn run_with_listener(
     let (new_listeners, mut listeners) = tokio::sync::mpsc::unbounded_channel();
     let upstream_versions = clusters.iter().map(|_| Default::default()).collect();
     let max_client_connections = config.proxy.max_client_connections;
+    let client_tls = match &config.proxy.tls {
+        None => None,
+        Some(tls) => Some(
+            crate::config::acceptor(tls)
+                .map_err(|(key, e)| Error::klink(Kind::Config, format!("proxy.{key}: {e}")))?,
+        ),
+    };
     let ctx = Arc::new(ProxyContext {
         config,
         registry,
@@ -98,6 +105,7 @@ pub async fn run_with_listener(
         new_listeners,
         cluster_id: std::sync::OnceLock::new(),
         connection_limit: limit::ConnectionLimit::new(max_client_connections),
+        client_tls,
     });
     let spawner = ctx.clone();
     tasks.spawn(async move {

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::codec::FramedRead;
@@ -122,9 +122,20 @@ impl Session {
     }
 
     pub async fn run(self, stream: TcpStream) {
+        // Owned halves: no lock between the reader and the writer.
+        let (read, write) = stream.into_split();
+        self.run_halves(read, write).await;
+    }
+
+    /// A client connection under TLS (the handshake done).
+    pub async fn run_tls(self, stream: tokio_rustls::server::TlsStream<TcpStream>) {
+        let (read, write) = tokio::io::split(stream);
+        self.run_halves(read, write).await;
+    }
+
+    async fn run_halves<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(self, read: R, write: W) {
         metrics().connection_opened();
         let _closed = scopeguard_closed();
-        let (read, write) = stream.into_split();
         let (queue_tx, queue_rx) = mpsc::channel(MAX_IN_FLIGHT);
         // The writer cancels this when it cannot go on, so the reader stops
         // forwarding requests nobody will answer.
@@ -136,9 +147,9 @@ impl Session {
         tracing::debug!(peer = %self.peer, "connection closed");
     }
 
-    async fn read_requests(
+    async fn read_requests<R: AsyncRead + Unpin>(
         &self,
-        read: OwnedReadHalf,
+        read: R,
         queue: mpsc::Sender<Queued>,
         writer_gone: CancellationToken,
     ) {
@@ -441,9 +452,9 @@ impl Session {
         )))
     }
 
-    async fn write_responses(
+    async fn write_responses<W: AsyncWrite + Unpin>(
         &self,
-        write: OwnedWriteHalf,
+        write: W,
         mut queue: mpsc::Receiver<Queued>,
         writer_gone: CancellationToken,
     ) {
