@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::cutover::{orders_member, producers, started_command};
-use crate::cutover_clients::{ledger_js, report};
+use crate::cutover_clients::{kafkajs_member, kafkajs_producer, report};
 use crate::flips::dump;
 use crate::harness::{Broker, Klink};
 use crate::mirror::create;
@@ -47,17 +47,11 @@ impl Clients {
             &format!("{group_prefix}-confluent"),
             &consume_seconds,
         );
-        let kafkajs_group = started_command(ledger_js(&[
-            "consume",
-            "--bootstrap",
+        let kafkajs_group = started_command(kafkajs_member(
             &bootstrap,
-            "--topic",
-            "orders",
-            "--group",
             &format!("{group_prefix}-kafkajs"),
-            "--seconds",
             &consume_seconds,
-        ]));
+        ));
         std::thread::sleep(Duration::from_millis(1500));
         // Slower than the cutover tests' 500/s: the sqlite broker is slow.
         let confluent = producers(
@@ -65,17 +59,7 @@ impl Clients {
             &produce_seconds,
             &["--pace", "60", "--one-per-batch"],
         );
-        let kafkajs = started_command(ledger_js(&[
-            "produce",
-            "--bootstrap",
-            &bootstrap,
-            "--topic",
-            "orders",
-            "--seconds",
-            &produce_seconds,
-            "--pace",
-            "60",
-        ]));
+        let kafkajs = started_command(kafkajs_producer(&bootstrap, &produce_seconds, "60"));
         Clients {
             confluent,
             kafkajs,

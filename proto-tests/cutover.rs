@@ -3,7 +3,7 @@
 //!
 //! Just over 600 lines: the helpers here (the migration, the ledger
 //! producers, the group member) serve `cutover_clients.rs`,
-//! `numbering.rs` and `producer_ids.rs` too.
+//! `numbering.rs`, `producer_ids.rs`, `crashes.rs` and `security.rs` too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};

@@ -22,6 +22,38 @@ pub(crate) fn ledger_js(args: &[&str]) -> Command {
     command
 }
 
+/// A kafkajs member of `group` reading `orders` for `seconds` (ledger.js
+/// consume).
+pub(crate) fn kafkajs_member(bootstrap: &str, group: &str, seconds: &str) -> Command {
+    ledger_js(&[
+        "consume",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        "orders",
+        "--group",
+        group,
+        "--seconds",
+        seconds,
+    ])
+}
+
+/// A kafkajs producer writing "kafkajs:N" to `orders` at `pace` records a
+/// second for `seconds`, one send at a time (ledger.js produce).
+pub(crate) fn kafkajs_producer(bootstrap: &str, seconds: &str, pace: &str) -> Command {
+    ledger_js(&[
+        "produce",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        "orders",
+        "--seconds",
+        seconds,
+        "--pace",
+        pace,
+    ])
+}
+
 /// The last line a started client printed, as JSON, once it exited 0.
 pub(crate) fn report(
     mut child: crate::routing::KillOnDrop,
@@ -75,29 +107,9 @@ fn kafkajs_and_kafka_python_go_through_promote_rollback_promote_and_commit() {
             .and_then(|g| g.iter().find(|g| g["group"] == group).cloned())
             .unwrap_or(Value::Null)
     };
-    let (consumer, consumer_lines) = started_command(ledger_js(&[
-        "consume",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "orders",
-        "--group",
-        "billing",
-        "--seconds",
-        "14",
-    ]));
+    let (consumer, consumer_lines) = started_command(kafkajs_member(&bootstrap, "billing", "14"));
     std::thread::sleep(Duration::from_millis(1500));
-    let (js, js_lines) = started_command(ledger_js(&[
-        "produce",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "orders",
-        "--seconds",
-        "8",
-        "--pace",
-        "200",
-    ]));
+    let (js, js_lines) = started_command(kafkajs_producer(&bootstrap, "8", "200"));
     let (kp, kp_lines) = started(&[
         "kp-ledger",
         "--bootstrap",

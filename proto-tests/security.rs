@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cutover::{orders_member, started, started_command};
-use crate::cutover_clients::ledger_js;
+use crate::cutover_clients::kafkajs_producer;
 use crate::harness::{Broker, Klink, KlinkOptions, Process, free_port, socat_bin, wait_for_port};
 use crate::mirror::wait_caught_up;
 
@@ -139,17 +139,7 @@ fn klink_logs_in_to_a_scram_source_and_a_tls_scram_target_across_a_flip_and_sess
         "--pace",
         "20",
     ]);
-    let (js, js_lines) = started_command(ledger_js(&[
-        "produce",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "orders",
-        "--seconds",
-        "66",
-        "--pace",
-        "20",
-    ]));
+    let (js, js_lines) = started_command(kafkajs_producer(&bootstrap, "66", "20"));
     std::thread::sleep(Duration::from_secs(30));
     let (code, stdout, stderr) = klink.ctl(&["promote", "orders"]);
     assert!(
@@ -409,17 +399,7 @@ fn clients_reach_klink_over_tls_and_one_without_the_ca_gets_nothing() {
         ],
     );
     assert_eq!(produced["delivered"], 200, "{produced}");
-    let mut js = ledger_js(&[
-        "produce",
-        "--bootstrap",
-        &bootstrap,
-        "--topic",
-        "orders",
-        "--seconds",
-        "2",
-        "--pace",
-        "50",
-    ]);
+    let mut js = kafkajs_producer(&bootstrap, "2", "50");
     js.env("KLINK_CLIENT_CA", &ca);
     let (js, js_lines) = started_command(js);
     let js = crate::cutover_clients::report(js, js_lines, "kafkajs producer over TLS");

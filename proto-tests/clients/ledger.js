@@ -31,6 +31,9 @@ function parseArgs(argv) {
 
 const sleep = ms => new Promise(resolve => setTimeout(resolve, ms))
 
+// Errors after which kafkajs rejoins the group when they reach it.
+const REJOIN = new Set(['REBALANCE_IN_PROGRESS', 'ILLEGAL_GENERATION', 'UNKNOWN_MEMBER_ID'])
+
 // The report, then exit once it is written (kafkajs may hold timers open).
 const finish = report => process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0))
 
@@ -124,11 +127,15 @@ async function consume(args) {
       if (batch.messages.length > 0) lastGot = Date.now()
       // A commit or heartbeat refused across a flip (NOT_COORDINATOR) is
       // retried by the next batch; thrown, it would crash the consumer.
+      // What asks for a rejoin (the coordinator restarted and forgot the
+      // member, or a rebalance) goes to kafkajs, which rejoins: swallowed,
+      // the member kept a dead generation and stopped getting records.
       try {
         await commitOffsetsIfNecessary()
         await heartbeat()
       } catch (e) {
         if (errors.length < 20) errors.push(`commit/heartbeat: ${e && e.message}`)
+        if (e && REJOIN.has(e.type)) throw e
       }
     },
   })

@@ -5,7 +5,7 @@
 //! A request that cannot be parsed, names an unknown command, topic, group
 //! or cluster gets `{"ok":false,"error":...}` and changes nothing.
 //!
-//! About 660 lines: the commands, their replies and the socket that
+//! About 680 lines: the commands, their replies and the socket that
 //! serves them are one protocol, read together.
 
 pub mod audit;
