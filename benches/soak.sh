@@ -22,8 +22,9 @@
 # cluster, not per API): where the broker's grows with klink's, the broker
 # slowed down. p99s are bucket bounds (0.5 ms .. 30 s).
 # The end prints each figure's first and last third (medians) and their
-# ratio: flat is 1.0. Run it on an otherwise idle machine: other work on
-# the same cores shows up as latency.
+# ratio: flat is 1.0; then 20 s of the same produce straight to the broker
+# and through klink, to tell which of them slowed down. Run it on an
+# otherwise idle machine: other work on the same cores shows up as latency.
 #
 # Not part of scripts/test.sh. Knobs: DURATION (1800), INTERVAL (10),
 # RATE (500), RECORD_SIZE (512), KLINK_CACHE.
@@ -154,3 +155,13 @@ EOF
 wait "$PRODUCER" || die "the producer failed: $(tail -3 "$WORK/producer.log")"
 say "producer: $(tail -1 "$WORK/producer.log")"
 kill -0 "$KLINK_PID" || die "klink exited"
+
+# Who slowed down, if anything did: the same short produce, at the same
+# rate, straight to the broker and through klink, now that the broker holds
+# the whole run's records.
+for via in broker klink; do
+    if [ "$via" = broker ]; then servers="127.0.0.1:$BROKER_PORT"; else servers="$BOOTSTRAP"; fi
+    line="$("$KLINK" perf producer --topic soak --num-records $((RATE * 20)) --record-size "$RECORD_SIZE" \
+        --throughput "$RATE" --producer-props "bootstrap.servers=$servers" acks=all linger.ms=5 2>&1 | tail -1)"
+    say "after the soak, 20 s of produce straight to the $via: $line"
+done
