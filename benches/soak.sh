@@ -159,9 +159,9 @@ kill -0 "$KLINK_PID" || die "klink exited"
 # Who slowed down, if anything did: the same short produce, at the same
 # rate, straight to the broker and through klink, now that the broker holds
 # the whole run's records.
-for via in broker klink; do
-    if [ "$via" = broker ]; then servers="127.0.0.1:$BROKER_PORT"; else servers="$BOOTSTRAP"; fi
+for via in "straight to the broker" "through klink"; do
+    if [ "$via" = "through klink" ]; then servers="$BOOTSTRAP"; else servers="127.0.0.1:$BROKER_PORT"; fi
     line="$("$KLINK" perf producer --topic soak --num-records $((RATE * 20)) --record-size "$RECORD_SIZE" \
         --throughput "$RATE" --producer-props "bootstrap.servers=$servers" acks=all linger.ms=5 2>&1 | tail -1)"
-    say "after the soak, 20 s of produce straight to the $via: $line"
+    say "after the soak, 20 s of produce $via: $line"
 done
