@@ -140,6 +140,12 @@ fn check(reports: &Reports, homes: [&Broker; 2], recovered_at: f64, klink_log: &
                 "{value} was acknowledged and is not on the broker\nklink log:\n{klink_log}"
             );
             again += copies - 1;
+            // Idempotent producers' retries across the crash are
+            // deduplicated (klink's producer-id remap is durable).
+            assert!(
+                copies == 1 || !matches!(name, "idem" | "split"),
+                "{value} from an idempotent producer is on the broker {copies} times"
+            );
             if record[0] == "orders" {
                 acked_orders.push(value);
             }

@@ -296,15 +296,8 @@ impl Broker {
         users: &[(&str, &str, &str)],
         advertised: Option<u16>,
     ) -> Broker {
-        let port = free_port();
-        let mut broker = Broker::launch(Launch {
-            storage: String::new(),
-            port,
-            advertised: port,
-            cluster_id: cluster_id.into(),
-            starts: 0,
-            authentication: false,
-        });
+        let mut broker = Broker::start_persistent(cluster_id);
+        let port = broker.launch.port;
         for (name, password, mechanism) in users {
             let mut command = Command::new(tansu_bin());
             command
