@@ -7,6 +7,7 @@ mod raw;
 
 mod admin;
 mod bad_input;
+mod client_logins;
 mod clients;
 mod crashes;
 mod cutover;

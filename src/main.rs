@@ -46,12 +46,50 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+    /// The users clients log in to klink as (`[proxy] sasl.users_file`).
+    User {
+        /// Path to klink.toml (names the users file).
+        #[arg(
+            long,
+            short,
+            conflicts_with = "users_file",
+            required_unless_present = "users_file"
+        )]
+        config: Option<PathBuf>,
+        /// The users file itself.
+        #[arg(long)]
+        users_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Load generators with kafka-producer-perf-test's and
     /// kafka-consumer-perf-test's flags and output.
     Perf {
         #[command(subcommand)]
         command: klink::perf::PerfCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user, or give an existing one a new password. The password
+    /// is read from standard input (one line) or from --password-env.
+    Add {
+        name: String,
+        /// SCRAM-SHA-256 and/or SCRAM-SHA-512 (default both); PLAIN logins
+        /// are checked against these too.
+        #[arg(long = "mechanism")]
+        mechanisms: Vec<String>,
+        #[arg(long, default_value_t = 4096)]
+        iterations: u32,
+        /// The environment variable holding the password.
+        #[arg(long)]
+        password_env: Option<String>,
+    },
+    /// Remove a user; a running klink refuses its next logins.
+    Remove { name: String },
+    /// Each user and its mechanisms.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -148,6 +186,93 @@ fn main() -> ExitCode {
         Command::Proxy { config } => proxy(config),
         Command::Ctl { config, command } => ctl(config, command),
         Command::Perf { command } => klink::perf::run(command),
+        Command::User {
+            config,
+            users_file,
+            command,
+        } => user(config, users_file, command),
+    }
+}
+
+fn user(config: Option<PathBuf>, users_file: Option<PathBuf>, command: UserCommand) -> ExitCode {
+    use klink::sasl::scram::ScramHash;
+    use klink::sasl::users;
+    let path = match (users_file, config) {
+        (Some(path), _) => path,
+        (None, Some(config)) => match Config::load(&config) {
+            Ok(loaded) => match loaded.proxy.sasl {
+                Some(sasl) => sasl.users_file,
+                None => {
+                    eprintln!("klink user: {} has no [proxy] sasl", config.display());
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("klink: config error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => return ExitCode::from(2),
+    };
+    let done = match command {
+        UserCommand::Add {
+            name,
+            mechanisms,
+            iterations,
+            password_env,
+        } => {
+            let hashes: Result<Vec<ScramHash>, String> = if mechanisms.is_empty() {
+                Ok(vec![ScramHash::Sha256, ScramHash::Sha512])
+            } else {
+                mechanisms
+                    .iter()
+                    .map(|m| match m.as_str() {
+                        "SCRAM-SHA-256" => Ok(ScramHash::Sha256),
+                        "SCRAM-SHA-512" => Ok(ScramHash::Sha512),
+                        other => Err(format!(
+                            "--mechanism {other:?}: SCRAM-SHA-256 or SCRAM-SHA-512"
+                        )),
+                    })
+                    .collect()
+            };
+            let password = match password_env {
+                Some(var) => std::env::var(&var)
+                    .map_err(|_| format!("the environment variable {var} is not set")),
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map(|_| line.trim_end_matches(['\r', '\n']).to_string())
+                        .map_err(|e| format!("reading the password from standard input: {e}"))
+                }
+            };
+            hashes.and_then(|hashes| {
+                users::add_user(&path, &name, &password?, &hashes, iterations)?;
+                println!("user {name:?} in {}", path.display());
+                Ok(())
+            })
+        }
+        UserCommand::Remove { name } => users::remove_user(&path, &name).and_then(|removed| {
+            if removed {
+                println!("user {name:?} removed from {}", path.display());
+                Ok(())
+            } else {
+                Err(format!("no user {name:?} in {}", path.display()))
+            }
+        }),
+        UserCommand::List => users::list_users(&path).map(|all| {
+            for (name, hashes) in all {
+                let names: Vec<&str> = hashes.iter().map(|h| h.name()).collect();
+                println!("{name}\t{}", names.join(","));
+            }
+        }),
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("klink user: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -37,16 +37,34 @@ const REJOIN = new Set(['REBALANCE_IN_PROGRESS', 'ILLEGAL_GENERATION', 'UNKNOWN_
 // The report, then exit once it is written (kafkajs may hold timers open).
 const finish = report => process.stdout.write(`${JSON.stringify(report)}\n`, () => process.exit(0))
 
-// TLS to klink when KLINK_CLIENT_CA names the CA to trust (the security
-// tests); plaintext otherwise.
-function ssl() {
-  const ca = process.env.KLINK_CLIENT_CA
-  return ca ? { ssl: { ca: [require('fs').readFileSync(ca, 'utf8')] } } : {}
+// How to reach klink, from the environment (the security tests), as
+// routing.py's security() reads it: KLINK_CLIENT_CA (TLS, trusting this CA),
+// KLINK_CLIENT_CERT/_KEY (mTLS), KLINK_CLIENT_USER, _PASSWORD and
+// _MECHANISM (a SASL login, SCRAM-SHA-512 by default); plaintext otherwise.
+function security() {
+  const env = process.env
+  const fs = require('fs')
+  const out = {}
+  if (env.KLINK_CLIENT_CA) {
+    out.ssl = { ca: [fs.readFileSync(env.KLINK_CLIENT_CA, 'utf8')] }
+    if (env.KLINK_CLIENT_CERT) {
+      out.ssl.cert = fs.readFileSync(env.KLINK_CLIENT_CERT, 'utf8')
+      out.ssl.key = fs.readFileSync(env.KLINK_CLIENT_KEY, 'utf8')
+    }
+  }
+  if (env.KLINK_CLIENT_USER) {
+    out.sasl = {
+      mechanism: (env.KLINK_CLIENT_MECHANISM || 'SCRAM-SHA-512').toLowerCase(),
+      username: env.KLINK_CLIENT_USER,
+      password: env.KLINK_CLIENT_PASSWORD || '',
+    }
+  }
+  return out
 }
 
 function kafka(args, clientId) {
   return new Kafka({
-    ...ssl(),
+    ...security(),
     clientId,
     brokers: [args.bootstrap],
     logLevel: logLevel.NOTHING,

@@ -16,6 +16,10 @@ Each subcommand prints one JSON line on stdout when done; logs go to stderr.
            Lists the consumer groups the cluster knows.
   committed --bootstrap B --topic T --group G
            The group's committed offsets for T, as the cluster answers them.
+  login    --bootstrap B --topic unused
+           Lists topics; reports ok and the errors a refused login raises.
+
+security() says how the environment sets TLS and SASL up.
 
 --topic of produce may name several topics, comma-separated: records alternate
 between them, all from the one producer instance.
@@ -32,12 +36,56 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def security():
-    """TLS to klink when KLINK_CLIENT_CA names the CA to trust (the
-    security tests); plaintext otherwise."""
-    ca = os.environ.get("KLINK_CLIENT_CA")
-    if not ca:
-        return {}
-    return {"security.protocol": "SSL", "ssl.ca.location": ca}
+    """How to reach klink, from the environment (the security tests);
+    plaintext when none of it is set:
+      KLINK_CLIENT_CA          TLS, trusting this CA
+      KLINK_CLIENT_CERT/_KEY   and presenting this certificate (mTLS)
+      KLINK_CLIENT_USER        a SASL login as this user, with
+      KLINK_CLIENT_PASSWORD    this password and
+      KLINK_CLIENT_MECHANISM   this mechanism (default SCRAM-SHA-512)"""
+    env = os.environ
+    conf = {}
+    tls = bool(env.get("KLINK_CLIENT_CA"))
+    sasl = bool(env.get("KLINK_CLIENT_USER"))
+    if tls:
+        conf["ssl.ca.location"] = env["KLINK_CLIENT_CA"]
+        if env.get("KLINK_CLIENT_CERT"):
+            conf["ssl.certificate.location"] = env["KLINK_CLIENT_CERT"]
+            conf["ssl.key.location"] = env["KLINK_CLIENT_KEY"]
+    if sasl:
+        conf["sasl.mechanism"] = env.get("KLINK_CLIENT_MECHANISM", "SCRAM-SHA-512")
+        conf["sasl.username"] = env["KLINK_CLIENT_USER"]
+        conf["sasl.password"] = env.get("KLINK_CLIENT_PASSWORD", "")
+    if tls or sasl:
+        conf["security.protocol"] = {
+            (True, False): "SSL", (False, True): "SASL_PLAINTEXT", (True, True): "SASL_SSL",
+        }[(tls, sasl)]
+    return conf
+
+
+def login(a):
+    """Connects and asks for the topics, reporting what the client's error
+    callback heard (a refused login shows there) instead of waiting out
+    delivery timeouts."""
+    errors = []
+    admin = AdminClient({
+        "bootstrap.servers": a.bootstrap, **security(),
+        "client.id": "routing-login",
+        "error_cb": lambda e: errors.append(str(e)),
+    })
+    # Short tries, so that a refusal heard by the callback ends it early.
+    for _ in range(16):
+        try:
+            topics = sorted(admin.list_topics(timeout=0.5).topics)
+            print(json.dumps({"ok": True, "topics": topics, "errors": errors}), flush=True)
+            return
+        except KafkaException as e:
+            last = str(e)
+        admin.poll(0)  # serves error_cb
+        if any("Authentication" in e for e in errors):
+            break
+    print(json.dumps({"ok": False, "topics": [], "errors": errors + [last]}), flush=True)
+
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), "routing.py:", *a, file=sys.stderr, flush=True)
@@ -171,7 +219,7 @@ def create(a):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["produce", "count", "group", "create", "groups", "committed"])
+    ap.add_argument("command", choices=["produce", "count", "group", "create", "groups", "committed", "login"])
     ap.add_argument("--bootstrap", required=True)
     ap.add_argument("--topic", required=True)
     ap.add_argument("--count", type=int, default=100)
@@ -183,7 +231,7 @@ def main():
     ap.add_argument("--idempotent", action="store_true")
     a = ap.parse_args()
     {"produce": produce, "count": count, "group": group, "create": create, "groups": groups,
-     "committed": committed}[a.command](a)
+     "committed": committed, "login": login}[a.command](a)
 
 
 if __name__ == "__main__":

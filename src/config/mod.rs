@@ -15,7 +15,9 @@ use serde::Deserialize;
 mod security;
 
 use crate::upstream::security::{Secret, Security};
-pub use security::{ListenerTlsConfig, SaslConfig, SecurityProtocol, TlsConfig, acceptor};
+pub use security::{
+    ListenerSaslConfig, ListenerTlsConfig, SaslConfig, SecurityProtocol, TlsConfig, acceptor,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +146,9 @@ pub struct ProxyConfig {
     /// TLS for clients on the bootstrap and virtual-broker listeners.
     #[serde(default)]
     pub tls: Option<ListenerTlsConfig>,
+    /// SASL logins for clients on those listeners.
+    #[serde(default)]
+    pub sasl: Option<ListenerSaslConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

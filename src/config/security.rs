@@ -291,3 +291,22 @@ pub fn acceptor(tls: &ListenerTlsConfig) -> Result<tokio_rustls::TlsAcceptor, Se
         .map_err(|e| fail("cert_file", &tls.cert_file, e.to_string()))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
+
+/// `[proxy] sasl = { users_file, mechanisms }`: clients must log in to
+/// klink as one of the users in `users_file` before anything they send is
+/// forwarded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSaslConfig {
+    /// Salted SCRAM credentials, written by `klink user add`.
+    pub users_file: PathBuf,
+    /// What clients may log in with. PLAIN is checked against the same
+    /// SCRAM credentials; it sends the password itself, so it is offered
+    /// only when listed (and warned about without `[proxy] tls`).
+    #[serde(default = "default_client_mechanisms")]
+    pub mechanisms: Vec<Mechanism>,
+}
+
+fn default_client_mechanisms() -> Vec<Mechanism> {
+    vec![Mechanism::ScramSha256, Mechanism::ScramSha512]
+}

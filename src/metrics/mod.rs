@@ -92,6 +92,8 @@ pub struct Metrics {
     drain: Histogram,
     /// Per command (promote, rollback) and result (ok, aborted).
     cutovers: [[AtomicU64; 2]; 2],
+    /// Client logins to klink: accepted, refused.
+    logins: [AtomicU64; 2],
     recent_cutovers: Mutex<std::collections::VecDeque<CutoverRecord>>,
 }
 
@@ -104,6 +106,7 @@ impl Default for Metrics {
             fence: Histogram::default(),
             drain: Histogram::default(),
             cutovers: Default::default(),
+            logins: Default::default(),
             recent_cutovers: Mutex::default(),
         }
     }
@@ -191,6 +194,11 @@ impl Metrics {
         let shard = self.shard();
         shard.upstream_latency[slot.0].observe(took);
         shard.upstream_bytes_in[slot.0].fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// A client's login to klink ended (`[proxy] sasl`).
+    pub fn client_login(&self, accepted: bool) {
+        self.logins[usize::from(!accepted)].fetch_add(1, Relaxed);
     }
 
     /// A request sent upstream got no answer.

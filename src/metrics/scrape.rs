@@ -228,6 +228,17 @@ fn events(m: &Metrics, e: &mut DescriptorEncoder) -> std::fmt::Result {
                 })
             }),
     )?;
+    counter(
+        e,
+        "klink_client_logins",
+        "Clients' SASL logins to klink, by result (refused: wrong credentials or out of order)",
+        ["ok", "refused"].iter().enumerate().map(|(i, result)| {
+            (
+                vec![("result", result.to_string())],
+                m.logins[i].load(std::sync::atomic::Ordering::Relaxed),
+            )
+        }),
+    )?;
     histogram(
         e,
         "klink_fence_duration_seconds",
@@ -396,6 +407,7 @@ mod tests {
             "klink_upstream_errors_total",
             "klink_upstream_bytes_total",
             "klink_cutovers_total",
+            "klink_client_logins_total",
             "klink_fence_duration_seconds_count",
             "klink_cluster_up",
             "klink_topic_route",

@@ -66,6 +66,8 @@ pub struct ProxyContext {
     pub(super) connection_limit: Arc<super::limit::ConnectionLimit>,
     /// TLS for clients, when `[proxy] tls` is set.
     pub(super) client_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Client logins, when `[proxy] sasl` is set.
+    pub(super) client_logins: Option<Arc<super::session::login::ClientLogins>>,
 }
 
 impl ProxyContext {

@@ -87,6 +87,20 @@ pub async fn run_with_listener(
                 .map_err(|(key, e)| Error::klink(Kind::Config, format!("proxy.{key}: {e}")))?,
         ),
     };
+    let client_logins = match &config.proxy.sasl {
+        None => None,
+        Some(sasl) => {
+            let logins = session::login::ClientLogins::open(sasl)
+                .map_err(|e| Error::klink(Kind::Config, format!("proxy.sasl: {e}")))?;
+            if logins.offers(crate::sasl::Mechanism::Plain) && client_tls.is_none() {
+                tracing::warn!(
+                    "[proxy] sasl offers PLAIN without [proxy] tls: clients' passwords cross the network in the clear"
+                );
+            }
+            tracing::info!(users = logins.users(), file = %sasl.users_file.display(), "clients must log in");
+            Some(Arc::new(logins))
+        }
+    };
     let ctx = Arc::new(ProxyContext {
         config,
         registry,
@@ -106,6 +120,7 @@ pub async fn run_with_listener(
         cluster_id: std::sync::OnceLock::new(),
         connection_limit: limit::ConnectionLimit::new(max_client_connections),
         client_tls,
+        client_logins,
     });
     let spawner = ctx.clone();
     tasks.spawn(async move {

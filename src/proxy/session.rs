@@ -11,6 +11,7 @@
 
 mod budget;
 mod held;
+pub(super) mod login;
 mod upstreams;
 
 use upstreams::extra_wait;
@@ -159,11 +160,17 @@ impl Session {
         let mut fetch_sessions = FetchSessions::default();
         let fetch_budget =
             budget::FetchBudget::new(self.ctx.config.proxy.client_fetch_buffer_bytes);
+        let mut login = login::Login::new(self.ctx.client_logins.clone());
+        let login_deadline = tokio::time::Instant::now() + login::LOGIN_WITHIN;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => break,
                 _ = writer_gone.cancelled() => break,
+                _ = tokio::time::sleep_until(login_deadline), if login.pending() => {
+                    tracing::info!(peer = %self.peer, "closing client connection: no login within {} s", login::LOGIN_WITHIN.as_secs());
+                    break;
+                }
                 next = frames.next() => next,
             };
             let frame = match next {
@@ -178,6 +185,21 @@ impl Session {
                     break;
                 }
             };
+            if login.pending() || is_login_request(&frame) {
+                match self.log_in(&mut login, &frame).await {
+                    Ok(None) => {}
+                    Ok(Some((queued, close))) => {
+                        if queue.send(queued).await.is_err() || close {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::info!(peer = %self.peer, error = %e, "closing client connection");
+                        break;
+                    }
+                }
+            }
             // A client that reads its answers slowly stops here, before
             // its next Fetch goes out, rather than filling klink's memory.
             let reserved = tokio::select! {
@@ -206,6 +228,51 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// A login request, or any request while a login is owed: `None` to
+    /// dispatch it as usual, else klink's answer and whether the
+    /// connection closes after it.
+    async fn log_in(
+        &self,
+        login: &mut login::Login,
+        frame: &Frame,
+    ) -> Result<Option<(Queued, bool)>> {
+        let payload = frame.payload();
+        let header = RequestHeader::parse(&payload)
+            .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
+        let arrived = std::time::Instant::now();
+        let was_pending = login.pending();
+        let (answer, close) = match login.step(&header, &payload).await? {
+            login::Step::Pass => return Ok(None),
+            login::Step::Answer(answer) => (answer, false),
+            login::Step::Close { answer, reason } => {
+                metrics().client_login(false);
+                match answer {
+                    Some(answer) => {
+                        tracing::info!(peer = %self.peer, %reason, "closing client connection after answering its login");
+                        (answer, true)
+                    }
+                    None => return Err(Error::client(Kind::Auth, reason)),
+                }
+            }
+        };
+        if was_pending && !login.pending() {
+            metrics().client_login(true);
+        }
+        metrics().client_request(header.api_key, frame.wire_bytes().len());
+        Ok(Some((
+            Queued {
+                pending: Pending::Ready(answer),
+                watched: None,
+                silent: false,
+                _commit: None,
+                fetch_budget: None,
+                api_key: header.api_key,
+                arrived,
+            },
+            close,
+        )))
     }
 
     /// Decides what one request needs and sends it on its way. `Ok(None)`
@@ -449,6 +516,7 @@ impl Session {
             header.correlation_id,
             header.api_version,
             &upstreams,
+            self.ctx.client_logins.is_some(),
         )))
     }
 
@@ -692,6 +760,14 @@ fn scopeguard_closed() -> impl Drop {
 
 /// A client going away: not worth a warning. (EOF in the middle of a frame
 /// is still one: the client broke off a request.)
+/// SaslHandshake or SaslAuthenticate, read from the first two bytes (the
+/// API key) without parsing the header.
+fn is_login_request(frame: &Frame) -> bool {
+    let payload = frame.payload();
+    let key = payload.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+    key.is_some_and(|k| k == ApiKey::SaslHandshake as i16 || k == ApiKey::SaslAuthenticate as i16)
+}
+
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)

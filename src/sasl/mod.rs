@@ -7,12 +7,14 @@
 //! - [`plain`]: PLAIN (RFC 4616), client and the server-side parser.
 //! - [`scram`]: SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677),
 //!   client and server.
+//! - [`users`]: the file of credentials clients log in to klink with.
 //!
 //! Secrets (passwords, salted passwords, keys) never reach an error message
 //! or a `Debug` output: both end up in logs.
 
 pub mod plain;
 pub mod scram;
+pub mod users;
 
 use std::fmt;
 use std::str::FromStr;

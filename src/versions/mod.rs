@@ -88,9 +88,9 @@ pub fn handling(api: ApiKey) -> Handling {
         | GetTelemetrySubscriptions
         | PushTelemetry
         | ListConfigResources => Forward,
-        SaslHandshake | SaslAuthenticate => {
-            Refused("SASL between clients and klink is not supported yet")
-        }
+        // Answered by klink itself when `[proxy] sasl` is set (see
+        // `login_apis`), never forwarded: upstream, klink logs in as itself.
+        SaslHandshake | SaslAuthenticate => Refused("klink answers logins itself"),
         DescribeTopicPartitions | ListPartitionReassignments | AlterPartitionReassignments => {
             NODE_IDS
         }
@@ -207,8 +207,13 @@ pub fn api_versions_response(
     correlation_id: i32,
     version: i16,
     upstreams: &[UpstreamVersions],
+    client_logins: bool,
 ) -> Bytes {
-    let mut response = ApiVersionsResponse::default().with_api_keys(advertised(upstreams));
+    let mut apis = advertised(upstreams);
+    if client_logins {
+        apis.extend(login_apis());
+    }
+    let mut response = ApiVersionsResponse::default().with_api_keys(apis);
     if let Some(first) = upstreams.first()
         && upstreams.iter().all(|u| {
             u.finalized_features == first.finalized_features
@@ -221,6 +226,22 @@ pub fn api_versions_response(
             .with_finalized_features_epoch(first.finalized_features_epoch);
     }
     encode_api_versions(correlation_id, version, &response)
+}
+
+/// What klink answers itself when clients log in to it (`[proxy] sasl`):
+/// SaslHandshake v1 only (v0 carries the exchange in raw frames), and
+/// SaslAuthenticate up to v2.
+pub fn login_apis() -> [ApiVersion; 2] {
+    [
+        ApiVersion::default()
+            .with_api_key(ApiKey::SaslHandshake as i16)
+            .with_min_version(1)
+            .with_max_version(1),
+        ApiVersion::default()
+            .with_api_key(ApiKey::SaslAuthenticate as i16)
+            .with_min_version(0)
+            .with_max_version(2),
+    ]
 }
 
 /// The answer to an ApiVersions request at a version klink does not know:
@@ -335,6 +356,33 @@ mod tests {
         assert!(!offered(ApiKey::ConsumerGroupHeartbeat));
         assert!(!offered(ApiKey::ConsumerGroupDescribe));
         assert!(offered(ApiKey::JoinGroup), "the classic protocol stays");
+    }
+
+    #[test]
+    fn login_apis_are_offered_only_when_clients_log_in_to_klink() {
+        let sasl_broker = upstream(&[
+            (ApiKey::SaslHandshake, 0, 1),
+            (ApiKey::SaslAuthenticate, 0, 2),
+            (ApiKey::Metadata, 0, 12),
+        ]);
+        let offered = |logins: bool| -> Vec<(i16, i16, i16)> {
+            let frame = api_versions_response(7, 3, std::slice::from_ref(&sasl_broker), logins);
+            let mut body = frame.slice(4..);
+            kafka_protocol::messages::ResponseHeader::decode(&mut body, 0).unwrap();
+            let response = ApiVersionsResponse::decode(&mut body, 3).unwrap();
+            response
+                .api_keys
+                .iter()
+                .filter(|a| {
+                    a.api_key == ApiKey::SaslHandshake as i16
+                        || a.api_key == ApiKey::SaslAuthenticate as i16
+                })
+                .map(|a| (a.api_key, a.min_version, a.max_version))
+                .collect()
+        };
+        // An upstream's own SASL is klink's business, never the client's.
+        assert_eq!(offered(false), vec![]);
+        assert_eq!(offered(true), vec![(17, 1, 1), (36, 0, 2)]);
     }
 
     #[test]

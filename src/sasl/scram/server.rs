@@ -43,6 +43,42 @@ impl StoredCredential {
         }
     }
 
+    /// Whether `password` is the one this credential was made from: how a
+    /// PLAIN login is checked against a credential stored for SCRAM. Costs
+    /// the credential's iterations of PBKDF2 (milliseconds): call it off
+    /// the async threads. A credential that does not decode verifies
+    /// nothing.
+    pub fn verifies_password(&self, password: &str) -> bool {
+        let Ok((salt, keys)) = self.decoded() else {
+            return false;
+        };
+        let (client_key, _) = self
+            .hash
+            .client_and_server_keys(password, &salt, self.iterations);
+        constant_time_eq(&self.hash.digest(&client_key), &keys.stored_key)
+    }
+
+    /// Whether the salt, keys and iteration count are well formed.
+    pub fn is_usable(&self) -> bool {
+        self.decoded().is_ok()
+    }
+
+    /// A fresh credential for `password`: a random 24-byte salt.
+    pub fn generate(
+        hash: ScramHash,
+        password: &str,
+        iterations: u32,
+    ) -> Result<StoredCredential, SaslError> {
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+            return Err(SaslError::BadCredential(format!(
+                "{iterations} iterations, outside {MIN_ITERATIONS}..={MAX_ITERATIONS}"
+            )));
+        }
+        let mut salt = [0u8; 24];
+        getrandom::fill(&mut salt).map_err(|e| SaslError::Random(e.to_string()))?;
+        Ok(StoredCredential::derive(hash, password, &salt, iterations))
+    }
+
     /// The salt and keys, checked: the credential comes from configuration,
     /// not from this module.
     pub(super) fn decoded(&self) -> Result<(Vec<u8>, ServerKeys), SaslError> {
