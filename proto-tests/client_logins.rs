@@ -16,6 +16,7 @@ use crate::cutover::started_command;
 use crate::cutover_clients::{kafkajs_producer, ledger_js, report};
 use crate::harness::{Broker, Klink, KlinkOptions, free_port, python_bin, repo_root, run_bounded};
 use crate::raw::RawConn;
+use crate::security::throwaway_pki;
 
 const ALICE_PASSWORD: &str = "alice-pw-91c2e7";
 const BOB_PASSWORD: &str = "bob-pw-5d0a3f";
@@ -290,5 +291,116 @@ fn clients_log_in_to_klink_with_scram_and_plain_and_a_wrong_password_gets_nothin
         "{log}"
     );
     assert!(log.contains("wrong password"), "{log}");
+    assert!(klink.process.is_running());
+}
+
+#[test]
+fn clients_with_a_certificate_from_the_ca_and_a_login_get_through_and_others_do_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = throwaway_pki(dir.path());
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).expect("dir");
+    let other = throwaway_pki(&other_dir);
+    let users = dir.path().join("users.toml");
+    add_user(&users, "alice", ALICE_PASSWORD, &[]);
+    let source = Broker::start("mtls-clients");
+    let mut klink = Klink::start_with(
+        &source,
+        KlinkOptions {
+            extra_proxy: format!(
+                "tls = {{ cert_file = \"{}\", key_file = \"{}\", client_ca_file = \"{}\" }}\n\
+                 sasl = {{ users_file = \"{}\" }}\n",
+                pki.cert.display(),
+                pki.key.display(),
+                pki.ca.display(),
+                users.display()
+            ),
+            ..Default::default()
+        },
+    );
+    let bootstrap = klink.bootstrap_str();
+    let alice = Some(("SCRAM-SHA-512", "alice", ALICE_PASSWORD));
+    let certified = Some((pki.ca.as_path(), Some((&pki.client_cert, &pki.client_key))));
+    let run = |login, tls, args: &[&str]| {
+        let (ok, report, stderr) = py_as(login, tls, args);
+        assert!(ok && !report.is_null(), "routing.py {args:?}: {stderr}");
+        report
+    };
+    run(
+        alice,
+        certified,
+        &[
+            "create",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--partitions",
+            "3",
+        ],
+    );
+    let produced = run(
+        alice,
+        certified,
+        &[
+            "produce",
+            "--bootstrap",
+            &bootstrap,
+            "--topic",
+            "orders",
+            "--count",
+            "100",
+        ],
+    );
+    assert_eq!(produced["delivered"], 100, "{produced}");
+
+    // kafkajs over mTLS with a SCRAM login.
+    let mut js = kafkajs_producer(&bootstrap, "2", "50");
+    js.env("KLINK_CLIENT_CA", &pki.ca)
+        .env("KLINK_CLIENT_CERT", &pki.client_cert)
+        .env("KLINK_CLIENT_KEY", &pki.client_key)
+        .env("KLINK_CLIENT_MECHANISM", "SCRAM-SHA-256")
+        .env("KLINK_CLIENT_USER", "alice")
+        .env("KLINK_CLIENT_PASSWORD", ALICE_PASSWORD);
+    let (js, js_lines) = started_command(js);
+    let js = report(js, js_lines, "kafkajs producer over mTLS");
+    assert_eq!(js["failed"], 0, "{}", js["errors"]);
+    let js_acked = js["acked"].as_array().map_or(0, Vec::len);
+    assert!(js_acked > 50, "kafkajs acknowledged {js_acked}");
+    let count = ["count", "--bootstrap", &bootstrap, "--topic", "orders"];
+    assert_eq!(run(alice, certified, &count)["count"], 100 + js_acked);
+
+    // No certificate, or one another CA signed: the handshake fails and
+    // the login never starts. The right certificate with a wrong
+    // password: the login is refused.
+    let login = ["login", "--bootstrap", &bootstrap, "--topic", "-"];
+    for (what, tls) in [
+        ("no client certificate", Some((pki.ca.as_path(), None))),
+        (
+            "a certificate from another CA",
+            Some((
+                pki.ca.as_path(),
+                Some((&other.client_cert, &other.client_key)),
+            )),
+        ),
+    ] {
+        let (_, report, stderr) = py_as(alice, tls, &login);
+        assert_eq!(report["ok"], false, "{what}: {report} {stderr}");
+    }
+    let (_, report, stderr) = py_as(
+        Some(("SCRAM-SHA-512", "alice", WRONG_PASSWORD)),
+        certified,
+        &login,
+    );
+    assert!(
+        login_refused(&report),
+        "a wrong password over mTLS: {report} {stderr}"
+    );
+    assert_eq!(run(alice, certified, &count)["count"], 100 + js_acked);
+
+    let log = klink.process.log_text();
+    assert!(log.contains("client TLS handshake failed"), "{log}");
+    assert!(log.contains("login refused"), "{log}");
+    assert!(!log.contains(ALICE_PASSWORD) && !log.contains(WRONG_PASSWORD));
     assert!(klink.process.is_running());
 }

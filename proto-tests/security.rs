@@ -23,8 +23,25 @@ const TARGET_PASSWORD: &str = "target-pw-2b8e41";
 /// A throwaway CA and a certificate for 127.0.0.1 signed by it, as PEM
 /// files in `dir`: (ca, cert, key).
 pub(crate) fn throwaway_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let issued = throwaway_pki(dir);
+    (issued.ca, issued.cert, issued.key)
+}
+
+/// PEM files a throwaway CA issued.
+pub(crate) struct Pki {
+    pub ca: PathBuf,
+    /// For 127.0.0.1 and localhost (a server's).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A client's, for TLS client authentication.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+pub(crate) fn throwaway_pki(dir: &Path) -> Pki {
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, SanType,
     };
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -39,15 +56,28 @@ pub(crate) fn throwaway_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
     let key = KeyPair::generate().expect("key");
     let cert = params.signed_by(&key, &ca).expect("certificate");
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("broker.pem"),
-        dir.join("broker.key"),
-    );
-    std::fs::write(&paths.0, ca.pem()).expect("write ca");
-    std::fs::write(&paths.1, cert.pem()).expect("write cert");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("write key");
-    paths
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "klink test client");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().expect("client key");
+    let client_cert = client_params
+        .signed_by(&client_key, &ca)
+        .expect("client certificate");
+    let pki = Pki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("broker.pem"),
+        key: dir.join("broker.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    };
+    std::fs::write(&pki.ca, ca.pem()).expect("write ca");
+    std::fs::write(&pki.cert, cert.pem()).expect("write cert");
+    std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
+    std::fs::write(&pki.client_cert, client_cert.pem()).expect("write client cert");
+    std::fs::write(&pki.client_key, client_key.serialize_pem()).expect("write client key");
+    pki
 }
 
 /// socat terminating TLS on `port` in front of `upstream`.

@@ -95,6 +95,8 @@ pub enum SaslError {
     ExcessiveIterations(u32),
     #[error("the client's SCRAM proof does not verify (wrong password)")]
     InvalidProof,
+    #[error("wrong PLAIN password, or no user {0:?}")]
+    PlainRefused(String),
     #[error("no SCRAM credential for user {0:?}")]
     UnknownUser(String),
     #[error("channel binding is not supported: {0}")]
