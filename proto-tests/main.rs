@@ -25,6 +25,7 @@ mod routing;
 mod security;
 mod slow_reader;
 mod state_dir;
+mod transactions;
 
 use std::collections::BTreeMap;
 

@@ -141,6 +141,19 @@ impl Cutover {
         }
         let bound = Duration::from_millis(self.config.cutover.fence_timeout_ms);
         let drained = tokio::time::timeout(bound, async {
+            // A transaction that opened between the wait above and the
+            // fence (no new one opens under it) would be split: abort.
+            let opened = self.transactions.touching(&topics);
+            if !opened.is_empty() {
+                return Err(Error::client(
+                    Kind::Config,
+                    format!(
+                        "a transaction opened on {} as the fence went up: {}; ask again",
+                        names(&topics),
+                        names(&opened)
+                    ),
+                ));
+            }
             let mut drained = Vec::new();
             for (topic, parts) in &partitions {
                 drained.extend(

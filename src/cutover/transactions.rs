@@ -8,7 +8,7 @@
 //! is one the broker aborts itself, and no longer counts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -29,6 +29,9 @@ struct Open {
 struct Transactions {
     open: BTreeMap<String, Open>,
     timeouts: BTreeMap<String, Duration>,
+    /// The cluster each transactional id's transactions run on, where it
+    /// is not the default cluster (see [`OpenTransactions::place`]).
+    pinned: BTreeMap<String, Arc<str>>,
 }
 
 #[derive(Default)]
@@ -100,6 +103,122 @@ impl OpenTransactions {
             }
             _ => {}
         }
+    }
+
+    /// klink's answer to an AddPartitionsToTxn naming a fenced topic:
+    /// CONCURRENT_TRANSACTIONS, which clients retry after a short backoff,
+    /// by then where the topic's writes went. A transaction opening under
+    /// a promotion's fence would be split by it. `None` when no topic it
+    /// names is fenced (or it cannot be read: the broker will say).
+    pub fn refused_under_fence(
+        fences: &super::Fences,
+        version: i16,
+        payload: &Bytes,
+    ) -> Option<Bytes> {
+        use kafka_protocol::messages::AddPartitionsToTxnResponse;
+        use kafka_protocol::messages::add_partitions_to_txn_response::{
+            AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+        };
+        if !fences.any() || version > 3 {
+            return None;
+        }
+        let api = ApiKey::AddPartitionsToTxn;
+        let mut body = payload.clone();
+        let header = RequestHeader::decode(&mut body, api.request_header_version(version)).ok()?;
+        let request = AddPartitionsToTxnRequest::decode(&mut body, version).ok()?;
+        let names: Vec<&str> = request
+            .v3_and_below_topics
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        if fences.holding(names.iter().copied()).is_empty() {
+            return None;
+        }
+        let code = kafka_protocol::ResponseError::ConcurrentTransactions.code();
+        let response = AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
+            request
+                .v3_and_below_topics
+                .iter()
+                .map(|t| {
+                    AddPartitionsToTxnTopicResult::default()
+                        .with_name(t.name.clone())
+                        .with_results_by_partition(
+                            t.partitions
+                                .iter()
+                                .map(|&p| {
+                                    AddPartitionsToTxnPartitionResult::default()
+                                        .with_partition_index(p)
+                                        .with_partition_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+        crate::split::encode_response(api, version, header.correlation_id, &response).ok()
+    }
+
+    /// The cluster `id`'s transactions run on, when not the default one.
+    pub fn pinned(&self, id: &str) -> Option<Arc<str>> {
+        self.lock().pinned.get(id).cloned()
+    }
+
+    /// The transaction timeout `id`'s producer asked for (Kafka's default
+    /// when klink did not see its InitProducerId).
+    pub fn timeout_ms(&self, id: &str) -> i32 {
+        let timeout = self.lock().timeouts.get(id).copied();
+        timeout.map_or(60_000, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX))
+    }
+
+    /// Where a transaction adding partitions whose writes go to `cluster`
+    /// runs (DESIGN trap 9: transactions cannot span clusters). On its
+    /// pin (`default` until moved) when that is `cluster`; else the
+    /// transactional id moves to `cluster` if nothing else of it is open,
+    /// which is how a producer's transactions follow their topics after a
+    /// promotion (which never flips a topic under an open transaction).
+    /// `Err(pin)` when the transaction is open on another cluster.
+    pub fn place(
+        &self,
+        id: &str,
+        topics: &[String],
+        cluster: &Arc<str>,
+        default: &Arc<str>,
+    ) -> Result<Arc<str>, Arc<str>> {
+        self.place_at(id, topics, cluster, default, Instant::now())
+    }
+
+    fn place_at(
+        &self,
+        id: &str,
+        topics: &[String],
+        cluster: &Arc<str>,
+        default: &Arc<str>,
+        now: Instant,
+    ) -> Result<Arc<str>, Arc<str>> {
+        let mut txns = self.lock();
+        let pin = txns
+            .pinned
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| default.clone());
+        if pin == *cluster {
+            return Ok(pin);
+        }
+        let timeout = txns.timeouts.get(id).copied().unwrap_or(DEFAULT_TIMEOUT);
+        let open_elsewhere = txns.open.get(id).is_some_and(|open| {
+            now.duration_since(open.last_heard) < timeout
+                && open.topics.iter().any(|t| !topics.contains(t))
+        });
+        if open_elsewhere {
+            return Err(pin);
+        }
+        tracing::info!(transactional_id = id, from = %pin, to = %cluster, "transactions move with their topics");
+        if cluster == default {
+            txns.pinned.remove(id);
+        } else {
+            txns.pinned.insert(id.to_string(), cluster.clone());
+        }
+        Ok(cluster.clone())
     }
 
     /// The transactional ids with a transaction open on any of `topics`.
@@ -195,5 +314,97 @@ mod tests {
         assert!(open.touching_at(&orders, later).is_empty());
         // Garbage is ignored.
         open.observe(ApiKey::EndTxn, 3, &Bytes::from_static(b"\x00"));
+    }
+
+    #[test]
+    fn no_transaction_opens_on_a_fenced_topic() {
+        use kafka_protocol::messages::AddPartitionsToTxnResponse;
+        let fences = Arc::new(super::super::Fences::default());
+        let add = |name: &str| {
+            let request = AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id("tx"))
+                .with_v3_and_below_topics(vec![topic(name)]);
+            frame(ApiKey::AddPartitionsToTxn, 3, &request)
+        };
+        assert_eq!(
+            OpenTransactions::refused_under_fence(&fences, 3, &add("orders")),
+            None
+        );
+        let fence = fences.raise(&["orders".to_string()], &[]);
+        assert_eq!(
+            OpenTransactions::refused_under_fence(&fences, 3, &add("audit")),
+            None
+        );
+        let answer = OpenTransactions::refused_under_fence(&fences, 3, &add("orders"))
+            .expect("refused under the fence");
+        let mut body = answer.slice(4..);
+        kafka_protocol::messages::ResponseHeader::decode(
+            &mut body,
+            ApiKey::AddPartitionsToTxn.response_header_version(3),
+        )
+        .expect("header");
+        let response = AddPartitionsToTxnResponse::decode(&mut body, 3).expect("body");
+        assert_eq!(
+            response.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+            51,
+            "CONCURRENT_TRANSACTIONS"
+        );
+        drop(fence);
+        assert_eq!(
+            OpenTransactions::refused_under_fence(&fences, 3, &add("orders")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_transactional_id_follows_its_topics_between_transactions_only() {
+        let open = OpenTransactions::default();
+        let (source, target): (Arc<str>, Arc<str>) = (Arc::from("source"), Arc::from("target"));
+        let orders = vec!["orders".to_string()];
+        let audit = vec!["audit".to_string()];
+        let add = |topics: &[&str]| {
+            let request = AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id("tx"))
+                .with_v3_and_below_topics(topics.iter().map(|t| topic(t)).collect());
+            open.observe(
+                ApiKey::AddPartitionsToTxn,
+                3,
+                &frame(ApiKey::AddPartitionsToTxn, 3, &request),
+            );
+        };
+        let end = || {
+            let request = EndTxnRequest::default().with_transactional_id(id("tx"));
+            open.observe(ApiKey::EndTxn, 3, &frame(ApiKey::EndTxn, 3, &request));
+        };
+        // A transaction on the source: stays there.
+        add(&["orders"]);
+        assert_eq!(
+            open.place("tx", &orders, &source, &source),
+            Ok(source.clone())
+        );
+        assert_eq!(open.pinned("tx"), None);
+        end();
+        // Its topic promoted: the next transaction moves to the target.
+        add(&["orders"]);
+        assert_eq!(
+            open.place("tx", &orders, &target, &source),
+            Ok(target.clone())
+        );
+        assert_eq!(open.pinned("tx"), Some(target.clone()));
+        // A partition of a topic left behind, in the same transaction: no.
+        add(&["audit"]);
+        assert_eq!(
+            open.place("tx", &audit, &source, &source),
+            Err(target.clone())
+        );
+        end();
+        // Rolled back: home again, and the pin is gone.
+        add(&["orders"]);
+        assert_eq!(
+            open.place("tx", &orders, &source, &source),
+            Ok(source.clone())
+        );
+        assert_eq!(open.pinned("tx"), None);
+        assert_eq!(open.timeout_ms("tx"), 60_000);
     }
 }

@@ -7,7 +7,8 @@ use tokio_util::task::TaskTracker;
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, InitProducerIdRequest, MetadataRequest, MetadataResponse, TopicName,
+    ApiKey, FindCoordinatorRequest, InitProducerIdRequest, MetadataRequest, MetadataResponse,
+    TopicName, TransactionalId,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -282,6 +283,69 @@ impl crate::split::Cluster for ProxyContext {
             }
             Err(e) => {
                 crate::warn_unless_logged!(e, %cluster, error = %e, "InitProducerId failed");
+                None
+            }
+        }
+    }
+
+    fn transactions(&self) -> Option<&Arc<crate::cutover::OpenTransactions>> {
+        Some(&self.transactions)
+    }
+
+    async fn transactional_producer_on(
+        &self,
+        cluster: &Arc<str>,
+        client: &ClientProducer,
+        transactional_id: &str,
+    ) -> Option<Identity> {
+        if let Some(ours) = self.producers.mapped(client, cluster) {
+            return Some(ours);
+        }
+        let upstream = self.cluster(cluster)?;
+        let timeout_ms = self.transactions.timeout_ms(transactional_id);
+        let id = || TransactionalId(StrBytes::from_string(transactional_id.to_string()));
+        let asked = async {
+            // The id's own coordinator: any other broker answers
+            // NOT_COORDINATOR.
+            let conn = upstream.connect_any().await?;
+            let found = upstream
+                .call(
+                    &conn,
+                    FindCoordinatorRequest::default()
+                        .with_key(StrBytes::from_string(transactional_id.to_string()))
+                        .with_key_type(1),
+                    3,
+                )
+                .await?;
+            let conn = match found.error_code {
+                0 => {
+                    upstream
+                        .connect_to(&format!("{}:{}", found.host.as_str(), found.port))
+                        .await?
+                }
+                _ => conn,
+            };
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(Some(id()))
+                .with_transaction_timeout_ms(timeout_ms);
+            upstream.call(&conn, request, 4).await
+        };
+        match asked.await {
+            Ok(response) if response.error_code == 0 => {
+                let issued = Identity {
+                    producer_id: response.producer_id.0,
+                    epoch: response.producer_epoch,
+                };
+                let ours = self.producers.set_mapped(client, cluster, issued);
+                tracing::info!(%cluster, transactional_id, client = client.identity.producer_id, client_epoch = client.identity.epoch, ours = ours.producer_id, ours_epoch = ours.epoch, "transactional producer id mapped");
+                Some(ours)
+            }
+            Ok(response) => {
+                tracing::warn!(%cluster, transactional_id, error = response.error_code, "transactional InitProducerId refused; the client will retry");
+                None
+            }
+            Err(e) => {
+                crate::warn_unless_logged!(e, %cluster, transactional_id, error = %e, "transactional InitProducerId failed");
                 None
             }
         }

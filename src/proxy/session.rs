@@ -99,6 +99,21 @@ struct Queued {
     arrived: std::time::Instant,
 }
 
+impl Queued {
+    /// An answer klink made itself.
+    fn ready(answer: Bytes, api_key: i16, arrived: std::time::Instant) -> Queued {
+        Queued {
+            pending: Pending::Ready(answer),
+            watched: None,
+            silent: false,
+            _commit: None,
+            fetch_budget: None,
+            api_key,
+            arrived,
+        }
+    }
+}
+
 /// A session's upstream connections, opened on first use.
 type Upstreams = HashMap<Destination, UpstreamConn>;
 
@@ -262,15 +277,7 @@ impl Session {
         }
         metrics().client_request(header.api_key, frame.wire_bytes().len());
         Ok(Some((
-            Queued {
-                pending: Pending::Ready(answer),
-                watched: None,
-                silent: false,
-                _commit: None,
-                fetch_budget: None,
-                api_key: header.api_key,
-                arrived,
-            },
+            Queued::ready(answer, header.api_key, arrived),
             close,
         )))
     }
@@ -301,6 +308,15 @@ impl Session {
         };
         if let Some(api @ (ApiKey::OffsetFetch | ApiKey::JoinGroup)) = header.known_api {
             self.ctx.readers.observe(api, header.api_version, &payload);
+        }
+        if header.known_api == Some(ApiKey::AddPartitionsToTxn)
+            && let Some(answer) = crate::cutover::OpenTransactions::refused_under_fence(
+                &self.ctx.fences,
+                header.api_version,
+                &payload,
+            )
+        {
+            return Ok(Some(Queued::ready(answer, api_key, arrived)));
         }
         if let Some(api @ (ApiKey::AddPartitionsToTxn | ApiKey::EndTxn | ApiKey::InitProducerId)) =
             header.known_api

@@ -87,16 +87,32 @@ pub fn plan_txn_offset_commit<C: Cluster>(
     cx: &Context<'_, C>,
     destination: super::Destination,
 ) -> Result<Plan> {
-    let numbering = &cx.catalog.numbering;
-    if !numbering.any_mirrored() {
+    if !cx.catalog.numbering.any_mirrored() {
         return Ok(Plan::Forward(destination));
     }
     let cluster = destination.cluster().clone();
     let (header, mut request): (_, TxnOffsetCommitRequest) = cx.decode()?;
+    if !in_cluster_numbering(cx, &cluster, &mut request) {
+        return Ok(Plan::Forward(destination));
+    }
+    let merge: Merge =
+        Box::new(|answers: Vec<PartAnswer>| Ok(only_answer(answers)?.wire_bytes().clone()));
+    let frame = cx.encode_request(&header, &request)?;
+    Ok(Plan::single(destination, frame, merge))
+}
+
+/// A TxnOffsetCommit's offsets put in `cluster`'s numbering; false when
+/// none needed it.
+pub fn in_cluster_numbering<C: Cluster>(
+    cx: &Context<'_, C>,
+    cluster: &Arc<str>,
+    request: &mut TxnOffsetCommitRequest,
+) -> bool {
+    let numbering = &cx.catalog.numbering;
     let mut changed = false;
     for topic in &mut request.topics {
         for p in &mut topic.partitions {
-            if let Some(view) = numbering.view(topic.name.as_str(), p.partition_index, &cluster)
+            if let Some(view) = numbering.view(topic.name.as_str(), p.partition_index, cluster)
                 && p.committed_offset >= 0
             {
                 p.committed_offset = view.commit_position(p.committed_offset);
@@ -105,13 +121,7 @@ pub fn plan_txn_offset_commit<C: Cluster>(
             }
         }
     }
-    if !changed {
-        return Ok(Plan::Forward(destination));
-    }
-    let merge: Merge =
-        Box::new(|answers: Vec<PartAnswer>| Ok(only_answer(answers)?.wire_bytes().clone()));
-    let frame = cx.encode_request(&header, &request)?;
-    Ok(Plan::single(destination, frame, merge))
+    changed
 }
 
 fn topic_name<C: Cluster>(cx: &Context<'_, C>, name: &str, id: uuid::Uuid) -> String {

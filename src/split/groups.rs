@@ -28,16 +28,20 @@ const GROUP_KEY: i8 = 0;
 const BATCHED_SINCE: i16 = 4;
 
 /// The cluster that coordinates a FindCoordinator key: groups by their
-/// route; transactional ids are pinned to the default cluster.
+/// route; transactional ids where their transactions run (the default
+/// cluster until their topics moved, see `transactions`).
 fn coordinator_cluster<C: Cluster>(cx: &Context<'_, C>, key_type: i8, key: &str) -> Arc<str> {
     if key_type == GROUP_KEY {
         cx.routes.group(key).clone()
     } else {
-        cx.routes.default_cluster().clone()
+        cx.cluster
+            .transactions()
+            .and_then(|t| t.pinned(key))
+            .unwrap_or_else(|| cx.routes.default_cluster().clone())
     }
 }
 
-fn toward<C: Cluster>(cx: &Context<'_, C>, cluster: &Arc<str>) -> Destination {
+pub(super) fn toward<C: Cluster>(cx: &Context<'_, C>, cluster: &Arc<str>) -> Destination {
     if cx.home.cluster() == cluster {
         cx.home.clone()
     } else {

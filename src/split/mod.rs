@@ -15,6 +15,7 @@ mod metadata;
 mod offsets;
 mod plan;
 mod produce;
+mod transactions;
 
 use std::sync::Arc;
 
@@ -174,6 +175,24 @@ pub trait Cluster {
         &self,
         _cluster: &Arc<str>,
         _client: &ClientProducer,
+    ) -> impl Future<Output = Option<Identity>> + Send {
+        async { None }
+    }
+
+    /// Transactions klink has seen open, and the cluster each
+    /// transactional id's transactions run on.
+    fn transactions(&self) -> Option<&Arc<crate::cutover::OpenTransactions>> {
+        None
+    }
+
+    /// The identity `cluster`'s transaction coordinator issued klink for a
+    /// client's transactional identity (InitProducerId with its
+    /// transactional id), asking the first time.
+    fn transactional_producer_on(
+        &self,
+        _cluster: &Arc<str>,
+        _client: &ClientProducer,
+        _transactional_id: &str,
     ) -> impl Future<Output = Option<Identity>> + Send {
         async { None }
     }

@@ -39,20 +39,10 @@ pub async fn plan_request<C: Cluster>(
         | AlterConfigs
         | IncrementalAlterConfigs => plan_admin(cx).await,
         // Producer ids come from one cluster, so a client's id is only
-        // ever compared with that cluster's (DESIGN trap 8), and
-        // transactions stay on the cluster their id is pinned to: both
-        // the default cluster, the one the bootstrap address names.
+        // ever compared with that cluster's (DESIGN trap 8); a transaction
+        // runs where its topics' writes go (trap 9).
         InitProducerId | AddPartitionsToTxn | AddOffsetsToTxn | EndTxn | TxnOffsetCommit => {
-            let pinned = cx.routes.default_cluster();
-            let destination = if cx.home.cluster() == pinned {
-                cx.home.clone()
-            } else {
-                Destination::Any(pinned.clone())
-            };
-            if cx.api == TxnOffsetCommit {
-                return plan_txn_offset_commit(cx, destination);
-            }
-            Ok(Plan::Forward(destination))
+            super::transactions::plan_transactional(cx).await
         }
         // Everything else goes where the client sent it.
         _ => Ok(Plan::Forward(cx.home.clone())),

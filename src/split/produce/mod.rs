@@ -428,9 +428,8 @@ async fn reidentify<C: Cluster>(
     let Ok(Some(first)) = batch::BatchHeader::parse(records) else {
         return Reidentified::AsTheyAre;
     };
-    // Transactions stay on the cluster their id is pinned to; plain
-    // batches carry no identity to translate.
-    if first.producer_id < 0 || first.is_transactional() {
+    // Plain batches carry no identity to translate.
+    if first.producer_id < 0 {
         return Reidentified::AsTheyAre;
     }
     let client = ClientProducer {
@@ -444,6 +443,13 @@ async fn reidentify<C: Cluster>(
     };
     let ours = match producers.mapped(&client, cluster) {
         Some(ours) => ours,
+        // A transactional batch goes only under the identity its
+        // transaction's coordinator issued klink (when AddPartitionsToTxn
+        // moved the transaction there): a plain id would not be in it.
+        None if first.is_transactional() => {
+            tracing::warn!(%cluster, %topic, partition, producer_id = client.identity.producer_id, "a transactional batch for a cluster its transaction does not run on; the client will retry");
+            return Reidentified::Refused(NOT_LEADER);
+        }
         None => match cx.cluster.producer_on(cluster, &client).await {
             Some(ours) => ours,
             None => {

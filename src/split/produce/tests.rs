@@ -525,3 +525,80 @@ async fn many_partitions_routed_elsewhere_cost_one_lookup_per_cluster() {
         "one lookup for the target, none for the client's own cluster"
     );
 }
+
+/// `idempotent_request`'s batch marked transactional.
+fn transactional_request(sequence: i32) -> Bytes {
+    let payload = idempotent_request(sequence);
+    let mut payload = bytes::BytesMut::from(&payload[..]);
+    let mut body = payload.clone().freeze();
+    RequestHeader::decode(&mut body, ApiKey::Produce.request_header_version(9)).expect("header");
+    let request = ProduceRequest::decode(&mut body, 9).expect("body");
+    let records = request.topic_data[0].partition_data[0]
+        .records
+        .clone()
+        .expect("records");
+    let at = payload
+        .windows(records.len())
+        .position(|w| w == &records[..])
+        .expect("records in the payload");
+    // The attributes' transactional bit (offset 21 of the batch), then
+    // the CRC made again.
+    payload[at + 22] |= 1 << 4;
+    crate::batch::rewrite_producer(&mut payload[at..], 4242, 3, sequence).expect("crc");
+    let rewritten = payload.freeze();
+    assert!(
+        crate::batch::header(&rewritten[at..])
+            .expect("header")
+            .is_transactional()
+    );
+    rewritten
+}
+
+#[tokio::test]
+async fn transactional_batches_go_only_under_their_transactions_identity() {
+    let f = Flipping::new();
+    f.writes_to("target");
+    let payload = transactional_request(0);
+    let routes = f.table.snapshot();
+    let cx = Context {
+        cluster: &f.cluster,
+        routes: &routes,
+        catalog: &f.catalog,
+        home: &f.home,
+        api: ApiKey::Produce,
+        version: 9,
+        payload: &payload,
+    };
+    // No identity from the target's transaction coordinator yet: nothing
+    // goes there under a plain id, the client is told to retry.
+    match plan_produce(&cx, -1).await.expect("plan") {
+        Plan::Answer(frame) => {
+            let response: ProduceResponse =
+                decode_response(ApiKey::Produce, 9, &frame_of(frame)).expect("decode");
+            assert_eq!(produced(response), vec![("payments".into(), 0, NOT_LEADER)]);
+        }
+        Plan::Split { parts, .. } => assert!(parts.is_empty(), "sent under a plain id"),
+        Plan::Forward(_) => panic!("forwarded as it is"),
+    }
+    // AddPartitionsToTxn moved the transaction: it maps the client.
+    let client = ClientProducer {
+        issuer: Arc::from("source"),
+        identity: Identity {
+            producer_id: 4242,
+            epoch: 3,
+        },
+    };
+    let ours = Identity {
+        producer_id: 7000,
+        epoch: 2,
+    };
+    f.cluster
+        .producers
+        .set_mapped(&client, &Arc::from("target"), ours);
+    let Plan::Split { parts, .. } = plan_produce(&cx, -1).await.expect("plan") else {
+        panic!("split");
+    };
+    assert_eq!(parts.len(), 1);
+    assert_eq!(parts[0].destination.cluster().as_ref(), "target");
+    assert_eq!(sent_identity(&parts[0]), (7000, 2, 0));
+}
