@@ -222,10 +222,26 @@ pub fn api_versions_response(
     {
         response = response
             .with_supported_features(first.supported_features.clone())
-            .with_finalized_features(first.finalized_features.clone())
+            .with_finalized_features(transactions_v1(first.finalized_features.clone()))
             .with_finalized_features_epoch(first.finalized_features_epoch);
     }
     encode_api_versions(correlation_id, version, &response)
+}
+
+/// Kafka's finalized features with `transaction.version` capped at 1.
+/// Version 2 (KIP-890, on by default on Kafka 4.0 clusters) bumps the
+/// producer epoch at every transaction's end (EndTxn v5): a transaction
+/// klink runs on another cluster under an identity of its own could not
+/// follow that. Clients seeing level 1 use EndTxn up to v4 and add their
+/// partitions with AddPartitionsToTxn, which brokers with version 2 still
+/// take.
+fn transactions_v1(mut features: Vec<FinalizedFeatureKey>) -> Vec<FinalizedFeatureKey> {
+    for feature in &mut features {
+        if feature.name.as_str() == "transaction.version" && feature.min_version_level <= 1 {
+            feature.max_version_level = feature.max_version_level.min(1);
+        }
+    }
+    features
 }
 
 /// What klink answers itself when clients log in to it (`[proxy] sasl`):
@@ -276,6 +292,7 @@ fn encode_api_versions(correlation_id: i32, version: i16, response: &ApiVersions
 mod tests {
     use super::*;
     use kafka_protocol::protocol::Decodable;
+    use kafka_protocol::protocol::StrBytes;
 
     #[test]
     fn every_api_the_crate_knows_has_a_decision() {
@@ -356,6 +373,36 @@ mod tests {
         assert!(!offered(ApiKey::ConsumerGroupHeartbeat));
         assert!(!offered(ApiKey::ConsumerGroupDescribe));
         assert!(offered(ApiKey::JoinGroup), "the classic protocol stays");
+    }
+
+    #[test]
+    fn transaction_version_2_is_not_passed_on() {
+        let feature = |name: &'static str, max: i16| {
+            FinalizedFeatureKey::default()
+                .with_name(StrBytes::from_static_str(name))
+                .with_min_version_level(0)
+                .with_max_version_level(max)
+        };
+        let kafka_4 = UpstreamVersions {
+            finalized_features: vec![
+                feature("metadata.version", 25),
+                feature("transaction.version", 2),
+            ],
+            ..upstream(&[(ApiKey::EndTxn, 0, 5)])
+        };
+        let frame = api_versions_response(7, 3, &[kafka_4.clone(), kafka_4], false);
+        let mut body = frame.slice(4..);
+        kafka_protocol::messages::ResponseHeader::decode(&mut body, 0).unwrap();
+        let response = ApiVersionsResponse::decode(&mut body, 3).unwrap();
+        let levels: Vec<(&str, i16)> = response
+            .finalized_features
+            .iter()
+            .map(|f| (f.name.as_str(), f.max_version_level))
+            .collect();
+        assert_eq!(
+            levels,
+            [("metadata.version", 25), ("transaction.version", 1)]
+        );
     }
 
     #[test]
