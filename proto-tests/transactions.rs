@@ -235,3 +235,46 @@ fn a_producers_next_transaction_after_a_promotion_runs_on_the_target() {
         );
     }
 }
+
+#[test]
+fn topics_written_in_one_transaction_move_together() {
+    let (_source, _target, klink) = migration("transactions-together", "");
+    let mut conn = RawConn::connect(klink.bootstrap);
+    let identity = init(&mut conn);
+    // One transaction writes `orders` (in the link) and `payments` (not).
+    let answer = conn.call(
+        &AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(tx())
+            .with_v3_and_below_producer_id(ProducerId(identity.0))
+            .with_v3_and_below_producer_epoch(identity.1)
+            .with_v3_and_below_topics(
+                ["orders", "payments"]
+                    .into_iter()
+                    .map(|t| {
+                        AddPartitionsToTxnTopic::default()
+                            .with_name(TopicName(StrBytes::from_static_str(t)))
+                            .with_partitions(vec![0])
+                    })
+                    .collect(),
+            ),
+        3,
+    );
+    for topic in &answer.results_by_topic_v3_and_below {
+        assert_eq!(topic.results_by_partition[0].partition_error_code, 0);
+    }
+    // Ended (the producer starts over); the promotion still refuses to
+    // part the two, naming the transactional id and the topic left behind.
+    init(&mut conn);
+    let (status, stdout, stderr) = klink.ctl(&["promote", "orders"]);
+    let said = format!("{stdout}{stderr}");
+    assert!(
+        !status.success(),
+        "promoted one of two topics written together"
+    );
+    assert!(said.contains(TX) && said.contains("`payments`"), "{said}");
+    let status = klink.ctl_ok(&["status", "--json"]);
+    assert!(
+        status.contains("mirroring"),
+        "orders stays mirroring: {status}"
+    );
+}

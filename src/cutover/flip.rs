@@ -61,7 +61,14 @@ impl Cutover {
             Direction::Reverse => (&link.target, &link.source),
         };
         let (before, during, after) = states(direction);
-        if let Some(why) = self.readers.refusal(&topics, &link.groups) {
+        let routes = self.routes.snapshot();
+        let stays =
+            |t: &str| !topics.iter().any(|m| m == t) && **routes.writes(t) == **from_cluster;
+        let refusal = match self.readers.refusal(&topics, &link.groups) {
+            Some(why) => Some(why),
+            None => self.transactions.refusal(&topics, stays),
+        };
+        if let Some(why) = refusal {
             return Err(Error::client(
                 Kind::Config,
                 format!("{} of {} refused: {why}", word(direction), names(&topics)),

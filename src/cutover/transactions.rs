@@ -32,6 +32,9 @@ struct Transactions {
     /// The cluster each transactional id's transactions run on, where it
     /// is not the default cluster (see [`OpenTransactions::place`]).
     pinned: BTreeMap<String, Arc<str>>,
+    /// Every topic each transactional id's transactions have written
+    /// since klink started: topics written together must move together.
+    written: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Default)]
@@ -42,6 +45,11 @@ pub struct OpenTransactions {
 
 impl Transactions {
     fn add(&mut self, id: String, topics: impl IntoIterator<Item = String>, now: Instant) {
+        let topics: Vec<String> = topics.into_iter().collect();
+        self.written
+            .entry(id.clone())
+            .or_default()
+            .extend(topics.iter().cloned());
         let open = self.open.entry(id).or_insert_with(|| Open {
             topics: BTreeSet::new(),
             last_heard: now,
@@ -219,6 +227,33 @@ impl OpenTransactions {
             txns.pinned.insert(id.to_string(), cluster.clone());
         }
         Ok(cluster.clone())
+    }
+
+    /// Why moving `topics` would part topics some transactional id writes
+    /// in its transactions (DESIGN trap 9: they must move together), or
+    /// `None`. `stays` says whether a topic not moving keeps its writes
+    /// where the moving ones leave from.
+    pub fn refusal(&self, topics: &[String], stays: impl Fn(&str) -> bool) -> Option<String> {
+        let txns = self.lock();
+        let problems: Vec<String> = txns
+            .written
+            .iter()
+            .filter(|(_, written)| written.iter().any(|t| topics.contains(t)))
+            .filter_map(|(id, written)| {
+                let staying: Vec<String> = written
+                    .iter()
+                    .filter(|t| !topics.contains(t) && stays(t))
+                    .map(|t| format!("`{t}`"))
+                    .collect();
+                (!staying.is_empty()).then(|| {
+                    format!(
+                        "transactional id `{id}` also writes {} in its transactions, which stays behind (move them together, e.g. with --link)",
+                        staying.join(", ")
+                    )
+                })
+            })
+            .collect();
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     /// The transactional ids with a transaction open on any of `topics`.
@@ -406,5 +441,43 @@ mod tests {
         );
         assert_eq!(open.pinned("tx"), None);
         assert_eq!(open.timeout_ms("tx"), 60_000);
+    }
+
+    #[test]
+    fn topics_written_in_one_transaction_are_not_parted() {
+        let open = OpenTransactions::default();
+        let add = |id_: &str, topics: &[&str]| {
+            let request = AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id(id_))
+                .with_v3_and_below_topics(topics.iter().map(|t| topic(t)).collect());
+            open.observe(
+                ApiKey::AddPartitionsToTxn,
+                3,
+                &frame(ApiKey::AddPartitionsToTxn, 3, &request),
+            );
+            let end = EndTxnRequest::default().with_transactional_id(id(id_));
+            open.observe(ApiKey::EndTxn, 3, &frame(ApiKey::EndTxn, 3, &end));
+        };
+        add("together", &["orders", "audit"]);
+        add("alone", &["payments"]);
+        let everywhere = |_: &str| true;
+        let refused = open
+            .refusal(&["orders".to_string()], everywhere)
+            .expect("refused");
+        assert!(
+            refused.contains("`together`") && refused.contains("`audit`"),
+            "{refused}"
+        );
+        assert_eq!(
+            open.refusal(&["orders".to_string(), "audit".to_string()], everywhere),
+            None,
+            "moved together"
+        );
+        assert_eq!(open.refusal(&["payments".to_string()], everywhere), None);
+        // `audit` written elsewhere already: nothing parts.
+        assert_eq!(
+            open.refusal(&["orders".to_string()], |t| t != "audit"),
+            None
+        );
     }
 }
