@@ -149,10 +149,19 @@ fn a_producers_next_transaction_after_a_promotion_runs_on_the_target() {
         "the refusal names the transaction: {stdout}{stderr}"
     );
 
-    // The producer starts over, which ends what it had open; then the
-    // promotion goes through.
-    let identity = init(&mut conn);
-    klink.ctl_ok(&["promote", "orders"]);
+    // Asked again, the promotion waits; the producer starts over meanwhile
+    // (which ends what it had open), and the promotion goes through.
+    let identity = std::thread::scope(|scope| {
+        let promotion = scope.spawn(|| klink.ctl(&["promote", "orders"]));
+        std::thread::sleep(Duration::from_millis(400));
+        let identity = init(&mut conn);
+        let (status, stdout, stderr) = promotion.join().expect("promote");
+        assert!(
+            status.success(),
+            "promote after the transaction ended: {stdout}{stderr}"
+        );
+        identity
+    });
 
     // Its next transaction follows `orders` to the target: the
     // coordinator a client finds is the target's, and the transaction is
