@@ -22,7 +22,6 @@ mod flip;
 mod groups;
 mod points;
 mod readers;
-mod transactions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,7 +31,6 @@ use serde::{Deserialize, Serialize};
 
 pub use fence::{CommitInFlight, Fence, Fences, Lifted, offset_commit_of, produce_topics};
 pub use readers::Readers;
-pub use transactions::OpenTransactions;
 
 use crate::client::ClientConfig;
 use crate::config::{Config, LinkConfig};
@@ -90,7 +88,7 @@ pub struct Cutover {
     forwarded: Arc<ForwardedWrites>,
     fences: Arc<Fences>,
     readers: Arc<Readers>,
-    transactions: Arc<OpenTransactions>,
+    transactions: Arc<crate::route::OpenTransactions>,
     numbering: Arc<Numbering>,
     /// One promotion at a time: two would race on the routes they flip.
     promoting: tokio::sync::Mutex<()>,
@@ -103,7 +101,7 @@ pub struct Traffic {
     pub forwarded: Arc<ForwardedWrites>,
     pub fences: Arc<Fences>,
     pub readers: Arc<Readers>,
-    pub transactions: Arc<OpenTransactions>,
+    pub transactions: Arc<crate::route::OpenTransactions>,
 }
 
 impl Cutover {

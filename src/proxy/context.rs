@@ -51,7 +51,7 @@ pub struct ProxyContext {
     /// Which groups read which topics, for a promotion's checks.
     pub readers: Arc<crate::cutover::Readers>,
     /// Transactions open on topics, for a promotion's checks.
-    pub transactions: Arc<crate::cutover::OpenTransactions>,
+    pub transactions: Arc<crate::route::OpenTransactions>,
     pub(super) clusters: Vec<Cluster>,
     /// Per cluster (same order as `clusters`): klink's own connection for
     /// the Metadata requests that find partition leaders, behind a lock so
@@ -288,7 +288,7 @@ impl crate::split::Cluster for ProxyContext {
         }
     }
 
-    fn transactions(&self) -> Option<&Arc<crate::cutover::OpenTransactions>> {
+    fn transactions(&self) -> Option<&Arc<crate::route::OpenTransactions>> {
         Some(&self.transactions)
     }
 

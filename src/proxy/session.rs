@@ -2,12 +2,13 @@
 //! (many in flight), and responses are written back strictly in request
 //! order, whichever upstream answers first.
 //!
-//! Longer than most files here (~730 lines) on purpose: the reader, the
+//! Longer than most files here (~760 lines) on purpose: the reader, the
 //! writer and what each does when an upstream fails are one pipeline, and
 //! reading them together is how one checks that every request gets exactly
 //! one answer, in order. Opening upstream connections ([`upstreams`]),
-//! noting what a promotion waits on ([`held`]) and bounding the answers a
-//! slow reader leaves in klink ([`budget`]) live beside it.
+//! noting what a promotion waits on ([`held`]), bounding the answers a
+//! slow reader leaves in klink ([`budget`]) and clients logging in to
+//! klink ([`login`]) live beside it.
 
 mod budget;
 mod held;
@@ -200,7 +201,7 @@ impl Session {
                     break;
                 }
             };
-            if login.pending() || is_login_request(&frame) {
+            if login.pending() || login::is_login_request(&frame) {
                 match self.log_in(&mut login, &frame).await {
                     Ok(None) => {}
                     Ok(Some((queued, close))) => {
@@ -245,43 +246,6 @@ impl Session {
         }
     }
 
-    /// A login request, or any request while a login is owed: `None` to
-    /// dispatch it as usual, else klink's answer and whether the
-    /// connection closes after it.
-    async fn log_in(
-        &self,
-        login: &mut login::Login,
-        frame: &Frame,
-    ) -> Result<Option<(Queued, bool)>> {
-        let payload = frame.payload();
-        let header = RequestHeader::parse(&payload)
-            .map_err(|e| Error::client(Kind::Protocol, e.to_string()))?;
-        let arrived = std::time::Instant::now();
-        let was_pending = login.pending();
-        let (answer, close) = match login.step(&header, &payload).await? {
-            login::Step::Pass => return Ok(None),
-            login::Step::Answer(answer) => (answer, false),
-            login::Step::Close { answer, reason } => {
-                metrics().client_login(false);
-                match answer {
-                    Some(answer) => {
-                        tracing::info!(peer = %self.peer, %reason, "closing client connection after answering its login");
-                        (answer, true)
-                    }
-                    None => return Err(Error::client(Kind::Auth, reason)),
-                }
-            }
-        };
-        if was_pending && !login.pending() {
-            metrics().client_login(true);
-        }
-        metrics().client_request(header.api_key, frame.wire_bytes().len());
-        Ok(Some((
-            Queued::ready(answer, header.api_key, arrived),
-            close,
-        )))
-    }
-
     /// Decides what one request needs and sends it on its way. `Ok(None)`
     /// means no response is owed (Produce with acks=0).
     async fn dispatch(
@@ -310,11 +274,11 @@ impl Session {
             self.ctx.readers.observe(api, header.api_version, &payload);
         }
         if header.known_api == Some(ApiKey::AddPartitionsToTxn)
-            && let Some(answer) = crate::cutover::OpenTransactions::refused_under_fence(
-                &self.ctx.fences,
-                header.api_version,
-                &payload,
-            )
+            && self.ctx.fences.any()
+            && let Some(answer) =
+                split::refused_while_fenced(header.api_version, &payload, |topic| {
+                    !self.ctx.fences.holding([topic]).is_empty()
+                })
         {
             return Ok(Some(Queued::ready(answer, api_key, arrived)));
         }
@@ -776,14 +740,6 @@ fn scopeguard_closed() -> impl Drop {
 
 /// A client going away: not worth a warning. (EOF in the middle of a frame
 /// is still one: the client broke off a request.)
-/// SaslHandshake or SaslAuthenticate, read from the first two bytes (the
-/// API key) without parsing the header.
-fn is_login_request(frame: &Frame) -> bool {
-    let payload = frame.payload();
-    let key = payload.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
-    key.is_some_and(|k| k == ApiKey::SaslHandshake as i16 || k == ApiKey::SaslAuthenticate as i16)
-}
-
 fn is_disconnect(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)

@@ -11,6 +11,7 @@ mod catalog;
 mod in_doubt;
 mod producer_journal;
 mod producers;
+mod transactions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -18,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 pub use catalog::{Catalog, TopicLayout};
 pub use in_doubt::BatchKey;
 pub use producers::{ClientProducer, Identity, Outcome, Placement, ProducerIds, outcome_of};
+pub use transactions::OpenTransactions;
 
 use crate::config::Config;
 use crate::error::{Error, Kind, Result};

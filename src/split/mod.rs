@@ -32,6 +32,7 @@ pub use metadata::plan_metadata;
 pub use offsets::{plan_list_offsets, plan_read_side};
 pub use plan::plan_request;
 pub use produce::{note_lost as note_lost_produce, plan_produce};
+pub use transactions::refused_while_fenced;
 
 use crate::error::{Error, Kind, Result};
 use crate::route::{Catalog, ClientProducer, Identity, ProducerIds, Routes};
@@ -181,7 +182,7 @@ pub trait Cluster {
 
     /// Transactions klink has seen open, and the cluster each
     /// transactional id's transactions run on.
-    fn transactions(&self) -> Option<&Arc<crate::cutover::OpenTransactions>> {
+    fn transactions(&self) -> Option<&Arc<crate::route::OpenTransactions>> {
         None
     }
 

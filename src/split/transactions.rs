@@ -23,9 +23,10 @@ use kafka_protocol::messages::txn_offset_commit_response::{
 };
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, ApiKey, EndTxnRequest, EndTxnResponse, ProducerId,
+    AddPartitionsToTxnResponse, ApiKey, EndTxnRequest, EndTxnResponse, ProducerId, RequestHeader,
     TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
+use kafka_protocol::protocol::Decodable;
 
 use super::groups::toward;
 use super::{Cluster, Context, Merge, PartAnswer, Plan, encode_response, only_answer};
@@ -35,6 +36,7 @@ use crate::route::{ClientProducer, Identity};
 /// Retriable everywhere: clients look their coordinator up again and retry.
 const COORDINATOR_NOT_AVAILABLE: i16 = ResponseError::CoordinatorNotAvailable.code();
 const INVALID_TXN_STATE: i16 = ResponseError::InvalidTxnState.code();
+const CONCURRENT_TRANSACTIONS: i16 = ResponseError::ConcurrentTransactions.code();
 /// KIP-890's EndTxn v5 answers with a new epoch klink would have to follow.
 const ENDTXN_NEW_EPOCH_SINCE: i16 = 5;
 
@@ -61,6 +63,58 @@ pub async fn plan_transactional<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan>
     }
 }
 
+/// klink's answer to an AddPartitionsToTxn naming a topic `fenced` says a
+/// promotion holds: CONCURRENT_TRANSACTIONS, which clients retry after a
+/// short backoff, by then where the topic's writes went. A transaction
+/// opening under the fence would be split by the flip. `None` when no
+/// topic it names is fenced (or it cannot be read: the broker will say).
+pub fn refused_while_fenced(
+    version: i16,
+    payload: &Bytes,
+    fenced: impl Fn(&str) -> bool,
+) -> Option<Bytes> {
+    if version > 3 {
+        return None;
+    }
+    let api = ApiKey::AddPartitionsToTxn;
+    let mut body = payload.clone();
+    let header = RequestHeader::decode(&mut body, api.request_header_version(version)).ok()?;
+    let request = AddPartitionsToTxnRequest::decode(&mut body, version).ok()?;
+    if !request
+        .v3_and_below_topics
+        .iter()
+        .any(|t| fenced(t.name.as_str()))
+    {
+        return None;
+    }
+    let response = every_partition(&request, CONCURRENT_TRANSACTIONS);
+    encode_response(api, version, header.correlation_id, &response).ok()
+}
+
+/// An AddPartitionsToTxn answer giving every partition `code`.
+fn every_partition(request: &AddPartitionsToTxnRequest, code: i16) -> AddPartitionsToTxnResponse {
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
+        request
+            .v3_and_below_topics
+            .iter()
+            .map(|t| {
+                AddPartitionsToTxnTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_results_by_partition(
+                        t.partitions
+                            .iter()
+                            .map(|&p| {
+                                AddPartitionsToTxnPartitionResult::default()
+                                    .with_partition_index(p)
+                                    .with_partition_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
+}
+
 /// As before transactions could move: to the default cluster.
 fn home_plan<C: Cluster>(cx: &Context<'_, C>, default: &Arc<str>) -> Result<Plan> {
     let destination = toward(cx, default);
@@ -72,7 +126,7 @@ fn home_plan<C: Cluster>(cx: &Context<'_, C>, default: &Arc<str>) -> Result<Plan
 
 async fn add_partitions<C: Cluster>(
     cx: &Context<'_, C>,
-    transactions: &crate::cutover::OpenTransactions,
+    transactions: &crate::route::OpenTransactions,
     default: &Arc<str>,
 ) -> Result<Plan> {
     let (header, request): (_, AddPartitionsToTxnRequest) = cx.decode()?;
@@ -83,28 +137,10 @@ async fn add_partitions<C: Cluster>(
         .map(|t| t.name.to_string())
         .collect();
     let mut clusters: Vec<Arc<str>> = topics.iter().map(|t| cx.routes.writes(t).clone()).collect();
+    clusters.sort();
     clusters.dedup();
     let refuse = |code: i16| -> Result<Plan> {
-        let response = AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
-            request
-                .v3_and_below_topics
-                .iter()
-                .map(|t| {
-                    AddPartitionsToTxnTopicResult::default()
-                        .with_name(t.name.clone())
-                        .with_results_by_partition(
-                            t.partitions
-                                .iter()
-                                .map(|&p| {
-                                    AddPartitionsToTxnPartitionResult::default()
-                                        .with_partition_index(p)
-                                        .with_partition_error_code(code)
-                                })
-                                .collect(),
-                        )
-                })
-                .collect(),
-        );
+        let response = every_partition(&request, code);
         Ok(Plan::Answer(encode_response(
             cx.api,
             cx.version,
@@ -315,7 +351,7 @@ mod tests {
     /// The target's transaction coordinator issues klink id 7000 at epoch 2.
     struct Coordinators {
         producers: Arc<ProducerIds>,
-        transactions: Arc<crate::cutover::OpenTransactions>,
+        transactions: Arc<crate::route::OpenTransactions>,
     }
 
     impl Cluster for Coordinators {
@@ -327,7 +363,7 @@ mod tests {
             Some(&self.producers)
         }
 
-        fn transactions(&self) -> Option<&Arc<crate::cutover::OpenTransactions>> {
+        fn transactions(&self) -> Option<&Arc<crate::route::OpenTransactions>> {
             Some(&self.transactions)
         }
 
@@ -479,5 +515,27 @@ mod tests {
         let plan = observe_and_plan(ApiKey::AddPartitionsToTxn, 3, add(&["orders"])).await;
         assert!(matches!(plan, Plan::Forward(ref d) if d.cluster().as_ref() == "source"));
         assert_eq!(cluster.transactions.pinned("tx"), None);
+    }
+
+    #[test]
+    fn no_transaction_opens_on_a_fenced_topic() {
+        let fenced = |t: &str| t == "orders";
+        assert_eq!(refused_while_fenced(3, &add(&["audit"]), fenced), None);
+        let answer = refused_while_fenced(3, &add(&["audit", "orders"]), fenced)
+            .expect("refused under the fence");
+        let response: AddPartitionsToTxnResponse =
+            super::super::decode_response(ApiKey::AddPartitionsToTxn, 3, &frame_of(answer))
+                .expect("decode");
+        let codes: Vec<i16> = response
+            .results_by_topic_v3_and_below
+            .iter()
+            .map(|t| t.results_by_partition[0].partition_error_code)
+            .collect();
+        assert_eq!(codes, [CONCURRENT_TRANSACTIONS, CONCURRENT_TRANSACTIONS]);
+        assert_eq!(refused_while_fenced(3, &add(&["orders"]), |_| false), None);
+        assert_eq!(
+            refused_while_fenced(3, &Bytes::from_static(b"\x00"), fenced),
+            None
+        );
     }
 }

@@ -82,11 +82,11 @@ impl UpstreamConn {
             let _ = tcp.set_nodelay(true);
             security.establish(&cluster, &addr, tcp).await
         };
+        // The outage ends at the connection's first answer (see the
+        // reader), not here: a broker being killed still accepts
+        // connections for a moment, which would end it and start another.
         let established = match connected.await {
-            Ok(established) => {
-                outages().reached(&cluster, &addr);
-                established
-            }
+            Ok(established) => established,
             Err(e) => return Err(outages().failed(&cluster, &addr, e)),
         };
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -351,6 +351,7 @@ async fn read_responses<R: AsyncRead + Unpin>(
     // Whether the broker ended the connection, not klink (its owner closed
     // it, or it timed out).
     let mut broker_side = true;
+    let mut answered_before = false;
     let failure = loop {
         if writer_done && !awaited.iter().any(|a| matches!(a, Awaited::Response(..))) {
             dead.cancel();
@@ -412,6 +413,10 @@ async fn read_responses<R: AsyncRead + Unpin>(
             Ok(answered) => {
                 if answered {
                     deadline = None;
+                }
+                if !answered_before {
+                    answered_before = true;
+                    outages().reached(&cluster, &addr);
                 }
             }
             Err(expected) => {

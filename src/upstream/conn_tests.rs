@@ -151,3 +151,61 @@ async fn a_request_allowed_longer_is_not_cut_short() {
     assert!(reply.await.expect("answered").is_ok());
     assert!(!conn.is_closed());
 }
+
+#[tokio::test]
+async fn a_dying_broker_that_still_accepts_does_not_end_its_outage() {
+    // Accepts, reads a request and hangs up: what a broker being killed
+    // does for a moment. Then it answers one ApiVersions.
+    let dying = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = dying.local_addr().expect("addr").to_string();
+    let answer_from = 3;
+    tokio::spawn(async move {
+        for n in 1.. {
+            let (mut stream, _) = dying.accept().await.expect("accept");
+            let mut request = [0u8; 14];
+            let _ = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut request).await;
+            if n >= answer_from {
+                // Length 4, then the correlation id.
+                let mut reply = vec![0, 0, 0, 4];
+                reply.extend_from_slice(&request[8..12]);
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &reply).await;
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut [0u8; 1]).await;
+            }
+        }
+    });
+    let cluster: Arc<str> = Arc::from("dying-source");
+    let key: Arc<str> = Arc::from(addr.as_str());
+    let plaintext = Security::default();
+    for n in 1..=answer_from {
+        let conn = UpstreamConn::connect_timed(
+            cluster.clone(),
+            &addr,
+            1 << 20,
+            Duration::from_secs(5),
+            &plaintext,
+        )
+        .await
+        .expect("connect");
+        if n > 1 {
+            assert!(
+                outages().is_down(&cluster, &key),
+                "connecting again is no recovery (connection {n})"
+            );
+        }
+        let reply = conn
+            .send(request(n), true)
+            .await
+            .expect("sent")
+            .expect("reply");
+        let answered = reply.await.expect("settled");
+        if n < answer_from {
+            assert!(answered.is_err(), "connection {n} hung up");
+            assert!(outages().is_down(&cluster, &key), "connection {n}");
+        } else {
+            assert!(answered.is_ok(), "connection {n} answered");
+            assert!(!outages().is_down(&cluster, &key), "an answer is");
+        }
+    }
+}

@@ -70,7 +70,7 @@ impl Outages {
         error.logged()
     }
 
-    /// A connect to `addr` succeeded: ends its outage, if it had one.
+    /// `addr` answered on a connection: ends its outage, if it had one.
     pub fn reached(&self, cluster: &Arc<str>, addr: &Arc<str>) {
         let ended = {
             let mut down = self.lock();

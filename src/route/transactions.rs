@@ -1,5 +1,7 @@
-//! Transactions open on topics (DESIGN trap 9): a promotion must not split
-//! one, so it waits for those touching its topics to end, up to the fence
+//! Transactions (DESIGN trap 9): which are open on which topics, which
+//! topics each transactional id writes together, and the cluster each
+//! one's transactions run on. A promotion must not split a transaction,
+//! so it waits for those touching its topics to end, up to the fence
 //! bound, and otherwise refuses, naming them. Learnt from the requests
 //! klink carries: AddPartitionsToTxn opens (or extends) a transaction on
 //! its topics; EndTxn ends it; InitProducerId with the same transactional
@@ -111,59 +113,6 @@ impl OpenTransactions {
             }
             _ => {}
         }
-    }
-
-    /// klink's answer to an AddPartitionsToTxn naming a fenced topic:
-    /// CONCURRENT_TRANSACTIONS, which clients retry after a short backoff,
-    /// by then where the topic's writes went. A transaction opening under
-    /// a promotion's fence would be split by it. `None` when no topic it
-    /// names is fenced (or it cannot be read: the broker will say).
-    pub fn refused_under_fence(
-        fences: &super::Fences,
-        version: i16,
-        payload: &Bytes,
-    ) -> Option<Bytes> {
-        use kafka_protocol::messages::AddPartitionsToTxnResponse;
-        use kafka_protocol::messages::add_partitions_to_txn_response::{
-            AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-        };
-        if !fences.any() || version > 3 {
-            return None;
-        }
-        let api = ApiKey::AddPartitionsToTxn;
-        let mut body = payload.clone();
-        let header = RequestHeader::decode(&mut body, api.request_header_version(version)).ok()?;
-        let request = AddPartitionsToTxnRequest::decode(&mut body, version).ok()?;
-        let names: Vec<&str> = request
-            .v3_and_below_topics
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect();
-        if fences.holding(names.iter().copied()).is_empty() {
-            return None;
-        }
-        let code = kafka_protocol::ResponseError::ConcurrentTransactions.code();
-        let response = AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(
-            request
-                .v3_and_below_topics
-                .iter()
-                .map(|t| {
-                    AddPartitionsToTxnTopicResult::default()
-                        .with_name(t.name.clone())
-                        .with_results_by_partition(
-                            t.partitions
-                                .iter()
-                                .map(|&p| {
-                                    AddPartitionsToTxnPartitionResult::default()
-                                        .with_partition_index(p)
-                                        .with_partition_error_code(code)
-                                })
-                                .collect(),
-                        )
-                })
-                .collect(),
-        );
-        crate::split::encode_response(api, version, header.correlation_id, &response).ok()
     }
 
     /// The cluster `id`'s transactions run on, when not the default one.
@@ -284,7 +233,18 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     use super::*;
-    use crate::cutover::request_frame as frame;
+
+    fn frame<R: kafka_protocol::protocol::Encodable>(api: ApiKey, version: i16, body: &R) -> Bytes {
+        use kafka_protocol::protocol::Encodable;
+        let mut buf = bytes::BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .encode(&mut buf, api.request_header_version(version))
+            .expect("header");
+        body.encode(&mut buf, version).expect("body");
+        buf.freeze()
+    }
 
     fn id(name: &str) -> TransactionalId {
         TransactionalId(StrBytes::from_string(name.to_string()))
@@ -349,46 +309,6 @@ mod tests {
         assert!(open.touching_at(&orders, later).is_empty());
         // Garbage is ignored.
         open.observe(ApiKey::EndTxn, 3, &Bytes::from_static(b"\x00"));
-    }
-
-    #[test]
-    fn no_transaction_opens_on_a_fenced_topic() {
-        use kafka_protocol::messages::AddPartitionsToTxnResponse;
-        let fences = Arc::new(super::super::Fences::default());
-        let add = |name: &str| {
-            let request = AddPartitionsToTxnRequest::default()
-                .with_v3_and_below_transactional_id(id("tx"))
-                .with_v3_and_below_topics(vec![topic(name)]);
-            frame(ApiKey::AddPartitionsToTxn, 3, &request)
-        };
-        assert_eq!(
-            OpenTransactions::refused_under_fence(&fences, 3, &add("orders")),
-            None
-        );
-        let fence = fences.raise(&["orders".to_string()], &[]);
-        assert_eq!(
-            OpenTransactions::refused_under_fence(&fences, 3, &add("audit")),
-            None
-        );
-        let answer = OpenTransactions::refused_under_fence(&fences, 3, &add("orders"))
-            .expect("refused under the fence");
-        let mut body = answer.slice(4..);
-        kafka_protocol::messages::ResponseHeader::decode(
-            &mut body,
-            ApiKey::AddPartitionsToTxn.response_header_version(3),
-        )
-        .expect("header");
-        let response = AddPartitionsToTxnResponse::decode(&mut body, 3).expect("body");
-        assert_eq!(
-            response.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
-            51,
-            "CONCURRENT_TRANSACTIONS"
-        );
-        drop(fence);
-        assert_eq!(
-            OpenTransactions::refused_under_fence(&fences, 3, &add("orders")),
-            None
-        );
     }
 
     #[test]
