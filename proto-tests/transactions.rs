@@ -61,7 +61,7 @@ fn add_orders(conn: &mut RawConn, (producer_id, epoch): (i64, i16)) -> i16 {
     answer.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
 }
 
-fn transactional_batch((producer_id, epoch): (i64, i16), values: &[&str]) -> Bytes {
+fn transactional_batch((producer_id, epoch): (i64, i16), sequence: i32, values: &[&str]) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -74,7 +74,7 @@ fn transactional_batch((producer_id, epoch): (i64, i16), values: &[&str]) -> Byt
             producer_epoch: epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: i as i32,
+            sequence: sequence + i as i32,
             timestamp: 1_700_000_000_000,
             key: None,
             value: Some(Bytes::from(value.to_string())),
@@ -131,7 +131,7 @@ fn orders_0(conn: &mut RawConn) -> Vec<(i64, bool, String)> {
 
 #[test]
 fn a_producers_next_transaction_after_a_promotion_runs_on_the_target() {
-    let (_source, target, klink) =
+    let (_source, target, mut klink) =
         migration("transactions", "\n[cutover]\nfence_timeout_ms = 1500\n");
     let mut conn = RawConn::connect(klink.bootstrap);
     let identity = init(&mut conn);
@@ -191,41 +191,28 @@ fn a_producers_next_transaction_after_a_promotion_runs_on_the_target() {
         "the coordinator clients find moved with the transactions"
     );
 
-    let batch = transactional_batch(identity, &["tx-a", "tx-b", "tx-c"]);
-    let produced = conn.call(
-        &ProduceRequest::default()
-            .with_transactional_id(Some(tx()))
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(TopicName(StrBytes::from_static_str("orders")))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(0)
-                            .with_records(Some(batch)),
-                    ]),
-            ]),
-        7,
-    );
-    let partition = &produced.responses[0].partition_responses[0];
-    assert_eq!(partition.error_code, 0, "the transactional batch");
+    let produce = |conn: &mut RawConn, batch: Bytes| {
+        let produced = conn.call(
+            &ProduceRequest::default()
+                .with_transactional_id(Some(tx()))
+                .with_acks(-1)
+                .with_timeout_ms(10_000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(TopicName(StrBytes::from_static_str("orders")))
+                        .with_partition_data(vec![
+                            PartitionProduceData::default()
+                                .with_index(0)
+                                .with_records(Some(batch)),
+                        ]),
+                ]),
+            7,
+        );
+        produced.responses[0].partition_responses[0].error_code
+    };
+    let batch = transactional_batch(identity, 0, &["tx-a", "tx-b", "tx-c"]);
+    assert_eq!(produce(&mut conn, batch), 0, "the transactional batch");
 
-    // On the target, under an identity the target issued, transactional.
-    let mut direct = RawConn::connect(target.addr);
-    let mut on_target = Vec::new();
-    for _ in 0..50 {
-        on_target = orders_0(&mut direct)
-            .into_iter()
-            .filter(|(_, _, v)| v.starts_with("tx-"))
-            .collect();
-        if on_target.len() == 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let values: Vec<&str> = on_target.iter().map(|(_, _, v)| v.as_str()).collect();
-    assert_eq!(values, ["tx-a", "tx-b", "tx-c"]);
     let log = klink.process.log_text();
     let mapped = log
         .lines()
@@ -236,6 +223,42 @@ fn a_producers_next_transaction_after_a_promotion_runs_on_the_target() {
         .find_map(|field| field.strip_prefix("ours="))
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("no id in {mapped}"));
+
+    // klink killed and restarted mid-transaction: the transaction still
+    // runs on the target (where it moved is journaled), under the same
+    // identity, its sequence going on.
+    drop(conn);
+    klink.crash_and_restart(2);
+    let mut conn = RawConn::connect(klink.bootstrap);
+    let found_again = conn.call(
+        &FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_static_str(TX))
+            .with_key_type(1),
+        3,
+    );
+    assert_eq!(
+        (found_again.node_id, found_again.port),
+        (found_after.node_id, found_after.port),
+        "the coordinator after a restart"
+    );
+    let batch = transactional_batch(identity, 3, &["tx-d"]);
+    assert_eq!(produce(&mut conn, batch), 0, "after the restart");
+
+    // On the target, under an identity the target issued, transactional.
+    let mut direct = RawConn::connect(target.addr);
+    let mut on_target = Vec::new();
+    for _ in 0..50 {
+        on_target = orders_0(&mut direct)
+            .into_iter()
+            .filter(|(_, _, v)| v.starts_with("tx-"))
+            .collect();
+        if on_target.len() == 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let values: Vec<&str> = on_target.iter().map(|(_, _, v)| v.as_str()).collect();
+    assert_eq!(values, ["tx-a", "tx-b", "tx-c", "tx-d"]);
     for (producer_id, transactional, _) in &on_target {
         assert!(*transactional);
         assert_eq!(

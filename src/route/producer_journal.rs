@@ -61,6 +61,12 @@ pub enum Entry {
         client_sequence: i32,
         sequence: i32,
     },
+    /// A transactional id's transactions run on `cluster` from its next
+    /// one (`None`: the default cluster again).
+    Pinned {
+        transactional_id: String,
+        cluster: Option<String>,
+    },
     /// A whole space, as a compaction wrote it.
     Space {
         client: ClientKey,

@@ -175,6 +175,10 @@ struct Inner {
     mapped: HashMap<(ClientProducer, Arc<str>), Identity>,
     /// Per client identity and partition, each cluster's sequence space.
     spaces: HashMap<PartitionKey, HashMap<Arc<str>, Space>>,
+    /// Transactional ids whose transactions run away from the default
+    /// cluster, and where: journaled so that a transaction open there when
+    /// klink restarts still ends there.
+    pins: HashMap<String, Arc<str>>,
     /// Where every change above is written before it is used (none in
     /// unit tests and while replaying).
     journal: Option<(Journal, PathBuf)>,
@@ -229,6 +233,12 @@ impl Inner {
                 client: client_key(client),
                 cluster: cluster.to_string(),
                 issued: (issued.producer_id, issued.epoch),
+            });
+        }
+        for (transactional_id, cluster) in &self.pins {
+            entries.push(Entry::Pinned {
+                transactional_id: transactional_id.clone(),
+                cluster: Some(cluster.to_string()),
             });
         }
         for ((client, topic, partition), spaces) in &self.spaces {
@@ -325,6 +335,13 @@ impl ProducerIds {
                 };
                 self.settle(&placement, Outcome::Refused);
             }
+            Entry::Pinned {
+                transactional_id,
+                cluster,
+            } => {
+                let cluster = cluster.map(|c| Arc::from(c.as_str()));
+                self.pin_transactions(&transactional_id, cluster.as_ref());
+            }
             Entry::Space {
                 client,
                 topic,
@@ -363,6 +380,34 @@ impl ProducerIds {
     /// identity or sequence than their own.
     pub fn any_remapped(&self) -> bool {
         self.any_remapped.load(Ordering::Relaxed)
+    }
+
+    /// The cluster `transactional_id`'s transactions run on, when not the
+    /// default one.
+    pub fn transactions_pinned(&self, transactional_id: &str) -> Option<Arc<str>> {
+        self.lock().pins.get(transactional_id).cloned()
+    }
+
+    /// Moves `transactional_id`'s transactions to `cluster` (`None`: back
+    /// to the default cluster), journaled before it is used.
+    pub fn pin_transactions(&self, transactional_id: &str, cluster: Option<&Arc<str>>) {
+        let mut inner = self.lock();
+        let changed = match cluster {
+            Some(cluster) => {
+                inner
+                    .pins
+                    .insert(transactional_id.to_string(), cluster.clone())
+                    .as_ref()
+                    != Some(cluster)
+            }
+            None => inner.pins.remove(transactional_id).is_some(),
+        };
+        if changed {
+            inner.journal(Entry::Pinned {
+                transactional_id: transactional_id.to_string(),
+                cluster: cluster.map(|c| c.to_string()),
+            });
+        }
     }
 
     /// The identity `cluster` issued klink for `client`, if asked before.

@@ -211,3 +211,21 @@ fn remaps_come_back_from_the_journal_after_a_crash() {
     assert_eq!(seq(&ids, &c, &target, 100, 5), Some(0));
     assert_eq!(seq(&ids, &c, &target, 110, 1), Some(10));
 }
+
+#[test]
+fn where_transactions_run_comes_back_from_the_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target: Arc<str> = Arc::from("target");
+    {
+        let ids = ProducerIds::open(dir.path()).expect("open");
+        ids.pin_transactions("moved", Some(&target));
+        ids.pin_transactions("back", Some(&target));
+        ids.pin_transactions("back", None);
+    }
+    let ids = ProducerIds::open(dir.path()).expect("reopen");
+    assert_eq!(ids.transactions_pinned("moved"), Some(target.clone()));
+    assert_eq!(ids.transactions_pinned("back"), None);
+    drop(ids);
+    let ids = ProducerIds::open(dir.path()).expect("reopen twice");
+    assert_eq!(ids.transactions_pinned("moved"), Some(target));
+}

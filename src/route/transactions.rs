@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+
+use super::ProducerIds;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,9 +33,6 @@ struct Open {
 struct Transactions {
     open: BTreeMap<String, Open>,
     timeouts: BTreeMap<String, Duration>,
-    /// The cluster each transactional id's transactions run on, where it
-    /// is not the default cluster (see [`OpenTransactions::place`]).
-    pinned: BTreeMap<String, Arc<str>>,
     /// Every topic each transactional id's transactions have written
     /// since klink started: topics written together must move together.
     written: BTreeMap<String, BTreeSet<String>>,
@@ -115,11 +114,6 @@ impl OpenTransactions {
         }
     }
 
-    /// The cluster `id`'s transactions run on, when not the default one.
-    pub fn pinned(&self, id: &str) -> Option<Arc<str>> {
-        self.lock().pinned.get(id).cloned()
-    }
-
     /// The transaction timeout `id`'s producer asked for (Kafka's default
     /// when klink did not see its InitProducerId).
     pub fn timeout_ms(&self, id: &str) -> i32 {
@@ -134,47 +128,34 @@ impl OpenTransactions {
     /// which is how a producer's transactions follow their topics after a
     /// promotion (which never flips a topic under an open transaction).
     /// `Err(pin)` when the transaction is open on another cluster.
+    /// The pins are `pins`' (journaled with the producer ids).
     pub fn place(
         &self,
         id: &str,
         topics: &[String],
         cluster: &Arc<str>,
         default: &Arc<str>,
+        pins: &ProducerIds,
     ) -> Result<Arc<str>, Arc<str>> {
-        self.place_at(id, topics, cluster, default, Instant::now())
-    }
-
-    fn place_at(
-        &self,
-        id: &str,
-        topics: &[String],
-        cluster: &Arc<str>,
-        default: &Arc<str>,
-        now: Instant,
-    ) -> Result<Arc<str>, Arc<str>> {
-        let mut txns = self.lock();
-        let pin = txns
-            .pinned
-            .get(id)
-            .cloned()
+        let pin = pins
+            .transactions_pinned(id)
             .unwrap_or_else(|| default.clone());
         if pin == *cluster {
             return Ok(pin);
         }
-        let timeout = txns.timeouts.get(id).copied().unwrap_or(DEFAULT_TIMEOUT);
-        let open_elsewhere = txns.open.get(id).is_some_and(|open| {
-            now.duration_since(open.last_heard) < timeout
-                && open.topics.iter().any(|t| !topics.contains(t))
-        });
+        let open_elsewhere = {
+            let txns = self.lock();
+            let timeout = txns.timeouts.get(id).copied().unwrap_or(DEFAULT_TIMEOUT);
+            txns.open.get(id).is_some_and(|open| {
+                open.last_heard.elapsed() < timeout
+                    && open.topics.iter().any(|t| !topics.contains(t))
+            })
+        };
         if open_elsewhere {
             return Err(pin);
         }
         tracing::info!(transactional_id = id, from = %pin, to = %cluster, "transactions move with their topics");
-        if cluster == default {
-            txns.pinned.remove(id);
-        } else {
-            txns.pinned.insert(id.to_string(), cluster.clone());
-        }
+        pins.pin_transactions(id, (cluster != default).then_some(cluster));
         Ok(cluster.clone())
     }
 
@@ -314,6 +295,7 @@ mod tests {
     #[test]
     fn a_transactional_id_follows_its_topics_between_transactions_only() {
         let open = OpenTransactions::default();
+        let pins = ProducerIds::default();
         let (source, target): (Arc<str>, Arc<str>) = (Arc::from("source"), Arc::from("target"));
         let orders = vec!["orders".to_string()];
         let audit = vec!["audit".to_string()];
@@ -334,32 +316,32 @@ mod tests {
         // A transaction on the source: stays there.
         add(&["orders"]);
         assert_eq!(
-            open.place("tx", &orders, &source, &source),
+            open.place("tx", &orders, &source, &source, &pins),
             Ok(source.clone())
         );
-        assert_eq!(open.pinned("tx"), None);
+        assert_eq!(pins.transactions_pinned("tx"), None);
         end();
         // Its topic promoted: the next transaction moves to the target.
         add(&["orders"]);
         assert_eq!(
-            open.place("tx", &orders, &target, &source),
+            open.place("tx", &orders, &target, &source, &pins),
             Ok(target.clone())
         );
-        assert_eq!(open.pinned("tx"), Some(target.clone()));
+        assert_eq!(pins.transactions_pinned("tx"), Some(target.clone()));
         // A partition of a topic left behind, in the same transaction: no.
         add(&["audit"]);
         assert_eq!(
-            open.place("tx", &audit, &source, &source),
+            open.place("tx", &audit, &source, &source, &pins),
             Err(target.clone())
         );
         end();
         // Rolled back: home again, and the pin is gone.
         add(&["orders"]);
         assert_eq!(
-            open.place("tx", &orders, &source, &source),
+            open.place("tx", &orders, &source, &source, &pins),
             Ok(source.clone())
         );
-        assert_eq!(open.pinned("tx"), None);
+        assert_eq!(pins.transactions_pinned("tx"), None);
         assert_eq!(open.timeout_ms("tx"), 60_000);
     }
 

@@ -35,8 +35,8 @@ fn coordinator_cluster<C: Cluster>(cx: &Context<'_, C>, key_type: i8, key: &str)
         cx.routes.group(key).clone()
     } else {
         cx.cluster
-            .transactions()
-            .and_then(|t| t.pinned(key))
+            .producers()
+            .and_then(|p| p.transactions_pinned(key))
             .unwrap_or_else(|| cx.routes.default_cluster().clone())
     }
 }

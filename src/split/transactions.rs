@@ -54,7 +54,11 @@ pub async fn plan_transactional<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan>
             let Some((id, identity)) = identity_of(cx)? else {
                 return home_plan(cx, &default);
             };
-            match transactions.pinned(&id) {
+            let pinned = cx
+                .cluster
+                .producers()
+                .and_then(|p| p.transactions_pinned(&id));
+            match pinned {
                 Some(pin) if pin != default => away(cx, &pin, &id, identity, &default).await,
                 _ => home_plan(cx, &default),
             }
@@ -155,7 +159,10 @@ async fn add_partitions<C: Cluster>(
         tracing::warn!(transactional_id = %id, ?topics, "one transaction adds topics whose writes go to different clusters: refused (INVALID_TXN_STATE)");
         return refuse(INVALID_TXN_STATE);
     };
-    let pin = match transactions.place(&id, &topics, cluster, default) {
+    let Some(pins) = cx.cluster.producers() else {
+        return home_plan(cx, default);
+    };
+    let pin = match transactions.place(&id, &topics, cluster, default, pins) {
         Ok(pin) => pin,
         Err(open_on) => {
             tracing::warn!(transactional_id = %id, ?topics, %open_on, "a transaction open on one cluster adds topics written on another: refused (INVALID_TXN_STATE)");
@@ -506,7 +513,10 @@ mod tests {
         let (cluster_sent, request): (_, EndTxnRequest) = sent(plan, ApiKey::EndTxn, 3);
         assert_eq!(cluster_sent.as_ref(), "target");
         assert_eq!((request.producer_id.0, request.producer_epoch), (7000, 2));
-        assert_eq!(cluster.transactions.pinned("tx").as_deref(), Some("target"));
+        assert_eq!(
+            cluster.producers.transactions_pinned("tx").as_deref(),
+            Some("target")
+        );
 
         // Rolled back: home again, as the client sent it.
         table
@@ -514,7 +524,7 @@ mod tests {
             .expect("route");
         let plan = observe_and_plan(ApiKey::AddPartitionsToTxn, 3, add(&["orders"])).await;
         assert!(matches!(plan, Plan::Forward(ref d) if d.cluster().as_ref() == "source"));
-        assert_eq!(cluster.transactions.pinned("tx"), None);
+        assert_eq!(cluster.producers.transactions_pinned("tx"), None);
     }
 
     #[test]
