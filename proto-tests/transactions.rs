@@ -216,7 +216,7 @@ fn a_producers_next_transaction_after_a_promotion_runs_on_the_target() {
     let log = klink.process.log_text();
     let mapped = log
         .lines()
-        .find(|l| l.contains("transactional producer id mapped"))
+        .find(|l| l.contains("producer id mapped") && l.contains(TX))
         .unwrap_or_else(|| panic!("no mapping logged: {log}"));
     let ours: i64 = mapped
         .split_whitespace()

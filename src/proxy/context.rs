@@ -248,25 +248,52 @@ impl ProxyContext {
     }
 }
 
-impl crate::split::Cluster for ProxyContext {
-    fn producers(&self) -> Option<&Arc<ProducerIds>> {
-        Some(&self.producers)
-    }
-
-    async fn producer_on(&self, cluster: &Arc<str>, client: &ClientProducer) -> Option<Identity> {
+impl ProxyContext {
+    /// The identity `cluster` issued klink for a client identity, asking
+    /// it the first time: a plain idempotent one, or (with a transactional
+    /// id) one from that id's transaction coordinator, which fences the
+    /// identities it issued for the id before.
+    async fn issued_on(
+        &self,
+        cluster: &Arc<str>,
+        client: &ClientProducer,
+        transactional_id: Option<&str>,
+    ) -> Option<Identity> {
         if let Some(ours) = self.producers.mapped(client, cluster) {
             return Some(ours);
         }
         let upstream = self.cluster(cluster)?;
         let asked = async {
-            let conn = upstream.connect_any().await?;
+            let mut conn = upstream.connect_any().await?;
+            let mut request = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
+            if let Some(id) = transactional_id {
+                // The id's own coordinator: any other broker answers
+                // NOT_COORDINATOR.
+                let found = upstream
+                    .call(
+                        &conn,
+                        FindCoordinatorRequest::default()
+                            .with_key(StrBytes::from_string(id.to_string()))
+                            .with_key_type(1),
+                        3,
+                    )
+                    .await?;
+                if found.error_code == 0 {
+                    conn = upstream
+                        .connect_to(&format!("{}:{}", found.host.as_str(), found.port))
+                        .await?;
+                }
+                request = request
+                    .with_transactional_id(Some(TransactionalId(StrBytes::from_string(
+                        id.to_string(),
+                    ))))
+                    .with_transaction_timeout_ms(self.transactions.timeout_ms(id));
+            }
             // v3+: the first version that issues ids on every broker klink
             // meets (tansu answers v0-v2 with UNKNOWN_SERVER_ERROR).
-            let request = InitProducerIdRequest::default()
-                .with_transactional_id(None)
-                .with_transaction_timeout_ms(60_000);
             upstream.call(&conn, request, 4).await
         };
+        let transactional_id = transactional_id.unwrap_or("");
         match asked.await {
             Ok(response) if response.error_code == 0 => {
                 let issued = Identity {
@@ -274,18 +301,28 @@ impl crate::split::Cluster for ProxyContext {
                     epoch: response.producer_epoch,
                 };
                 let ours = self.producers.set_mapped(client, cluster, issued);
-                tracing::info!(%cluster, client = client.identity.producer_id, client_epoch = client.identity.epoch, ours = ours.producer_id, "producer id mapped");
+                tracing::info!(%cluster, transactional_id, client = client.identity.producer_id, client_epoch = client.identity.epoch, ours = ours.producer_id, ours_epoch = ours.epoch, "producer id mapped");
                 Some(ours)
             }
             Ok(response) => {
-                tracing::warn!(%cluster, error = response.error_code, "InitProducerId refused");
+                tracing::warn!(%cluster, transactional_id, error = response.error_code, "InitProducerId refused; the client will retry");
                 None
             }
             Err(e) => {
-                crate::warn_unless_logged!(e, %cluster, error = %e, "InitProducerId failed");
+                crate::warn_unless_logged!(e, %cluster, transactional_id, error = %e, "InitProducerId failed");
                 None
             }
         }
+    }
+}
+
+impl crate::split::Cluster for ProxyContext {
+    fn producers(&self) -> Option<&Arc<ProducerIds>> {
+        Some(&self.producers)
+    }
+
+    async fn producer_on(&self, cluster: &Arc<str>, client: &ClientProducer) -> Option<Identity> {
+        self.issued_on(cluster, client, None).await
     }
 
     fn transactions(&self) -> Option<&Arc<crate::route::OpenTransactions>> {
@@ -298,57 +335,8 @@ impl crate::split::Cluster for ProxyContext {
         client: &ClientProducer,
         transactional_id: &str,
     ) -> Option<Identity> {
-        if let Some(ours) = self.producers.mapped(client, cluster) {
-            return Some(ours);
-        }
-        let upstream = self.cluster(cluster)?;
-        let timeout_ms = self.transactions.timeout_ms(transactional_id);
-        let id = || TransactionalId(StrBytes::from_string(transactional_id.to_string()));
-        let asked = async {
-            // The id's own coordinator: any other broker answers
-            // NOT_COORDINATOR.
-            let conn = upstream.connect_any().await?;
-            let found = upstream
-                .call(
-                    &conn,
-                    FindCoordinatorRequest::default()
-                        .with_key(StrBytes::from_string(transactional_id.to_string()))
-                        .with_key_type(1),
-                    3,
-                )
-                .await?;
-            let conn = match found.error_code {
-                0 => {
-                    upstream
-                        .connect_to(&format!("{}:{}", found.host.as_str(), found.port))
-                        .await?
-                }
-                _ => conn,
-            };
-            let request = InitProducerIdRequest::default()
-                .with_transactional_id(Some(id()))
-                .with_transaction_timeout_ms(timeout_ms);
-            upstream.call(&conn, request, 4).await
-        };
-        match asked.await {
-            Ok(response) if response.error_code == 0 => {
-                let issued = Identity {
-                    producer_id: response.producer_id.0,
-                    epoch: response.producer_epoch,
-                };
-                let ours = self.producers.set_mapped(client, cluster, issued);
-                tracing::info!(%cluster, transactional_id, client = client.identity.producer_id, client_epoch = client.identity.epoch, ours = ours.producer_id, ours_epoch = ours.epoch, "transactional producer id mapped");
-                Some(ours)
-            }
-            Ok(response) => {
-                tracing::warn!(%cluster, transactional_id, error = response.error_code, "transactional InitProducerId refused; the client will retry");
-                None
-            }
-            Err(e) => {
-                crate::warn_unless_logged!(e, %cluster, transactional_id, error = %e, "transactional InitProducerId failed");
-                None
-            }
-        }
+        self.issued_on(cluster, client, Some(transactional_id))
+            .await
     }
 
     async fn refresh_leaders(&self, cluster: &Arc<str>, topics: Vec<String>) {
