@@ -265,7 +265,11 @@ impl ProxyContext {
         let upstream = self.cluster(cluster)?;
         let asked = async {
             let mut conn = upstream.connect_any().await?;
-            let mut request = InitProducerIdRequest::default().with_transaction_timeout_ms(60_000);
+            // Explicitly none: the crate's default is an empty transactional
+            // id, which a broker takes for one and fences by.
+            let mut request = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000);
             if let Some(id) = transactional_id {
                 // The id's own coordinator: any other broker answers
                 // NOT_COORDINATOR.
