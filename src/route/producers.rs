@@ -388,6 +388,12 @@ impl ProducerIds {
         self.lock().pins.get(transactional_id).cloned()
     }
 
+    /// Whether any transactional id runs away from the default cluster:
+    /// until one does, transactional requests need not be read.
+    pub fn any_transactions_pinned(&self) -> bool {
+        !self.lock().pins.is_empty()
+    }
+
     /// Moves `transactional_id`'s transactions to `cluster` (`None`: back
     /// to the default cluster), journaled before it is used.
     pub fn pin_transactions(&self, transactional_id: &str, cluster: Option<&Arc<str>>) {

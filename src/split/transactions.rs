@@ -50,7 +50,12 @@ pub async fn plan_transactional<C: Cluster>(cx: &Context<'_, C>) -> Result<Plan>
         ApiKey::AddPartitionsToTxn if cx.version <= 3 => {
             add_partitions(cx, transactions, &default).await
         }
-        ApiKey::AddOffsetsToTxn | ApiKey::EndTxn | ApiKey::TxnOffsetCommit => {
+        ApiKey::AddOffsetsToTxn | ApiKey::EndTxn | ApiKey::TxnOffsetCommit
+            if cx
+                .cluster
+                .producers()
+                .is_some_and(|p| p.any_transactions_pinned()) =>
+        {
             let Some((id, identity)) = identity_of(cx)? else {
                 return home_plan(cx, &default);
             };

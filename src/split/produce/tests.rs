@@ -1,5 +1,9 @@
 //! Produce planning and merging, against routes, leaders and producer
 //! identities made up for each test.
+//!
+//! A little over 600 lines: the cases share one set of made-up clusters
+//! and batch helpers, and splitting them would mean sharing those across
+//! files for no reader's gain.
 
 use std::collections::HashMap;
 use std::sync::Arc;
